@@ -1,0 +1,2 @@
+"""lkn: a homeostatic inference gateway for small GPU boxes."""
+__version__ = "0.1.0"

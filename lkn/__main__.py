@@ -1,0 +1,88 @@
+"""lkn's command line: ``serve``, ``check-config`` and ``status``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+
+from .config import load_config, parse_listen, summary
+from .errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"lkn: {exc}", file=sys.stderr)
+        return 1
+    listen = args.listen or None
+    if listen:
+        for address in listen:
+            try:
+                parse_listen(address)
+            except ValueError as exc:
+                print(f"lkn: --listen {address}: {exc}", file=sys.stderr)
+                return 1
+    logging.getLogger("lkn").info("starting with %s", cfg.path)
+    asyncio.run(serve(cfg, listen=listen))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(cfg))
+    print("config OK")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    host, port = parse_listen(args.address)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            data = json.load(resp)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"lkn is not answering on {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"lkn on {args.address}: up {data['uptime_s']}s, {data['in_flight']} in flight, "
+          f"{data['queued']} queued")
+    for e in data["engines"]:
+        print(f"  {e['key']:<30} {e['state']:<9} pid={e['pid']} port={e['port']} "
+              f"ctx={e['ctx_size']} vram~{e['vram_mb']}MiB in_flight={e['in_flight']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lkn", description="homeostatic inference gateway")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", required=True, help="the Lua config file")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="listen here instead of server.listen (repeatable)")
+    p.set_defaults(func=_serve)
+    p = sub.add_parser("check-config", help="validate a config file and print a summary")
+    p.add_argument("file")
+    p.set_defaults(func=_check)
+    p = sub.add_parser("status", help="show a running lkn's engines")
+    p.add_argument("address", nargs="?", default="127.0.0.1:8080")
+    p.set_defaults(func=_status)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Engine processes and the clients that speak each engine's API."""

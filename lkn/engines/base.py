@@ -1,0 +1,157 @@
+"""EngineClient: what lkn needs to know about one kind of engine.
+
+An EngineClient is bound to one model variant. It builds the child's argv, knows the engine's
+health semantics, rewrites requests for it, counts tokens through it, runs the entropy probe
+through it and turns its error bodies into OpenAI-shaped ones. The process itself is owned by
+``EngineProcess``; the client only speaks HTTP to a base URL it is given.
+"""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from ..config import ModelConfig, VariantConfig
+
+
+class EngineRequestError(Exception):
+    """The engine answered a helper call (tokenize, probe, ...) with an error."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Top-k logprobs of each probed position (the first generated tokens)."""
+    positions: tuple[tuple[float, ...], ...]
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    detail: str = ""
+
+
+ROUTES = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+
+class EngineClient(ABC):
+    kind: str = "engine"
+
+    def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
+        self.model = model
+        self.variant = variant
+        self.effective_ctx: int = variant.ctx_size
+
+    @property
+    def key(self) -> str:
+        return f"{self.model.name}@{self.variant.ctx_size}"
+
+    # ---- process
+    @abstractmethod
+    def argv(self, port: int) -> list[str]:
+        """The child's argv; never run through a shell."""
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(dict(self.model.env))
+        return env
+
+    @abstractmethod
+    async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
+        """One readiness probe. Connection errors propagate (the engine is not listening yet)."""
+
+    async def on_ready(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        """Called once after the engine became ready (e.g. to read the effective context)."""
+
+    # ---- requests
+    def upstream_path(self, route: str) -> str:
+        return ROUTES[route]
+
+    def prepare_body(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        out = dict(body)
+        out["model"] = self.served_model_name()
+        return out
+
+    def served_model_name(self) -> str:
+        return self.model.name
+
+    @abstractmethod
+    async def count_tokens(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                           body: dict[str, Any]) -> int:
+        """Prompt tokens exactly as the engine sees them (chat template applied)."""
+
+    @abstractmethod
+    async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                    body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
+        """Generate ``n_tokens`` with top-k logprobs and the request's own sampling settings."""
+
+    def normalize_error(self, status: int, raw: bytes) -> dict[str, Any]:
+        """The engine's error body as ``{"error": {message, type, param, code, source}}``."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = raw.decode("utf-8", "replace").strip() or f"engine returned HTTP {status}"
+        return {"error": _error_fields(data, status, self.kind)}
+
+    def normalize_stream_data(self, data: str) -> str:
+        """Rewrite one SSE ``data:`` payload; errors become a clean ``{"error": {...}}``."""
+        if '"error"' not in data:
+            return data
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return data
+        if isinstance(obj, dict) and obj.get("error"):
+            return json.dumps({"error": _error_fields(obj, 500, self.kind)})
+        return data
+
+    # ---- optional capabilities
+    supports_sleep = False
+
+    async def release_memory(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        raise NotImplementedError
+
+    async def resume_memory(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        raise NotImplementedError
+
+
+def _error_fields(data: Any, status: int, source: str) -> dict[str, Any]:
+    """Accepts the wrapped (``{"error": {...}}``), unwrapped (SGLang's ``{"object": "error",
+    "message": ...}``) and string (``{"error": "Unauthorized"}``) shapes."""
+    if isinstance(data, dict) and "error" in data:
+        inner = data["error"]
+        if isinstance(inner, str):
+            inner = {"message": inner}
+        elif not isinstance(inner, dict):
+            inner = {"message": str(inner)}
+    elif isinstance(data, dict):
+        inner = data
+    else:
+        inner = {"message": str(data)}
+    code = inner.get("code")
+    return {
+        "message": str(inner.get("message") or f"engine returned HTTP {status}"),
+        "type": str(inner.get("type") or ("server_error" if status >= 500 else
+                                          "invalid_request_error")),
+        "param": inner.get("param"),
+        "code": None if code is None else str(code),
+        "source": source,
+    }
+
+
+async def read_json(resp: aiohttp.ClientResponse) -> Any:
+    raw = await resp.read()
+    if resp.status != 200:
+        raise EngineRequestError(f"HTTP {resp.status}: {raw[:300].decode('utf-8', 'replace')}")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise EngineRequestError(f"invalid JSON from engine: {exc}") from None

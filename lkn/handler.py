@@ -1,0 +1,295 @@
+"""RequestHandler: one OpenAI request end to end.
+
+parse + validate -> resolve the model -> count tokens and pick the variants that hold the request
+-> lease an engine (the scheduler may start or swap one) -> probe entropy (homeostatic mode) and
+intervene if needed -> forward -> relay the answer (streams event by event) -> release the lease.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import probe as probe_math
+from .config import Config, HomeostasisConfig, ModelConfig
+from .engines.base import EngineRequestError
+from .engines.manager import EngineManager, Lease
+from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, ModelNotFound,
+                     UpstreamError)
+from .homeostat import request_overrides, with_reasoning, with_verify_prompt
+from .metrics import Metrics
+from .selector import candidate_options, needed_tokens
+from .sse import DONE, SSEParser, frame, frame_json
+from .tokens import count_prompt
+from .validate import VALIDATORS, parse_json_object
+
+log = logging.getLogger("lkn.handler")
+
+
+@dataclass
+class GatewayState:
+    cfg: Config
+    manager: EngineManager
+    session: aiohttp.ClientSession
+    metrics: Metrics
+    started: float
+
+
+class RequestHandler:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    # ------------------------------------------------------------------ routes
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "completions")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, "embeddings")
+
+    # ------------------------------------------------------------------ core
+    async def _generate(self, request: web.Request, route: str) -> web.StreamResponse:
+        started = time.monotonic()
+        body = parse_json_object(await request.read())
+        VALIDATORS[route](body)
+        lkn_field = body.pop("lkn", None)
+        cfg = self.state.cfg
+        model = self._resolve(cfg, body["model"])
+        if route == "embeddings" and not model.embeddings:
+            raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
+                             f"embeddings = true in its config)", param="model")
+        settings = request_overrides(model.homeostasis, lkn_field,
+                                     request.headers.get("x-lkn-mode"))
+        if route == "embeddings":
+            settings = HomeostasisConfig(mode="passthrough")
+        headers: dict[str, str] = {}
+        status = 500
+        lease = await self._lease(model, route, self._sized_body(route, body, settings), headers)
+        try:
+            if settings.mode == "homeostatic":
+                body, lease, model = await self._homeostat(route, body, lease, model, settings,
+                                                           headers)
+            elif route != "embeddings":
+                headers["x-lkn-mode"] = probe_math.PASSTHROUGH
+            response = await self._forward(request, route, body, lease, headers, started)
+            status = response.status
+            return response
+        finally:
+            lease.release()
+            m = self.state.metrics
+            m.requests.inc(model.name, route, str(status))
+            m.request_seconds.observe(time.monotonic() - started, model.name, route)
+
+    def _resolve(self, cfg: Config, name: str) -> ModelConfig:
+        model = cfg.resolve(name)
+        if model is None:
+            known = ", ".join(n for m in cfg.models for n in m.names)
+            raise ModelNotFound(f"The model '{name}' does not exist; this gateway serves: {known}",
+                                param="model")
+        return model
+
+    @staticmethod
+    def _sized_body(route: str, body: dict[str, Any],
+                    settings: HomeostasisConfig) -> dict[str, Any]:
+        # Size the context for the request as it may be sent: with the verification prompt.
+        if settings.mode == "homeostatic" and settings.intervention == "verify_prompt":
+            return with_verify_prompt(route, body, settings.verify_prompt)
+        return body
+
+    async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
+                     headers: dict[str, str]) -> Lease:
+        manager, s = self.state.manager, self.state.cfg.server
+        proc = manager.ready_process(model.name)
+        live = None
+        if proc is not None:
+            client, base = proc.client, proc.base_url
+            live = lambda: client.count_tokens(self.state.session, base, route, body)  # noqa: E731
+        local_path = model.tokenizer_path or model.variants[0].model_file
+        prompt_tokens, method = await count_prompt(
+            route=route, body=body, live=live, local_path=local_path,
+            local_kind="hf" if model.engine == "sglang" else "gguf")
+        self.state.metrics.token_counts.inc(method)
+        if route == "embeddings":
+            need = prompt_tokens + s.token_margin
+        else:
+            need = needed_tokens(prompt_tokens, body, default_max_tokens=model.default_max_tokens,
+                                 margin=s.token_margin)
+        options = candidate_options(model.name, manager.variants(model), need,
+                                    budget_mb=s.vram_budget_mb, prompt_tokens=prompt_tokens)
+        waited = time.monotonic()
+        lease = await manager.acquire(model, options)
+        self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
+        headers["x-lkn-model"] = model.name
+        headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)
+        headers["x-lkn-prompt-tokens"] = f"{prompt_tokens};{method}"
+        return lease
+
+    # ------------------------------------------------------------------ homeostat
+    async def _homeostat(self, route: str, body: dict[str, Any], lease: Lease,
+                         model: ModelConfig, settings: HomeostasisConfig,
+                         headers: dict[str, str]) -> tuple[dict[str, Any], Lease, ModelConfig]:
+        m = self.state.metrics
+        t0 = time.monotonic()
+        try:
+            result = await asyncio.wait_for(
+                lease.client.probe(self.state.session, lease.base_url, route, body,
+                                   settings.top_k, settings.probe_tokens),
+                settings.probe_timeout_s)
+            entropy = probe_math.aggregate(
+                [probe_math.normalized_entropy(p) for p in result.positions] or [None],
+                settings.probe_aggregate)
+            if entropy is None:
+                raise EngineRequestError("the probe returned no usable logprobs")
+        except (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError, KeyError,
+                ValueError) as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            log.warning("probe failed for model=%s (%s); passing the request through",
+                        model.name, reason)
+            m.probes.inc(model.name, probe_math.PASSTHROUGH)
+            headers["x-lkn-mode"] = probe_math.PASSTHROUGH
+            return body, lease, model
+        elapsed = time.monotonic() - t0
+        mode = probe_math.classify(entropy, settings.threshold)
+        headers["x-lkn-mode"] = mode
+        headers["x-lkn-entropy"] = f"{entropy:.4f}"
+        m.probes.inc(model.name, mode)
+        m.probe_entropy.observe(entropy, model.name)
+        m.probe_seconds.observe(elapsed, model.name)
+        log.info("probe model=%s entropy=%.4f threshold=%.2f mode=%s probe_ms=%.1f",
+                 model.name, entropy, settings.threshold, mode, elapsed * 1000)
+        if mode != probe_math.ANALYTIC or settings.intervention == "none":
+            return body, lease, model
+        headers["x-lkn-intervention"] = settings.intervention
+        m.interventions.inc(model.name, settings.intervention)
+        if settings.intervention == "verify_prompt":
+            return with_verify_prompt(route, body, settings.verify_prompt), lease, model
+        if settings.intervention == "reasoning":
+            return (with_reasoning(body, settings.reasoning_effort) if route == "chat" else body,
+                    lease, model)
+        # escalate: serve with the stronger model instead
+        target = self.state.cfg.resolve(settings.escalate_to or "")
+        if target is None or target.name == model.name:
+            return body, lease, model
+        lease.release()
+        headers["x-lkn-escalated-from"] = model.name
+        return body, await self._lease(target, route, body, headers), target
+
+    # ------------------------------------------------------------------ forwarding
+    async def _forward(self, request: web.Request, route: str, body: dict[str, Any],
+                       lease: Lease, headers: dict[str, str],
+                       started: float) -> web.StreamResponse:
+        s = self.state.cfg.server
+        client = lease.client
+        stream = bool(body.get("stream")) and route != "embeddings"
+        payload = client.prepare_body(route, body)
+        url = lease.base_url + client.upstream_path(route)
+        timeout = aiohttp.ClientTimeout(
+            total=None if stream else s.request_timeout_s, sock_connect=10,
+            sock_read=s.stream_idle_timeout_s if stream else None)
+        try:
+            upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+        except asyncio.TimeoutError:
+            raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine {lease.process.key} is unreachable: {exc}") from None
+        async with upstream:
+            if upstream.status >= 400:
+                raw = await upstream.read()
+                return web.json_response(client.normalize_error(upstream.status, raw),
+                                         status=upstream.status,
+                                         headers={**headers, ERROR_SOURCE_HEADER: "engine"})
+            if not stream or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
+                try:
+                    raw = await upstream.read()
+                except asyncio.TimeoutError:
+                    raise GatewayTimeout(f"engine {lease.process.key} did not finish within "
+                                         f"{s.request_timeout_s:g}s") from None
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
+                                        f"{exc}") from None
+                return web.Response(body=raw, status=upstream.status,
+                                    content_type="application/json", headers=headers)
+            return await self._relay_stream(request, upstream, lease, headers, started)
+
+    async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                            lease: Lease, headers: dict[str, str],
+                            started: float) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={
+            **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        parser = SSEParser()
+        saw_done = False
+        first = True
+        failure: str | None = None
+        model = headers.get("x-lkn-model", "")
+        try:
+            async for chunk in upstream.content.iter_any():
+                for event in parser.feed(chunk):
+                    if event.comment:
+                        await resp.write(b": ping\n\n")  # keep proxies and clients patient
+                        continue
+                    if event.data == DONE:
+                        saw_done = True
+                        await resp.write(frame(DONE))
+                        continue
+                    if first:
+                        first = False
+                        self.state.metrics.ttft_seconds.observe(time.monotonic() - started, model)
+                    await resp.write(frame(lease.client.normalize_stream_data(event.data or "")))
+            for event in parser.flush():
+                if event.data == DONE:
+                    saw_done = True
+                    await resp.write(frame(DONE))
+                elif event.data:
+                    await resp.write(frame(lease.client.normalize_stream_data(event.data)))
+        except asyncio.TimeoutError:
+            failure = (f"engine {lease.process.key} sent nothing for "
+                       f"{self.state.cfg.server.stream_idle_timeout_s:g}s")
+        except aiohttp.ClientError as exc:
+            failure = f"engine {lease.process.key} broke off the stream: {exc}"
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The client went away: closing the upstream makes the engine stop generating.
+            upstream.close()
+            raise
+        if failure is None and not saw_done:
+            failure = (f"engine {lease.process.key} ended the stream without [DONE] "
+                       f"(it stopped or crashed mid-answer)")
+        if failure is not None:
+            log.warning("stream for model=%s failed: %s", model, failure)
+            try:
+                await resp.write(frame_json(UpstreamError(failure).body()))
+            except ConnectionResetError:
+                pass
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+
+def models_payload(state: GatewayState) -> dict[str, Any]:
+    created = int(time.time() - (time.monotonic() - state.started))
+    data = []
+    for m in state.cfg.models:
+        loaded = state.manager.is_loaded(m.name)
+        for name in m.names:
+            data.append({"id": name, "object": "model", "created": created, "owned_by": "lkn",
+                         "loaded": loaded,
+                         "lkn": {"model": m.name, "alias_of": m.name if name != m.name else None,
+                                 "engine": m.engine,
+                                 "contexts": [v.ctx_size for v in m.variants],
+                                 "embeddings": m.embeddings}})
+    return {"object": "list", "data": data}
+
+
+def json_dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

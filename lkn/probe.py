@@ -1,0 +1,65 @@
+"""The entropy probe's math and the FLUID/ANALYTIC decision (pure, numpy).
+
+From the top-k logprobs of a probed token: renormalize over the k candidates,
+``H = -sum(p * log p)``, normalized ``H / log k`` in [0, 1].
+
+Defined edge cases:
+- k = 1: a single candidate carries no measurable uncertainty -> 0.0;
+- ``-inf`` (and llama.cpp's ``float lowest`` for probability 0) are candidates with p = 0: they
+  count in k but add nothing to H;
+- duplicated candidates (the same token listed twice) count once, when tokens are given;
+- NaN, ``+inf``, an empty list, or all candidates at p = 0 -> ``None``: a failed probe, never a
+  number.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+FLUID, ANALYTIC, PASSTHROUGH = "FLUID", "ANALYTIC", "PASSTHROUGH"
+ZERO_PROB_LOGPROB = -1e30  # at or below this a logprob means "probability 0"
+
+
+def normalized_entropy(logprobs: Sequence[float],
+                       tokens: Sequence[str | int] | None = None) -> float | None:
+    values = list(logprobs)
+    if tokens is not None and len(tokens) == len(values):
+        seen: set[str | int] = set()
+        unique = []
+        for tok, lp in zip(tokens, values):
+            if tok not in seen:
+                seen.add(tok)
+                unique.append(lp)
+        values = unique
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0 or np.isnan(arr).any() or np.isposinf(arr).any():
+        return None
+    k = arr.size
+    alive = arr[arr > ZERO_PROB_LOGPROB]
+    if alive.size == 0:
+        return None
+    if k == 1:
+        return 0.0
+    p = np.exp(alive - alive.max())
+    p /= p.sum()
+    p = p[p > 0]
+    h = float(-(p * np.log(p)).sum())
+    return min(1.0, max(0.0, h / math.log(k)))
+
+
+def aggregate(entropies: Sequence[float | None], how: str) -> float | None:
+    """Combine per-position entropies: ``first``, ``mean`` or ``max`` over valid positions."""
+    valid = [e for e in entropies if e is not None]
+    if not valid or entropies[0] is None and how == "first":
+        return None
+    if how == "first":
+        return valid[0]
+    if how == "max":
+        return max(valid)
+    return float(np.mean(valid))
+
+
+def classify(entropy: float, threshold: float) -> str:
+    return ANALYTIC if entropy >= threshold else FLUID

@@ -1,0 +1,200 @@
+"""Pure swap decisions: which waiting request gets which engine, what to start, what to stop.
+
+No I/O and no clock of its own: ``decide()`` takes a snapshot of the engines (``Slot``) and the
+queue (``Waiter``) plus ``now`` and returns the actions the engine manager must carry out. The
+manager calls it again after every event (arrival, release, engine ready/stopped/failed, timer).
+
+Policy, in order:
+
+1. **Wait bound.** The oldest waiter that cannot be served by a ready engine and has waited
+   ``max_wait_s`` or more is *overdue*. The engines that would have to go to make room for it are
+   *blocked*: they get no new requests, so their in-flight work drains and the swap can happen.
+   Without this a busy model starves a waiting one forever (llama-swap's #612/#772).
+2. **Collation.** Every waiter whose model has a ready, unblocked engine with a context that holds
+   it is granted at once (a running larger variant is reused: no reload for a shorter prompt).
+   Queued requests for a ready model are thus served before a swap.
+3. **Starts and evictions**, overdue waiter first, then FIFO: join an engine already starting;
+   else the smallest variant that fits the VRAM budget (and ``max_engines``) now; else evict idle
+   engines, least recently used first, never one with requests in flight, never one starting.
+   Stopped memory is only reused once the stop has finished (stopping engines still count).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+STARTING, READY, STOPPING, ASLEEP = "starting", "ready", "stopping", "asleep"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An engine as the scheduler sees it."""
+    key: str
+    model: str
+    ctx: int
+    vram_mb: int
+    state: str
+    in_flight: int = 0
+    last_used: float = 0.0
+    retired: bool = False  # its config changed or vanished (reload): drain, then stop
+
+
+@dataclass(frozen=True)
+class Option:
+    """A variant that holds the request: start ``key`` with context ``ctx`` using ``vram_mb``."""
+    key: str
+    ctx: int
+    vram_mb: int
+
+
+@dataclass(frozen=True)
+class Waiter:
+    id: int
+    model: str
+    options: tuple[Option, ...]  # ascending ctx; all hold the request and fit the budget
+    arrived: float
+
+
+@dataclass(frozen=True)
+class Grant:
+    waiter: int
+    key: str
+
+
+@dataclass(frozen=True)
+class Start:
+    key: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    key: str
+    reason: str = "evict"
+
+
+Action = Grant | Start | Stop
+
+
+@dataclass
+class _Board:
+    slots: dict[str, Slot]
+    budget_mb: int
+    max_engines: int
+    actions: list[Action] = field(default_factory=list)
+
+    def used_mb(self) -> int:
+        return sum(0 if s.state == ASLEEP else s.vram_mb for s in self.slots.values())
+
+    def resident(self) -> int:
+        return sum(1 for s in self.slots.values() if s.state != ASLEEP)
+
+    def fits(self, option: Option, freed_mb: int = 0, freed_count: int = 0,
+             waking: Slot | None = None) -> bool:
+        extra_count = 0 if waking is not None and waking.state != ASLEEP else 1
+        if self.used_mb() - freed_mb + option.vram_mb > self.budget_mb:
+            return False
+        return self.max_engines <= 0 or self.resident() - freed_count + extra_count <= self.max_engines
+
+    def eviction_plan(self, option: Option, *, include_busy: bool) -> list[Slot] | None:
+        """Engines to stop so that ``option`` fits, LRU first; None if impossible."""
+        target = self.slots.get(option.key)
+        if self.fits(option, waking=target):
+            return []
+        # An asleep engine holds (almost) no memory and no engine slot: evicting it frees nothing.
+        candidates = sorted(
+            (s for s in self.slots.values()
+             if s.key != option.key and s.state == READY and (include_busy or s.in_flight == 0)),
+            key=lambda s: s.last_used)
+        plan: list[Slot] = []
+        freed_mb = freed_count = 0
+        for slot in candidates:
+            plan.append(slot)
+            freed_mb += slot.vram_mb
+            freed_count += 1
+            if self.fits(option, freed_mb, freed_count, waking=target):
+                return plan
+        return None
+
+
+def _ready_engine(waiter: Waiter, board: _Board, blocked: set[str]) -> Slot | None:
+    keys = {o.key for o in waiter.options}
+    ready = [s for s in board.slots.values()
+             if s.key in keys and s.state == READY and not s.retired and s.key not in blocked]
+    return min(ready, key=lambda s: (s.ctx, s.in_flight)) if ready else None
+
+
+def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
+           max_engines: int, max_wait_s: float, now: float) -> list[Action]:
+    board = _Board({s.key: s for s in slots}, budget_mb, max_engines)
+    queue = sorted(waiters, key=lambda w: (w.arrived, w.id))
+
+    # Engines whose config is gone are stopped as soon as they are idle.
+    for slot in list(board.slots.values()):
+        if slot.retired and slot.in_flight == 0 and slot.state in (READY, ASLEEP):
+            board.actions.append(Stop(slot.key, "retired"))
+            board.slots[slot.key] = replace(slot, state=STOPPING)
+
+    # 1. wait bound
+    blocked: set[str] = set()
+    overdue: Waiter | None = None
+    for w in queue:
+        if now - w.arrived < max_wait_s:
+            break
+        if _ready_engine(w, board, set()) is None:
+            overdue = w
+            break
+    if overdue is not None and not any(
+            board.slots.get(o.key, Slot("", "", 0, 0, "")).state == STARTING
+            for o in overdue.options):
+        plan = board.eviction_plan(overdue.options[0], include_busy=True)
+        if plan:
+            blocked = {s.key for s in plan}
+
+    # 2. collation: serve everything a ready engine can hold
+    rest: list[Waiter] = []
+    for w in queue:
+        slot = _ready_engine(w, board, blocked)
+        if slot is None:
+            rest.append(w)
+            continue
+        board.actions.append(Grant(w.id, slot.key))
+        board.slots[slot.key] = replace(slot, in_flight=slot.in_flight + 1, last_used=now)
+
+    # 3. starts and evictions
+    if overdue is not None and overdue in rest:
+        rest.remove(overdue)
+        rest.insert(0, overdue)
+    for w in rest:
+        keys = {o.key for o in w.options}
+        if any(board.slots[k].state == STARTING for k in keys if k in board.slots):
+            continue  # join the start already under way
+        if any(board.slots[k].state in (READY, STOPPING) for k in keys if k in board.slots):
+            continue  # blocked or retiring: wait for it to drain or finish stopping
+        if overdue is not None and w is not overdue and blocked:
+            continue  # the overdue waiter's room is being made; do not take it
+        _start_for(w, board)
+    return board.actions
+
+
+def _start_for(w: Waiter, board: _Board) -> None:
+    # Prefer the smallest variant that can start now (or after evicting idle engines);
+    # fall back to waiting for the smallest one.
+    for option in w.options:
+        plan = board.eviction_plan(option, include_busy=False)
+        if plan is None:
+            continue
+        if plan:
+            for slot in plan:
+                board.actions.append(Stop(slot.key))
+                board.slots[slot.key] = replace(slot, state=STOPPING)
+            return  # start once the memory is really free
+        board.actions.append(Start(option.key))
+        current = board.slots.get(option.key)
+        board.slots[option.key] = Slot(option.key, w.model, option.ctx, option.vram_mb, STARTING,
+                                       last_used=current.last_used if current else 0.0)
+        return
+
+
+def admit(queued_for_model: int, cap: int) -> bool:
+    """Whether one more request may queue for a model (the rest get 429)."""
+    return queued_for_model < cap

@@ -1,0 +1,55 @@
+"""ModelSelector: what a request needs, and which context variants can hold it (pure).
+
+need = prompt tokens + answer budget + margin, where the answer budget is ``max_completion_tokens``
+or ``max_tokens`` or the model's ``default_max_tokens``. The candidate variants are those whose
+context holds ``need`` and whose VRAM estimate fits the budget, smallest context first; the
+scheduler then reuses a running one or starts the smallest it can. If none holds the request the
+client gets a 400 ``context_length_exceeded`` with the numbers, instead of the engine silently
+cutting the answer at the end of its context (llama-server answers 200 with ``finish_reason:
+"length"`` in that case).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .errors import ContextLengthExceeded
+from .scheduler import Option
+
+
+@dataclass(frozen=True)
+class VariantInfo:
+    key: str
+    ctx: int
+    vram_mb: int
+
+
+def answer_budget(body: dict[str, Any], default_max_tokens: int) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default_max_tokens
+
+
+def needed_tokens(prompt_tokens: int, body: dict[str, Any], *, default_max_tokens: int,
+                  margin: int) -> int:
+    return prompt_tokens + answer_budget(body, default_max_tokens) + margin
+
+
+def candidate_options(model: str, variants: Sequence[VariantInfo], need: int, *,
+                      budget_mb: int, prompt_tokens: int) -> tuple[Option, ...]:
+    fitting = [v for v in variants if v.vram_mb <= budget_mb]
+    options = tuple(Option(v.key, v.ctx, v.vram_mb) for v in sorted(fitting, key=lambda v: v.ctx)
+                    if v.ctx >= need)
+    if options:
+        return options
+    largest = max((v.ctx for v in fitting), default=0)
+    if not fitting:
+        raise ContextLengthExceeded(
+            f"no variant of model '{model}' fits the VRAM budget of {budget_mb} MiB "
+            f"(smallest needs {min(v.vram_mb for v in variants)} MiB)", param="model")
+    raise ContextLengthExceeded(
+        f"This request needs {need} tokens ({prompt_tokens} in the prompt plus the answer "
+        f"budget), but the largest context of model '{model}' that fits the VRAM budget holds "
+        f"{largest} tokens. Shorten the prompt or lower max_tokens.", param="messages")

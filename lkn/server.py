@@ -1,0 +1,212 @@
+"""GatewayServer: the aiohttp application, its long-lived resources, signals and reload.
+
+``create_app(cfg)`` is a pure factory. The HTTP client session and the engine manager live in a
+``cleanup_ctx`` generator, so on shutdown the engines stop (after in-flight requests drained)
+before the session closes. ``serve()`` binds every configured address, handles SIGTERM/SIGINT
+(drain, stop engines, exit) and SIGHUP (reload the Lua file without dropping requests).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, load_config, parse_listen
+from .engines.manager import EngineManager
+from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
+from .handler import GatewayState, RequestHandler, models_payload
+from .metrics import Metrics
+
+log = logging.getLogger("lkn.server")
+
+STATE = web.AppKey("lkn_state", GatewayState)
+OPEN_PATHS = ("/health", "/metrics")
+
+
+def _error_response(exc: LknError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+
+
+@web.middleware
+async def errors_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LknError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return _error_response(ModelNotFound(f"no route {request.method} {request.path}",
+                                                 code="not_found"))
+        if exc.status == 405:
+            err = BadRequest(f"method {request.method} is not allowed on {request.path}",
+                             code="method_not_allowed")
+            err.status = 405
+            return _error_response(err)
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # a bug of ours: log it, answer in OpenAI shape, keep serving
+        log.exception("internal error on %s %s", request.method, request.path)
+        return _error_response(LknError(f"internal error in lkn: {exc.__class__.__name__}: "
+                                        f"{exc}"))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    keys = request.app[STATE].cfg.server.api_keys
+    if keys and request.path not in OPEN_PATHS:
+        given = request.headers.get("Authorization", "")
+        token = given[7:].strip() if given.lower().startswith("bearer ") else \
+            request.headers.get("x-api-key", "")
+        if token not in keys:
+            raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
+    return await handler(request)
+
+
+def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = EngineManager
+               ) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=64 * 1024 * 1024)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            connector=aiohttp.TCPConnector(limit=0, force_close=False))
+        manager = manager_factory(cfg, session)
+        state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
+                             started=time.monotonic())
+        app[STATE] = state
+        housekeeping = asyncio.create_task(_housekeeping(state))
+        try:
+            yield
+        finally:
+            housekeeping.cancel()
+            await manager.shutdown(state.cfg.server.shutdown_drain_s)
+            await session.close()
+
+    app.cleanup_ctx.append(resources)
+
+    def handler() -> RequestHandler:
+        return RequestHandler(app[STATE])
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        return await handler().chat(request)
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        return await handler().completions(request)
+
+    async def embeddings(request: web.Request) -> web.StreamResponse:
+        return await handler().embeddings(request)
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response(models_payload(app[STATE]))
+
+    async def model_one(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        for item in models_payload(app[STATE])["data"]:
+            if item["id"] == name:
+                return web.json_response(item)
+        raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+
+    async def health(request: web.Request) -> web.Response:
+        st = app[STATE]
+        return web.json_response({"status": "ok", "engines": st.manager.describe(),
+                                  "queued": st.manager.queued(),
+                                  "in_flight": st.manager.in_flight(),
+                                  "uptime_s": round(time.monotonic() - st.started, 1)})
+
+    async def metrics(request: web.Request) -> web.Response:
+        st = app[STATE]
+        return web.Response(text=st.metrics.expose(_gauges(st)),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{name}", model_one)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _gauges(state: GatewayState) -> list[str]:
+    lines = ["# HELP lkn_engine_up Engine state (1 for the current state)",
+             "# TYPE lkn_engine_up gauge"]
+    for e in state.manager.describe():
+        lines.append(f'lkn_engine_up{{engine="{e["key"]}",state="{e["state"]}"}} 1')
+    lines += ["# HELP lkn_in_flight Requests being answered", "# TYPE lkn_in_flight gauge",
+              f"lkn_in_flight {state.manager.in_flight()}",
+              "# HELP lkn_queued Requests waiting for an engine", "# TYPE lkn_queued gauge",
+              f"lkn_queued {state.manager.queued()}",
+              "# HELP lkn_swaps_total Engine starts caused by requests",
+              "# TYPE lkn_swaps_total counter", f"lkn_swaps_total {state.manager.swaps}"]
+    return lines
+
+
+async def _housekeeping(state: GatewayState) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await state.manager.sleep_idle()
+        except Exception:  # never let housekeeping die silently
+            log.exception("housekeeping failed")
+
+
+async def reload_config(app: web.Application) -> bool:
+    """Re-read the config file; on any error keep the running config. Returns success."""
+    state = app[STATE]
+    path = state.cfg.path
+    try:
+        new = await asyncio.to_thread(load_config, path)
+    except Exception as exc:
+        log.error("reload of %s failed, keeping the running config: %s", path, exc)
+        return False
+    if new.server.listen != state.cfg.server.listen:
+        log.warning("reload: listen addresses changed; that takes a restart")
+    state.cfg = new
+    state.manager.reload(new)
+    log.info("reloaded %s: %d models", path, len(new.models))
+    return True
+
+
+async def serve(cfg: Config, *, listen: list[str] | None = None,
+                stop: asyncio.Event | None = None, install_signals: bool = True,
+                on_started: Callable[[web.Application], None] | None = None) -> None:
+    app = create_app(cfg)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=cfg.server.shutdown_drain_s)
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    try:
+        for address in listen or list(cfg.server.listen):
+            host, port = parse_listen(address)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+            log.info("listening on http://%s", address)
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGHUP,
+                                    lambda: asyncio.ensure_future(reload_config(app)))
+        if on_started is not None:
+            on_started(app)
+        await stop.wait()
+        log.info("shutting down: draining in-flight requests, then stopping engines")
+    finally:
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        await runner.cleanup()

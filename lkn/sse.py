@@ -1,0 +1,64 @@
+"""Server-sent events: an incremental parser for upstream streams and the framing we send.
+
+Only what gateways need: ``data:`` lines (several join with newlines), comments (lines starting
+with ``:``, llama-server's keep-alive pings) and the blank line that ends an event. Bytes may
+arrive split anywhere, including inside a UTF-8 character or between ``\\r`` and ``\\n``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class Event:
+    data: str | None  # None for a comment-only block
+    comment: bool = False
+
+
+class SSEParser:
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[str] = []
+        self._comment = False
+
+    def feed(self, chunk: bytes) -> Iterator[Event]:
+        self._buf += chunk
+        while True:
+            idx = self._buf.find(b"\n")
+            if idx < 0:
+                return
+            raw, self._buf = self._buf[:idx], self._buf[idx + 1:]
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if line == "":
+                if self._data:
+                    yield Event("\n".join(self._data))
+                elif self._comment:
+                    yield Event(None, comment=True)
+                self._data, self._comment = [], False
+            elif line.startswith(":"):
+                self._comment = True
+            elif line.startswith("data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(" ") else value)
+            # "event:", "id:" and "retry:" fields are not used by OpenAI-style streams
+
+    def flush(self) -> Iterator[Event]:
+        """An event left open at EOF (no trailing blank line)."""
+        if self._buf.strip():
+            yield from self.feed(b"\n")
+        if self._data:
+            yield Event("\n".join(self._data))
+        self._data = []
+
+
+def frame(data: str) -> bytes:
+    return f"data: {data}\n\n".encode("utf-8")
+
+
+def frame_json(obj: Any) -> bytes:
+    return frame(json.dumps(obj, separators=(",", ":")))
+
+
+DONE = "[DONE]"

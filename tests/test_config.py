@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lkn.__main__ import main
+from lkn.config import ConfigError, load_config
+from tests.conftest import ROOT, write_config
+
+MODEL = 'model_file = "/models/m.gguf"'
+
+
+@pytest.mark.parametrize("models, message", [
+    ('{ { name = "m", ctx_size = "big", ' + MODEL + ' } }',
+     'models[1].ctx_size: must be a positive integer, got "big"'),
+    ('{ { name = "a", ctx_size = 512, ' + MODEL + ' }, { name = "b", ctx_size = -1, ' + MODEL
+     + ' } }', 'models[2].ctx_size: must be a positive integer, got -1'),
+    ('{ { ctx_size = 512, ' + MODEL + ' } }', 'models[1].name: must be a non-empty string, got nil'),
+    ('{ { name = "m", ctx_size = 512 } }',
+     'models[1].model_file: must be a non-empty string, got nil'),
+    ('{ { name = "m", engine = "vllm", ctx_size = 512, ' + MODEL + ' } }',
+     'models[1].engine: must be one of llamacpp, sglang, got "vllm"'),
+    ('{ { name = "m", ctx_size = 512, ctx_sise = 1, ' + MODEL + ' } }',
+     'models[1].ctx_sise: unknown key'),
+    ('{ { name = "m", aliases = { "x", 3 }, ctx_size = 512, ' + MODEL + ' } }', None),
+    ('{ { name = "m", ctx_size = 512, ' + MODEL + ' }, { name = "n", aliases = { "m" }, '
+     'ctx_size = 512, ' + MODEL + ' } }',
+     'models[2]: name or alias "m" is already used by models[1]'),
+    ('{ { name = "m", ' + MODEL + ', variants = { { ctx_size = 512 }, { ctx_size = 0 } } } }',
+     'models[1].variants[2].ctx_size: must be a positive integer, got 0'),
+    ('{ { name = "m", ' + MODEL + ', variants = { { ctx_size = 512 }, { ctx_size = 512 } } } }',
+     'models[1].variants: two variants share ctx_size 512'),
+    ('{ { name = "m", ' + MODEL + ', variants = { { ctx_size = 512, cache_type = "q3" } } } }',
+     'models[1].variants[1].cache_type: must be one of f32, f16, bf16, q8_0, q4_0, q4_1, '
+     'iq4_nl, q5_0, q5_1, got "q3"'),
+    ('{ { name = "m", ctx_size = 512, ' + MODEL + ', homeostasis = { threshold = 1.5 } } }',
+     'models[1].homeostasis.threshold: must be a number between 0.0 and 1.0, got 1.5'),
+    ('{ { name = "m", ctx_size = 512, ' + MODEL + ', homeostasis = { escalate_to = "big" } } }',
+     'models[1].homeostasis.escalate_to: no such model, got "big"'),
+    ('{ { name = "m", ctx_size = 512, ' + MODEL + ', embeddings = "yes" } }',
+     'models[1].embeddings: must be true or false, got "yes"'),
+    ('{}', 'models: must be a non-empty list of model tables, got {}'),
+])
+def test_model_validation_names_key_path_and_value(tmp_path: Path, models: str,
+                                                   message: str | None) -> None:
+    lua = f"server = {{}}\nmodels = {models}\n"
+    if message is None:
+        cfg = write_config(tmp_path, lua)
+        assert cfg.models[0].aliases == ("x", "3")
+        return
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, lua)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("server, message", [
+    ('listen = { "127.0.0.1:99999" }',
+     'server.listen[1]: must be HOST:PORT with a port in 1..65535, got "127.0.0.1:99999"'),
+    ('listen = { "127.0.0.1:8080", "::1:8080" }',
+     'server.listen[2]: an IPv6 address must be written in brackets, like [::1]:8080, '
+     'got "::1:8080"'),
+    ('engine_port_range = { 40000, 30000 }',
+     'server.engine_port_range: must satisfy FIRST <= LAST <= 65535, got {40000, 30000}'),
+    ('stop_grace_s = "soon"', 'server.stop_grace_s: must be a number >= 0.0, got "soon"'),
+    ('vram_budget_mb = 0', 'server.vram_budget_mb: must be a positive integer, got 0'),
+    ('homeostasis = { mode = "always" }',
+     'server.homeostasis.mode: must be one of homeostatic, passthrough, got "always"'),
+    ('api_keys = "secret"', 'server.api_keys: must be a list of strings, got "secret"'),
+    ('listne = {}', 'server.listne: unknown key'),
+])
+def test_server_validation_names_key_path_and_value(tmp_path: Path, server: str,
+                                                    message: str) -> None:
+    lua = f'server = {{ {server} }}\nmodels = {{ {{ name = "m", ctx_size = 512, {MODEL} }} }}\n'
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, lua)
+    assert str(info.value) == message
+
+
+def test_good_config_becomes_frozen_dataclasses(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, """
+server = { listen = { "127.0.0.1:8080", "[::1]:8081" }, api_keys = { "k1" }, stop_grace_s = 2,
+           homeostasis = { mode = "homeostatic", threshold = 0.4 } }
+models = {
+  { name = "m", aliases = { "alias" }, model_file = "/m/a.gguf", args = { "--threads", 2 },
+    env = { CUDA_VISIBLE_DEVICES = "0" }, homeostasis = { intervention = "none" },
+    variants = { { ctx_size = 2048, cache_type = "q8_0" }, { ctx_size = 512, vram_mb = 900 } } },
+}
+""")
+    assert cfg.server.listen == ("127.0.0.1:8080", "[::1]:8081")
+    assert cfg.server.api_keys == ("k1",)
+    assert cfg.server.stop_grace_s == 2.0
+    m = cfg.resolve("alias")
+    assert m is not None and m.name == "m"
+    assert [v.ctx_size for v in m.variants] == [512, 2048]  # sorted by context
+    assert m.variants[0].vram_mb == 900 and m.variants[1].cache_type == "q8_0"
+    assert m.variants[0].args == ("--threads", "2")
+    assert m.env == (("CUDA_VISIBLE_DEVICES", "0"),)
+    # model-level homeostasis merges over the server's
+    assert (m.homeostasis.mode, m.homeostasis.threshold, m.homeostasis.intervention) == (
+        "homeostatic", 0.4, "none")
+    with pytest.raises(Exception):
+        cfg.server.listen = ()  # type: ignore[misc]
+
+
+def test_lua_syntax_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, "server = {\nmodels = ", name="broken.lua")
+    assert "broken.lua:" in str(info.value) and "Lua error" in str(info.value)
+
+
+def test_lua_logic_works_in_config(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, """
+local base = "/models/"
+models = {}
+for _, ctx in ipairs({ 512, 1024 }) do
+  table.insert(models, { name = "m" .. ctx, model_file = base .. "m.gguf", ctx_size = ctx })
+end
+""")
+    assert [m.name for m in cfg.models] == ["m512", "m1024"]
+
+
+def test_example_config_loads_with_two_models_over_smollm2() -> None:
+    cfg = load_config(str(ROOT / "example.cfg.lua"))
+    assert len(cfg.models) == 2
+    files = {v.model_file for m in cfg.models for v in m.variants}
+    assert len(files) == 1 and next(iter(files)).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert [v.ctx_size for v in cfg.resolve("smollm2").variants] == [512, 2048]
+    load_config(str(ROOT / "config.cfg.lua"))
+
+
+def test_check_config_cli_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(ROOT / "example.cfg.lua")]) == 0
+    assert "config OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.lua"
+    bad.write_text('models = { { name = "m", ctx_size = "big", model_file = "/x" } }')
+    assert main(["check-config", str(bad)]) == 1
+    assert 'models[1].ctx_size: must be a positive integer, got "big"' in capsys.readouterr().err

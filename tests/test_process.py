@@ -1,0 +1,159 @@
+"""EngineProcess lifecycle against the fake engine run as a real child process."""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from lkn.config import ModelConfig, VariantConfig
+from lkn.engines.llamacpp import LlamaCppEngine
+from lkn.engines.process import EngineProcess, EngineStartError, PortPool, State
+from tests.conftest import free_port
+
+
+def fake_process(binary: str, session: aiohttp.ClientSession, *args: str,
+                 start_timeout_s: float = 20, stop_grace_s: float = 2,
+                 log_dir: str | None = None) -> EngineProcess:
+    model = ModelConfig(name="fake", engine="llamacpp", binary=binary,
+                        variants=(VariantConfig(512, "/nonexistent.gguf", 0, args=args),))
+    port = free_port()
+    return EngineProcess(LlamaCppEngine(model, model.variants[0]), ports=PortPool(port, port + 20),
+                         session=session, start_timeout_s=start_timeout_s,
+                         stop_grace_s=stop_grace_s, log_dir=log_dir)
+
+
+async def test_slow_engine_becomes_ready_after_refused_then_503(fake_binary: str,
+                                                                tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-listen-delay-s", "0.4",
+                            "--fake-load-s", "0.6", log_dir=str(tmp_path))
+        t0 = time.monotonic()
+        await proc.ensure_ready()
+        assert proc.state is State.READY
+        assert time.monotonic() - t0 >= 0.6  # waited through "refused" and "Loading model"
+        async with session.get(proc.base_url + "/health") as resp:
+            assert resp.status == 200
+        assert proc.client.effective_ctx == 512  # read back from /props
+        pid = proc.pid
+        await proc.stop()
+        assert proc.state is State.STOPPED
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        log_text = Path(proc.logs.path).read_text()
+        assert "fake: listening" in log_text and "starting -> ready" in log_text
+
+
+async def test_exit_before_ready_fails_at_once_with_log_tail(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-exit-before-ready", "3",
+                            start_timeout_s=60)
+        t0 = time.monotonic()
+        with pytest.raises(EngineStartError) as info:
+            await proc.ensure_ready()
+        assert time.monotonic() - t0 < 30  # not the 60 s start timeout
+        message = str(info.value)
+        assert "exited with code 3 before it was ready" in message
+        assert "out of memory while loading tensors" in message
+        assert proc.state is State.FAILED
+
+
+async def test_engine_ignoring_sigterm_is_killed_after_grace(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-ignore-sigterm", stop_grace_s=0.5)
+        await proc.ensure_ready()
+        pid = proc.pid
+        t0 = time.monotonic()
+        await proc.stop()
+        assert time.monotonic() - t0 >= 0.5
+        assert proc.proc is not None and proc.proc.returncode == -9
+        assert "SIGKILL" in proc.logs.tail(10)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_stop_sweeps_grandchild_that_left_the_group(fake_binary: str,
+                                                          tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-grandchild", str(pidfile))
+        await proc.ensure_ready()
+        grandchild = int(pidfile.read_text())
+        assert psutil.pid_exists(grandchild)
+        await proc.stop()
+        await asyncio.sleep(0.1)
+        assert not psutil.pid_exists(grandchild) or \
+            psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_start_timeout_kills_the_child(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-load-s", "100", start_timeout_s=1)
+        with pytest.raises(EngineStartError, match="not ready after 1s"):
+            await proc.ensure_ready()
+        assert proc.proc is not None and proc.proc.returncode is not None
+
+
+async def test_concurrent_ensure_ready_spawns_once(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-load-s", "0.3")
+        spawned: list[int] = []
+        original = proc._spawn
+
+        async def counting_spawn(*args, **kwargs):  # type: ignore[no-untyped-def]
+            p = await original(*args, **kwargs)
+            spawned.append(p.pid)
+            return p
+        proc._spawn = counting_spawn
+        await asyncio.gather(*(proc.ensure_ready() for _ in range(5)))
+        assert len(spawned) == 1 and proc.state is State.READY
+        await proc.stop()
+
+
+async def test_ensure_ready_during_stop_waits_then_starts(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-ignore-sigterm", stop_grace_s=0.5)
+        await proc.ensure_ready()
+        first = proc.pid
+        stopping = asyncio.create_task(proc.stop())
+        await asyncio.sleep(0.05)
+        assert proc.state is State.STOPPING
+        await proc.ensure_ready()  # waits for the stop, then starts a fresh child
+        await stopping
+        assert proc.state is State.READY and proc.pid != first
+        await proc.stop()
+
+
+async def test_crash_is_noticed_and_next_start_works(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session, "--fake-crash-after-s", "0.3")
+        await proc.ensure_ready()
+        for _ in range(100):
+            if proc.state is State.FAILED:
+                break
+            await asyncio.sleep(0.05)
+        assert proc.state is State.FAILED
+        assert "exited unexpectedly with code 77" in proc.last_error
+        await proc.ensure_ready()
+        assert proc.state is State.READY
+        await proc.stop()
+
+
+async def test_spawn_failure_is_a_start_error() -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process("/nonexistent/llama-server", session)
+        with pytest.raises(EngineStartError, match="cannot spawn /nonexistent/llama-server"):
+            await proc.ensure_ready()
+
+
+def test_port_pool_skips_ports_in_use() -> None:
+    import socket
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        pool = PortPool(port, port + 5)
+        got = pool.acquire()
+        assert got != port
+        assert pool.acquire() not in (port, got)

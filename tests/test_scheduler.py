@@ -1,0 +1,147 @@
+"""Table tests for the pure scheduler: feed it engines and waiters, check the actions."""
+from __future__ import annotations
+
+import pytest
+
+from lkn.scheduler import (ASLEEP, READY, STARTING, STOPPING, Grant, Option, Slot, Start, Stop,
+                           Waiter, admit, decide)
+
+A512 = Option("a@512", 512, 1000)
+A2048 = Option("a@2048", 2048, 3000)
+B = Option("b@1024", 1024, 5500)
+C = Option("c@1024", 1024, 2000)
+
+
+def slot(option: Option, state: str = READY, in_flight: int = 0, last_used: float = 0.0,
+         retired: bool = False) -> Slot:
+    return Slot(option.key, option.key.split("@")[0], option.ctx, option.vram_mb, state,
+                in_flight, last_used, retired)
+
+
+def waiter(i: int, *options: Option, arrived: float = 0.0) -> Waiter:
+    return Waiter(i, options[0].key.split("@")[0], tuple(options), arrived)
+
+
+CASES = [
+    # (name, slots, waiters, budget, max_engines, now, expected actions)
+    ("cold start picks the smallest variant",
+     [], [waiter(1, A512, A2048)], 8000, 0, 0.0, [Start("a@512")]),
+    ("ready engine is granted",
+     [slot(A512)], [waiter(1, A512, A2048)], 8000, 0, 0.0, [Grant(1, "a@512")]),
+    ("running larger variant is reused for a short prompt (no swap)",
+     [slot(A2048)], [waiter(1, A512, A2048)], 8000, 0, 0.0, [Grant(1, "a@2048")]),
+    ("a long prompt cannot use the small running variant: start the larger one beside it",
+     [slot(A512)], [waiter(1, A2048)], 8000, 0, 0.0, [Start("a@2048")]),
+    ("joins an engine that is already starting",
+     [slot(A512, STARTING)], [waiter(1, A512, A2048)], 8000, 0, 0.0, []),
+    ("two engines fit the budget together: no eviction",
+     [slot(A512)], [waiter(1, C)], 8000, 0, 0.0, [Start("c@1024")]),
+    ("does not fit: evict the idle engine first, start later",
+     [slot(A2048)], [waiter(1, B)], 8000, 0, 0.0, [Stop("a@2048")]),
+    ("never evicts an engine with requests in flight",
+     [slot(A2048, in_flight=1)], [waiter(1, B)], 8000, 0, 0.0, []),
+    ("eviction order is least recently used first",
+     [slot(A512, last_used=5.0), slot(C, last_used=1.0)], [waiter(1, B)], 8000, 0, 10.0,
+     [Stop("c@1024")]),
+    ("evicts as many idle engines as needed",
+     [slot(A512, last_used=5.0), slot(C, last_used=1.0)], [waiter(1, Option("d@1", 1, 7500))],
+     8000, 0, 10.0, [Stop("c@1024"), Stop("a@512")]),
+    ("stopping engines still hold memory: wait",
+     [slot(A2048, STOPPING)], [waiter(1, B)], 8000, 0, 0.0, []),
+    ("max_engines=1 forces a swap even when VRAM would fit",
+     [slot(A512)], [waiter(1, C)], 8000, 1, 0.0, [Stop("a@512")]),
+    ("collation: queued requests for the ready model are served before the swap",
+     [slot(A512)], [waiter(1, B, arrived=0.0), waiter(2, A512, arrived=1.0)], 6000, 0, 2.0,
+     [Grant(2, "a@512")]),
+    ("wait bound: an overdue waiter blocks new grants to the engine it needs gone",
+     [slot(A512, in_flight=1)], [waiter(1, B, arrived=0.0), waiter(2, A512, arrived=1.0)],
+     6000, 0, 31.0, []),
+    ("wait bound: once drained, the overdue waiter's swap happens",
+     [slot(A512)], [waiter(1, B, arrived=0.0), waiter(2, A512, arrived=1.0)], 6000, 0, 31.0,
+     [Stop("a@512")]),
+    ("before the bound the busy engine keeps serving",
+     [slot(A512, in_flight=1)], [waiter(1, B, arrived=0.0), waiter(2, A512, arrived=1.0)],
+     6000, 0, 29.0, [Grant(2, "a@512")]),
+    ("an overdue waiter does not block engines it does not need gone",
+     [slot(A512, in_flight=1), slot(C, in_flight=1, last_used=5.0)],
+     [waiter(1, Option("d@1", 1, 5500), arrived=0.0), waiter(2, A512, arrived=1.0),
+      waiter(3, C, arrived=2.0)],
+     8000, 0, 31.0, [Grant(3, "c@1024")]),
+    ("retired engine (reload) is stopped once idle and gets no new requests",
+     [slot(A512, retired=True)], [waiter(1, A512)], 8000, 0, 0.0, [Stop("a@512", "retired")]),
+    ("retired engine with work in flight drains first",
+     [slot(A512, retired=True, in_flight=1)], [waiter(1, A512)], 8000, 0, 0.0, []),
+    ("an asleep engine is woken (started) for its request",
+     [slot(A512, ASLEEP)], [waiter(1, A512)], 8000, 0, 0.0, [Start("a@512")]),
+    ("an asleep engine's memory is free for others",
+     [slot(B, ASLEEP)], [waiter(1, A2048)], 8000, 0, 0.0, [Start("a@2048")]),
+    ("FIFO: the first waiter's start goes first; later ones wait for it",
+     [], [waiter(1, B, arrived=0.0), waiter(2, A2048, arrived=1.0)], 6000, 0, 2.0,
+     [Start("b@1024")]),
+]
+
+
+@pytest.mark.parametrize("name, slots, waiters, budget, max_engines, now, expected", CASES,
+                         ids=[c[0] for c in CASES])
+def test_decide(name: str, slots: list[Slot], waiters: list[Waiter], budget: int,
+                max_engines: int, now: float, expected: list[object]) -> None:
+    assert decide(slots, waiters, budget_mb=budget, max_engines=max_engines, max_wait_s=30.0,
+                  now=now) == expected
+
+
+def test_an_overdue_waiter_blocks_even_when_it_is_not_first_in_line() -> None:
+    # the overdue waiter blocks A; a later request for A waits behind it instead of being served
+    slots = [slot(A512, in_flight=2)]
+    waiters = [waiter(1, B, arrived=0.0)] + [waiter(i, A512, arrived=float(i)) for i in range(2, 6)]
+    assert decide(slots, waiters, budget_mb=6000, max_engines=0, max_wait_s=30, now=40) == []
+
+
+def simulate(arrivals: list[tuple[float, Option]], service_s: float, budget: int,
+             max_wait_s: float) -> dict[int, float]:
+    """A tiny event loop over decide(): start/stop are instant, requests take service_s."""
+    t = 0.0
+    slots: dict[str, Slot] = {}
+    queue: dict[int, Waiter] = {}
+    finish: list[tuple[float, str]] = []
+    waited: dict[int, float] = {}
+    pending = [(a, i, o) for i, (a, o) in enumerate(arrivals)]
+    while pending or queue or finish:
+        for a, i, o in [p for p in pending if p[0] <= t]:
+            queue[i] = Waiter(i, o.key.split("@")[0], (o,), a)
+            pending.remove((a, i, o))
+        for end, key in [f for f in finish if f[0] <= t]:
+            finish.remove((end, key))
+            s = slots[key]
+            slots[key] = Slot(s.key, s.model, s.ctx, s.vram_mb, s.state, s.in_flight - 1, t)
+        for action in decide(list(slots.values()), list(queue.values()), budget_mb=budget,
+                             max_engines=0, max_wait_s=max_wait_s, now=t):
+            if isinstance(action, Grant):
+                w = queue.pop(action.waiter)
+                waited[w.id] = t - w.arrived
+                s = slots[action.key]
+                slots[action.key] = Slot(s.key, s.model, s.ctx, s.vram_mb, s.state,
+                                         s.in_flight + 1, t)
+                finish.append((t + service_s, action.key))
+            elif isinstance(action, Start):
+                w = next(w for w in queue.values() if w.options[0].key == action.key)
+                o = w.options[0]
+                slots[o.key] = Slot(o.key, w.model, o.ctx, o.vram_mb, READY, 0, t)
+            elif isinstance(action, Stop):
+                del slots[action.key]
+        t = round(t + 0.5, 3)
+        assert t < 10_000, "simulation did not converge"
+    return waited
+
+
+def test_no_request_starves_behind_a_busy_model() -> None:
+    # model A receives a request every second forever-ish; one request for B arrives at t=1
+    arrivals = [(float(i), A512) for i in range(0, 200)] + [(1.0, B)]
+    waited = simulate(arrivals, service_s=1.5, budget=6000, max_wait_s=10.0)
+    b_id = len(arrivals) - 1
+    assert waited[b_id] <= 10.0 + 2 * 1.5 + 1.0  # the bound plus draining in-flight work
+    assert max(waited.values()) < 60
+
+
+@pytest.mark.parametrize("queued, cap, ok", [(0, 1, True), (63, 64, True), (64, 64, False)])
+def test_admit_caps_the_queue(queued: int, cap: int, ok: bool) -> None:
+    assert admit(queued, cap) is ok
