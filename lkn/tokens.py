@@ -5,9 +5,10 @@
 2. **Local**: the model's own tokenizer and chat template, loaded without the weights:
    llama-cpp-python ``vocab_only=True`` for a GGUF file; the ``tokenizers`` files of a Hugging
    Face directory for SGLang. Loaded once per file, run in a worker thread.
-3. **Estimate**, only when neither is possible: UTF-8 bytes / 2 plus 8 tokens per message. Real
-   tokenizers average 3-4 bytes per token on English, so this over-counts on purpose: a too-large
-   count picks a larger context, a too-small one would cut the answer.
+3. **Estimate**, only when neither is possible: UTF-8 bytes / 2, plus 16 tokens per message and
+   64 for the template (chat templates add role markers and often a default system prompt).
+   Real tokenizers average 3-4 bytes per token on English, so this over-counts on purpose: a
+   too-large count picks a larger context, a too-small one would cut the answer.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def estimate_tokens(route: str, body: dict[str, Any]) -> int:
         messages = body.get("messages") or []
         text = json.dumps([m.get("content") for m in messages if isinstance(m, dict)],
                           ensure_ascii=False)
-        return len(text.encode("utf-8")) // 2 + 8 * len(messages) + 8
+        return len(text.encode("utf-8")) // 2 + 16 * len(messages) + 64
     prompt = body.get("prompt", body.get("input", ""))
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
         return len(prompt)

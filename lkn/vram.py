@@ -8,8 +8,9 @@ estimate = offloaded weights + KV cache for the context + a compute allowance
   bytes(type_v))``;
 - compute allowance: ``server.vram_overhead_mb``.
 
-An explicit ``vram_mb`` on the variant wins. SGLang models (a Hugging Face directory) are
-estimated from their safetensors sizes and ``config.json`` the same way, in bf16.
+An explicit ``vram_mb`` on the variant wins. An SGLang model with ``mem_fraction_static`` takes
+that share of the budget (SGLang allocates it up front); without it, the Hugging Face directory is
+estimated from its safetensors sizes and ``config.json`` the same way, in bf16.
 """
 from __future__ import annotations
 
@@ -96,6 +97,9 @@ def variant_vram_mb(model: ModelConfig, variant: VariantConfig, *, overhead_mb: 
     if variant.vram_mb is not None:
         return variant.vram_mb
     ctx = variant.ctx_size * model.parallel
+    if model.engine == "sglang" and model.mem_fraction_static is not None:
+        # SGLang claims this share of the card for weights + KV pool whatever the model needs.
+        return int(round(model.mem_fraction_static * budget_mb)) + overhead_mb
     try:
         if model.engine == "sglang":
             shape = hf_shape(variant.model_file)

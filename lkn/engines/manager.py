@@ -8,6 +8,7 @@ requests are never cut by a swap: the scheduler only evicts engines with nothing
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -104,6 +105,8 @@ class EngineManager:
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.swaps = 0
+        # Recent engine state changes (monotonic time, engine, state): for /health and tests.
+        self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)
         self._load_specs(cfg)
 
     # ------------------------------------------------------------------ config
@@ -217,7 +220,9 @@ class EngineManager:
         self._decide_scheduled = True
         asyncio.get_running_loop().call_soon(self._decide)
 
-    def notify(self, _proc: EngineProcess | None = None) -> None:
+    def notify(self, proc: EngineProcess | None = None) -> None:
+        if proc is not None:
+            self.events.append((self._clock(), proc.key, proc.state.value))
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to decide yet
             self._kick()
 
