@@ -67,7 +67,7 @@ class Lease:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self._manager._release(self.slot_key)
+            self._manager._release(self.process)
 
 
 @dataclass
@@ -198,7 +198,8 @@ class EngineManager:
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
             self._pending.pop(waiter.id, None)
             if future.done() and not future.cancelled() and future.exception() is None:
-                self._release(future.result())  # granted at the same instant: give it back
+                # granted at the same instant: give it back
+                self._release(self._procs[future.result()])
             elif not future.done():
                 future.cancel()
             self._kick()
@@ -208,9 +209,11 @@ class EngineManager:
             raise
         return Lease(self, slot_key, self._procs[slot_key])
 
-    def _release(self, slot_key: str) -> None:
-        self._in_flight[slot_key] = max(0, self._in_flight.get(slot_key, 0) - 1)
-        self._last_used[slot_key] = self._clock()
+    def _release(self, process: EngineProcess) -> None:
+        # By identity: a reload may have moved the process to a retired key since the grant.
+        for key in self._keys_of(process):
+            self._in_flight[key] = max(0, self._in_flight.get(key, 0) - 1)
+            self._last_used[key] = self._clock()
         self._kick()
 
     # ------------------------------------------------------------------ decisions
