@@ -20,7 +20,7 @@ from .luaload import load_lua_tables
 ENGINES = ("llamacpp", "sglang")
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
 INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
-PROBE_AGGREGATES = ("first", "mean", "max")
+PROBE_AGGREGATES = ("first", "mean", "max", "answer")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 DEFAULT_VERIFY_PROMPT = ("Think carefully, verify your assumptions, and reason step-by-step "
                          "before answering.")

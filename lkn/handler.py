@@ -145,7 +145,7 @@ class RequestHandler:
                 settings.probe_timeout_s)
             entropy = probe_math.aggregate(
                 [probe_math.normalized_entropy(p) for p in result.positions] or [None],
-                settings.probe_aggregate)
+                settings.probe_aggregate, result.tokens)
             if entropy is None:
                 raise EngineRequestError("the probe returned no usable logprobs")
         except (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError, KeyError,

@@ -49,11 +49,32 @@ def normalized_entropy(logprobs: Sequence[float],
     return min(1.0, max(0.0, h / math.log(k)))
 
 
-def aggregate(entropies: Sequence[float | None], how: str) -> float | None:
-    """Combine per-position entropies: ``first``, ``mean`` or ``max`` over valid positions."""
+FILLER_WORDS = frozenset({"the", "a", "an", "answer", "is", "it", "its", "of", "to", "sure",
+                          "well", "so", "okay", "ok", "i", "think", "that", "this"})
+
+
+def answer_position(tokens: Sequence[str]) -> int | None:
+    """Index of the first answer-bearing token: not whitespace or punctuation, not a filler
+    word ("The", "Answer", "is" ...). None if there is none among ``tokens``."""
+    for i, tok in enumerate(tokens):
+        word = "".join(ch for ch in tok if ch.isalnum()).lower()
+        if word and word not in FILLER_WORDS:
+            return i
+    return None
+
+
+def aggregate(entropies: Sequence[float | None], how: str,
+              tokens: Sequence[str] | None = None) -> float | None:
+    """Combine per-position entropies: ``first``, ``mean`` or ``max`` over valid positions, or
+    ``answer``: the first answer-bearing token (falls back to the first position)."""
     valid = [e for e in entropies if e is not None]
     if not valid or entropies[0] is None and how == "first":
         return None
+    if how == "answer":
+        pos = answer_position(tokens or ())
+        if pos is not None and pos < len(entropies) and entropies[pos] is not None:
+            return entropies[pos]
+        return entropies[0]
     if how == "first":
         return valid[0]
     if how == "max":

@@ -8,11 +8,15 @@ Policy, in order:
 
 1. **Wait bound.** The oldest waiter that cannot be served by a ready engine and has waited
    ``max_wait_s`` or more is *overdue*. The engines that would have to go to make room for it are
-   *blocked*: they get no new requests, so their in-flight work drains and the swap can happen.
-   Without this a busy model starves a waiting one forever (llama-swap's #612/#772).
-2. **Collation.** Every waiter whose model has a ready, unblocked engine with a context that holds
-   it is granted at once (a running larger variant is reused: no reload for a shorter prompt).
-   Queued requests for a ready model are thus served before a swap.
+   *blocked* for requests that arrived after it: they queue behind it, the engine's in-flight
+   work drains and the swap happens. Without this a busy model starves a waiting one forever
+   (llama-swap's #612/#772). Older requests are still served, so the bound never makes two
+   models take turns evicting each other.
+2. **Collation.** Waiters whose model has a ready, unblocked engine with a context that holds
+   them are granted, oldest first, while it has free slots (``capacity``: the engine's parallel
+   slots; the rest wait in lkn's queue, where they can still be reordered, rather than inside
+   the engine). A running larger variant is reused: no reload for a shorter prompt. Queued
+   requests for a ready model are thus served before a swap.
 3. **Starts and evictions**, overdue waiter first, then FIFO: join an engine already starting;
    else the smallest variant that fits the VRAM budget (and ``max_engines``) now; else evict idle
    engines, least recently used first, never one with requests in flight, never one starting.
@@ -37,6 +41,7 @@ class Slot:
     in_flight: int = 0
     last_used: float = 0.0
     retired: bool = False  # its config changed or vanished (reload): drain, then stop
+    capacity: int = 1      # requests it answers at once; more wait in lkn's queue, not the engine's
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,21 @@ class _Board:
         return None
 
 
-def _ready_engine(waiter: Waiter, board: _Board, blocked: set[str]) -> Slot | None:
+def _ready_engine(waiter: Waiter, board: _Board, blocked: set[str], *,
+                  free_only: bool = True) -> Slot | None:
+    """The ready engine that should serve ``waiter`` (smallest context first); with
+    ``free_only`` only one that has a free slot now."""
     keys = {o.key for o in waiter.options}
     ready = [s for s in board.slots.values()
              if s.key in keys and s.state == READY and not s.retired and s.key not in blocked]
+    if free_only:
+        ready = [s for s in ready if s.in_flight < s.capacity]
     return min(ready, key=lambda s: (s.ctx, s.in_flight)) if ready else None
+
+
+def _served_by_running(waiter: Waiter, board: _Board) -> bool:
+    """Whether a running engine holds ``waiter`` (it is served without a swap, maybe later)."""
+    return _ready_engine(waiter, board, set(), free_only=False) is not None
 
 
 def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
@@ -140,7 +155,7 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
     for w in queue:
         if now - w.arrived < max_wait_s:
             break
-        if _ready_engine(w, board, set()) is None:
+        if not _served_by_running(w, board):
             overdue = w
             break
     if overdue is not None and not any(
@@ -150,10 +165,12 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
         if plan:
             blocked = {s.key for s in plan}
 
-    # 2. collation: serve everything a ready engine can hold
+    # 2. collation: serve everything a ready engine can hold; requests that arrived after the
+    #    overdue waiter queue behind it on the engines it needs gone
     rest: list[Waiter] = []
     for w in queue:
-        slot = _ready_engine(w, board, blocked)
+        behind = overdue is not None and (w.arrived, w.id) > (overdue.arrived, overdue.id)
+        slot = _ready_engine(w, board, blocked if behind else set())
         if slot is None:
             rest.append(w)
             continue
@@ -166,6 +183,8 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
         rest.insert(0, overdue)
     for w in rest:
         keys = {o.key for o in w.options}
+        if _served_by_running(w, board):
+            continue  # its engine is busy: wait for a free slot, no second copy
         if any(board.slots[k].state == STARTING for k in keys if k in board.slots):
             continue  # join the start already under way
         if any(board.slots[k].state in (READY, STOPPING) for k in keys if k in board.slots):
@@ -191,7 +210,8 @@ def _start_for(w: Waiter, board: _Board) -> None:
         board.actions.append(Start(option.key))
         current = board.slots.get(option.key)
         board.slots[option.key] = Slot(option.key, w.model, option.ctx, option.vram_mb, STARTING,
-                                       last_used=current.last_used if current else 0.0)
+                                       last_used=current.last_used if current else 0.0,
+                                       capacity=current.capacity if current else 1)
         return
 
 

@@ -60,6 +60,17 @@ def test_aggregate(entropies: list[float | None], how: str, expected: object) ->
     assert aggregate(entropies, how) == expected
 
 
+@pytest.mark.parametrize("tokens, entropies, expected", [
+    ([" The", " capital", " is", " Paris"], [0.1, 0.2, 0.3, 0.9], 0.2),
+    (["**", "Yes", "."], [0.1, 0.7, 0.0], 0.7),
+    ([" the", " is"], [0.4, 0.5], 0.4),            # no answer-bearing token: first position
+    ([" Paris"], [None], None),
+])
+def test_answer_bearing_token(tokens: list[str], entropies: list[float | None],
+                              expected: float | None) -> None:
+    assert aggregate(entropies, "answer", tokens) == expected
+
+
 @pytest.mark.parametrize("entropy, threshold, mode", [
     (0.59, 0.6, FLUID), (0.6, 0.6, ANALYTIC), (0.0, 0.0, ANALYTIC), (1.0, 1.0, ANALYTIC),
     (0.99, 1.0, FLUID),

@@ -13,9 +13,9 @@ C = Option("c@1024", 1024, 2000)
 
 
 def slot(option: Option, state: str = READY, in_flight: int = 0, last_used: float = 0.0,
-         retired: bool = False) -> Slot:
+         retired: bool = False, capacity: int = 4) -> Slot:
     return Slot(option.key, option.key.split("@")[0], option.ctx, option.vram_mb, state,
-                in_flight, last_used, retired)
+                in_flight, last_used, retired, capacity)
 
 
 def waiter(i: int, *options: Option, arrived: float = 0.0) -> Waiter:
@@ -75,6 +75,18 @@ CASES = [
      [slot(A512, ASLEEP)], [waiter(1, A512)], 8000, 0, 0.0, [Start("a@512")]),
     ("an asleep engine's memory is free for others",
      [slot(B, ASLEEP)], [waiter(1, A2048)], 8000, 0, 0.0, [Start("a@2048")]),
+    ("requests older than the overdue waiter are still served (no ping-pong of evictions)",
+     [slot(A512)], [waiter(1, A512, arrived=0.0), waiter(2, B, arrived=1.0),
+                    waiter(3, A512, arrived=2.0)], 6000, 0, 100.0, [Grant(1, "a@512")]),
+    ("a full engine gets no more than its capacity; the rest wait in lkn's queue, oldest first",
+     [slot(A512, in_flight=1, capacity=2)],
+     [waiter(1, A512, arrived=0.0), waiter(2, A512, arrived=1.0)], 8000, 0, 2.0,
+     [Grant(1, "a@512")]),
+    ("a full engine is not started twice for its waiters",
+     [slot(A512, in_flight=1, capacity=1)], [waiter(1, A512, A2048)], 8000, 0, 2.0, []),
+    ("a waiter for a full engine is not overdue: it is served without a swap",
+     [slot(A512, in_flight=1, capacity=1)],
+     [waiter(1, A512, arrived=0.0), waiter(2, B, arrived=1.0)], 6000, 0, 100.0, []),
     ("FIFO: the first waiter's start goes first; later ones wait for it",
      [], [waiter(1, B, arrived=0.0), waiter(2, A2048, arrived=1.0)], 6000, 0, 2.0,
      [Start("b@1024")]),
@@ -112,7 +124,8 @@ def simulate(arrivals: list[tuple[float, Option]], service_s: float, budget: int
         for end, key in [f for f in finish if f[0] <= t]:
             finish.remove((end, key))
             s = slots[key]
-            slots[key] = Slot(s.key, s.model, s.ctx, s.vram_mb, s.state, s.in_flight - 1, t)
+            slots[key] = Slot(s.key, s.model, s.ctx, s.vram_mb, s.state, s.in_flight - 1, t,
+                              capacity=2)
         for action in decide(list(slots.values()), list(queue.values()), budget_mb=budget,
                              max_engines=0, max_wait_s=max_wait_s, now=t):
             if isinstance(action, Grant):
@@ -120,12 +133,12 @@ def simulate(arrivals: list[tuple[float, Option]], service_s: float, budget: int
                 waited[w.id] = t - w.arrived
                 s = slots[action.key]
                 slots[action.key] = Slot(s.key, s.model, s.ctx, s.vram_mb, s.state,
-                                         s.in_flight + 1, t)
+                                         s.in_flight + 1, t, capacity=2)
                 finish.append((t + service_s, action.key))
             elif isinstance(action, Start):
                 w = next(w for w in queue.values() if w.options[0].key == action.key)
                 o = w.options[0]
-                slots[o.key] = Slot(o.key, w.model, o.ctx, o.vram_mb, READY, 0, t)
+                slots[o.key] = Slot(o.key, w.model, o.ctx, o.vram_mb, READY, 0, t, capacity=2)
             elif isinstance(action, Stop):
                 del slots[action.key]
         t = round(t + 0.5, 3)

