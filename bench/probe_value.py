@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from _lkn import running_lkn  # noqa: E402
-from lkn.probe import aggregate, normalized_entropy  # noqa: E402
+from lkn.probe import aggregate, answer_position, normalized_entropy  # noqa: E402
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
@@ -144,12 +144,14 @@ def main() -> None:
                 "first": aggregate(ents, "first"), "mean3": aggregate(ents[:3], "mean"),
                 "max3": aggregate(ents[:3], "max"), "answer_tok": aggregate(ents, "answer", toks),
                 "lkn_probe": float(verify.headers["x-lkn-entropy"]),
+                "tokens": toks,
             })
             if (i + 1) % 50 == 0:
                 print(f"  {i + 1}/{len(qs)} questions", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "probe_value.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "tokens"],
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     right = np.array([r["right"] for r in rows])
@@ -167,9 +169,21 @@ def main() -> None:
               f"verify_prompt {vright[idx].mean():.3f}")
     print(f"lkn's own probe (x-lkn-entropy) vs first-token entropy of the answer: max |diff| "
           f"{np.abs(lkn_probe - scores['first']).max():.4f}")
-    print("\nAUROC of entropy for predicting a wrong answer (0.5 = no signal)")
+    print("\nAUROC of entropy for predicting a wrong answer (0.5 = no signal), with 95% bootstrap "
+          "intervals; 'vs first' is the paired difference to the 1-token probe")
+    rng = np.random.default_rng(0)
+    boots = [rng.integers(0, len(rows), len(rows)) for _ in range(500)]
+    base_b = np.array([auroc(scores["first"][b], wrong[b]) for b in boots])
     for v in variants:
-        print(f"  {v:<11}{auroc(scores[v], wrong):.3f}")
+        vb = np.array([auroc(scores[v][b], wrong[b]) for b in boots])
+        lo, hi = np.nanpercentile(vb, [2.5, 97.5])
+        dlo, dhi = np.nanpercentile(vb - base_b, [2.5, 97.5])
+        print(f"  {v:<11}{auroc(scores[v], wrong):.3f}  [{lo:.3f}, {hi:.3f}]   vs first "
+              f"[{dlo:+.3f}, {dhi:+.3f}]")
+    positions = [answer_position(r["tokens"]) for r in rows]
+    found = [p for p in positions if p is not None]
+    print(f"answer-bearing token position: mean {np.mean(found):.2f}, within the first 4 tokens "
+          f"for {np.mean([p < 4 for p in found]):.0%} of answers (the cost of that variant)")
     best = max(variants, key=lambda v: auroc(scores[v], wrong))
     print(f"\nbest variant: {best}. Accuracy when intervening at entropy >= t ({best}):")
     print(f"{'t':>5}{'analytic %':>12}{'verify_prompt':>15}{'escalate':>10}{'reasoning':>11}")

@@ -236,6 +236,7 @@ def main() -> None:
             ax.plot(w, np.arange(1, len(w) + 1) / len(w), label=f"{name} ({swaps} swaps)")
         ax.axvline(args.max_wait_s, color="grey", ls=":", label="max_queue_wait_s")
         ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
         ax.set_xlabel("wait before the answer starts (s)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"{scenario}: 3 models, one VRAM slot")

@@ -31,7 +31,9 @@ class HomeostasisConfig:
     mode: str = "passthrough"
     threshold: float = 0.6
     top_k: int = 10
-    intervention: str = "verify_prompt"
+    # Measure before intervening: on SmolLM2-135M the verification prompt lowers accuracy
+    # (bench/probe_value.py), so no intervention is applied until a model's config picks one.
+    intervention: str = "none"
     verify_prompt: str = DEFAULT_VERIFY_PROMPT
     escalate_to: str | None = None
     reasoning_effort: str = "high"

@@ -46,6 +46,8 @@ models = {{
     variants = {{ {{ ctx_size = 512 }}, {{ ctx_size = 2048 }} }} }},
   {{ name = "smol-b", model_file = smol, gpu_layers = 0, ctx_size = 1024,
     default_max_tokens = 64, args = {{ "--threads", 2 }} }},
+  {{ name = "smol-embed", model_file = smol, gpu_layers = 0, ctx_size = 512, embeddings = true,
+    args = {{ "--threads", 2, "--pooling", "mean" }} }},
 }}
 """
     gateway = Gateway(write_config(tmp, lua))
@@ -77,7 +79,14 @@ def test_completions_and_models(gw: Gateway) -> None:
                                        max_tokens=8, temperature=0)
     assert r.choices[0].text.strip()
     ids = [m.id for m in gw.client().models.list().data]
-    assert ids == ["smol", "smol-alias", "smol-b"]
+    assert ids == ["smol", "smol-alias", "smol-b", "smol-embed"]
+
+
+def test_embeddings(gw: Gateway) -> None:
+    r = gw.client().embeddings.create(model="smol-embed", input=["a blue box", "a red car"])
+    assert len(r.data) == 2 and len(r.data[0].embedding) == 576  # SmolLM2's n_embd
+    with pytest.raises(openai.BadRequestError, match="does not serve embeddings"):
+        gw.client().embeddings.create(model="smol", input="x")
 
 
 def test_unknown_model_and_bad_body(gw: Gateway) -> None:
@@ -193,7 +202,8 @@ def test_threshold_zero_is_analytic_and_verify_prompt_reaches_engine(gw: Gateway
     plain = chat(gw, "smol", messages, max_tokens=4, extra_body={"lkn": {"mode": "passthrough"}})
     assert plain.headers["x-lkn-mode"] == "PASSTHROUGH"
     analytic = chat(gw, "smol", messages, max_tokens=4,
-                    extra_body={"lkn": {"mode": "homeostatic", "threshold": 0}})
+                    extra_body={"lkn": {"mode": "homeostatic", "threshold": 0,
+                                        "intervention": "verify_prompt"}})
     assert analytic.headers["x-lkn-mode"] == "ANALYTIC"
     assert analytic.headers["x-lkn-intervention"] == "verify_prompt"
     assert 0.0 <= float(analytic.headers["x-lkn-entropy"]) <= 1.0
