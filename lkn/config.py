@@ -376,6 +376,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     )
     model_args = t.get("args", _strings, ())
     raw_variants = t.raw("variants")
+    variants: tuple[VariantConfig, ...]
     if raw_variants is None:
         variants = (_variant(path, {}, defaults),)
     else:

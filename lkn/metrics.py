@@ -95,8 +95,6 @@ class Metrics:
                                        ("model",))
         self.interventions = Counter("lkn_interventions_total", "ANALYTIC interventions applied",
                                      ("model", "intervention"))
-        self.engine_starts = Counter("lkn_engine_starts_total", "Engine starts by result",
-                                     ("engine", "result"))
         self.token_counts = Counter("lkn_token_count_total", "Prompt token counts by method",
                                     ("method",))
 

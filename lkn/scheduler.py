@@ -170,12 +170,12 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
     rest: list[Waiter] = []
     for w in queue:
         behind = overdue is not None and (w.arrived, w.id) > (overdue.arrived, overdue.id)
-        slot = _ready_engine(w, board, blocked if behind else set())
-        if slot is None:
+        engine = _ready_engine(w, board, blocked if behind else set())
+        if engine is None:
             rest.append(w)
             continue
-        board.actions.append(Grant(w.id, slot.key))
-        board.slots[slot.key] = replace(slot, in_flight=slot.in_flight + 1, last_used=now)
+        board.actions.append(Grant(w.id, engine.key))
+        board.slots[engine.key] = replace(engine, in_flight=engine.in_flight + 1, last_used=now)
 
     # 3. starts and evictions
     if overdue is not None and overdue in rest:

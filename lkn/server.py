@@ -8,6 +8,7 @@ before the session closes. ``serve()`` binds every configured address, handles S
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import time
@@ -67,7 +68,7 @@ async def auth_middleware(request: web.Request,
         given = request.headers.get("Authorization", "")
         token = given[7:].strip() if given.lower().startswith("bearer ") else \
             request.headers.get("x-api-key", "")
-        if token not in keys:
+        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
             raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
 
@@ -134,7 +135,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{name}", model_one)
+    app.router.add_get("/v1/models/{name:.+}", model_one)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     return app
@@ -149,8 +150,12 @@ def _gauges(state: GatewayState) -> list[str]:
               f"lkn_in_flight {state.manager.in_flight()}",
               "# HELP lkn_queued Requests waiting for an engine", "# TYPE lkn_queued gauge",
               f"lkn_queued {state.manager.queued()}",
-              "# HELP lkn_swaps_total Engine starts caused by requests",
-              "# TYPE lkn_swaps_total counter", f"lkn_swaps_total {state.manager.swaps}"]
+              "# HELP lkn_engine_starts_total Engine process starts (wakes from sleep not counted)",
+              "# TYPE lkn_engine_starts_total counter",
+              f"lkn_engine_starts_total {state.manager.starts}",
+              "# HELP lkn_engine_start_failures_total Engine starts that failed",
+              "# TYPE lkn_engine_start_failures_total counter",
+              f"lkn_engine_start_failures_total {state.manager.start_failures}"]
     return lines
 
 

@@ -3,6 +3,7 @@ the real SmolLM2 model and llama-server, and a check that no engine process outl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import socket
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -206,3 +207,34 @@ def http(method: str, url: str, content: bytes | str | None = None,
             return HttpResult(resp.status, resp.headers, resp.read())
     except urllib.error.HTTPError as exc:
         return HttpResult(exc.code, exc.headers, exc.read())
+
+
+@contextlib.contextmanager
+def lkn_daemon(config: Path, port: int, **popen: Any) -> Iterator[tuple[Any, Any]]:
+    """``python -m lkn serve`` as a real daemon; yields (process, openai client) once it
+    answers, and kills it on the way out if the test did not stop it."""
+    import subprocess
+
+    import openai
+    popen.setdefault("cwd", ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", str(config)],
+                            **popen)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                               max_retries=0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "lkn did not start"
+                time.sleep(0.1)
+        yield proc, client
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

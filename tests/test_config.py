@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ models = {
     # model-level homeostasis merges over the server's
     assert (m.homeostasis.mode, m.homeostasis.threshold, m.homeostasis.intervention) == (
         "homeostatic", 0.4, "none")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.server.listen = ()  # type: ignore[misc]
 
 

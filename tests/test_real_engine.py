@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ import pytest
 
 from lkn.engines.process import State
 from lkn.tokens import count_locally
-from tests.conftest import ROOT, Gateway, free_port, http, lua_str, smollm2_path, write_config
+from tests.conftest import (Gateway, free_port, http, lkn_daemon, lua_str, smollm2_path,
+                            write_config)
 
 pytestmark = pytest.mark.engine
 
@@ -103,10 +103,10 @@ def test_short_prompt_gets_small_variant_long_prompt_large(gw: Gateway) -> None:
     assert raw.headers["x-lkn-variant"] == "2048"
     assert raw.parse().usage.prompt_tokens > 512 - 16 - 16
     # with 2048 running, a short prompt is served by it: no swap
-    swaps = gw.call(lambda: gw.manager.swaps)
+    swaps = gw.call(lambda: gw.manager.starts)
     raw = chat(gw, "smol", SHORT, max_tokens=16)
     assert raw.headers["x-lkn-variant"] == "2048"
-    assert gw.call(lambda: gw.manager.swaps) == swaps
+    assert gw.call(lambda: gw.manager.starts) == swaps
 
 
 def test_prompt_too_long_for_every_variant_is_context_length_exceeded(gw: Gateway) -> None:
@@ -246,19 +246,7 @@ server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = {lua_str(str(tmp_path))
 models = {{ {{ name = "smol", model_file = {lua_str(smollm2_path())}, ctx_size = 512,
               gpu_layers = 0, args = {{ "--threads", 1 }} }} }}
 """)
-    lkn = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", str(cfg)],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                               max_retries=0)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                assert time.monotonic() < deadline, "lkn did not come up"
-                time.sleep(0.1)
+    with lkn_daemon(cfg, port, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as (lkn, client):
         client.chat.completions.create(model="smol", messages=SHORT, max_tokens=2)
         engines = [p for p in psutil.Process(lkn.pid).children(recursive=True)]
         assert any("llama-server" in " ".join(p.cmdline()) for p in engines)
@@ -266,14 +254,7 @@ models = {{ {{ name = "smol", model_file = {lua_str(smollm2_path())}, ctx_size =
         assert lkn.wait(60) == 0
         gone, alive = psutil.wait_procs(engines, timeout=5)
         assert not alive
-        log_text = lkn.stdout.read().decode() if lkn.stdout else ""
-        assert "shutting down" in log_text
-    finally:
-        if lkn.poll() is None:
-            lkn.kill()
-            lkn.wait()
-        if lkn.stdout:
-            lkn.stdout.close()
+        assert "shutting down" in lkn.stdout.read().decode()
 
 
 def test_json_error_from_engine_after_lkn_validation(gw: Gateway) -> None:

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import openai
-
 from lkn.server import reload_config
-from tests.conftest import ROOT, Gateway, free_port, lua_str, write_config
+from tests.conftest import ROOT, Gateway, free_port, lkn_daemon, lua_str, write_config
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -78,31 +76,18 @@ def test_sighup_reloads_a_running_daemon(tmp_path: Path, fake_binary: str) -> No
     path = tmp_path / "lkn.cfg.lua"
     server = f'listen = {{ "127.0.0.1:{port}" }}'
     path.write_text(lua(fake_binary, "", server=server))
-    proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", str(path)],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                               max_retries=0)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert [m.id for m in client.models.list().data] == ["a", "b"]
-                break
-            except openai.APIConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+    with lkn_daemon(path, port, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)}
+                    ) as (proc, client):
+        assert [m.id for m in client.models.list().data] == ["a", "b"]
         path.write_text(lua(fake_binary, "", server=server, extra_model=(
             f'{{ name = "c", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", '
             f'ctx_size = 256, default_max_tokens = 16 }},')))
         proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
         while [m.id for m in client.models.list().data] != ["a", "b", "c"]:
-            assert time.monotonic() < deadline + 10
+            assert time.monotonic() < deadline
             time.sleep(0.1)
         assert client.chat.completions.create(model="c", messages=MSG).choices
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

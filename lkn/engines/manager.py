@@ -94,6 +94,7 @@ class EngineManager:
         self._retired: set[str] = set()
         self._starting: set[str] = set()
         self._stopping: set[str] = set()
+        self._sleeping: set[str] = set()  # releasing memory: no grants until it is asleep
         self._in_flight: dict[str, int] = {}
         self._last_used: dict[str, float] = {}
         self._pending: dict[int, _Pending] = {}
@@ -104,7 +105,8 @@ class EngineManager:
         self._decide_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self.swaps = 0
+        self.starts = 0
+        self.start_failures = 0
         # Recent engine state changes (monotonic time, engine, state): for /health and tests.
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)
         self._load_specs(cfg)
@@ -129,7 +131,7 @@ class EngineManager:
             self._procs[retired_key] = self._procs.pop(key)
             for table in (self._in_flight, self._last_used, self._vram):
                 if key in table:
-                    table[retired_key] = table.pop(key)
+                    table[retired_key] = table.pop(key)  # type: ignore[assignment]
             for marks in (self._starting, self._stopping):
                 if key in marks:
                     marks.discard(key)
@@ -232,7 +234,8 @@ class EngineManager:
     def _slots(self) -> list[sched.Slot]:
         slots = []
         for key, proc in self._procs.items():
-            if key in self._stopping:
+            state: str | None
+            if key in self._stopping or key in self._sleeping:
                 state = sched.STOPPING
             elif key in self._starting:
                 state = sched.STARTING
@@ -320,10 +323,11 @@ class EngineManager:
         proc = self._process(key)
         try:
             if proc.state is not State.ASLEEP:
-                self.swaps += 1
+                self.starts += 1
             await proc.ensure_ready()
             self._failed.pop(model.name, None)
         except EngineStartError as exc:
+            self.start_failures += 1
             self._failed[model.name] = (self._clock(), str(exc))
             for wid, p in list(self._pending.items()):
                 if p.waiter.model == model.name and not p.future.done():
@@ -364,14 +368,19 @@ class EngineManager:
         now = self._clock()
         for key, proc in list(self._procs.items()):
             model = proc.client.model
-            if (model.sleep_when_idle_s is not None and proc.client.supports_sleep
-                    and proc.state is State.READY and self._in_flight.get(key, 0) == 0
-                    and key not in self._stopping
-                    and now - self._last_used.get(key, now) >= model.sleep_when_idle_s):
-                try:
-                    await proc.sleep()
-                except Exception as exc:
-                    log.warning("could not put %s to sleep: %s", key, exc)
+            if (model.sleep_when_idle_s is None or not proc.client.supports_sleep
+                    or proc.state is not State.READY or self._in_flight.get(key, 0)
+                    or key in self._stopping or key in self._starting
+                    or now - self._last_used.get(key, now) < model.sleep_when_idle_s):
+                continue
+            # Marked before the await: no request is granted to it while it releases memory.
+            self._sleeping.add(key)
+            try:
+                await proc.sleep()
+            except Exception as exc:
+                log.warning("could not put %s to sleep: %s", key, exc)
+            finally:
+                self._sleeping.discard(key)
         self._kick()
 
     # ------------------------------------------------------------------ shutdown
@@ -397,5 +406,5 @@ class EngineManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for p in self._procs.values():
-            p.logs.close()
+        for proc in self._procs.values():
+            proc.logs.close()
