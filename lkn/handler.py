@@ -20,7 +20,7 @@ from . import probe as probe_math
 from .config import Config, HomeostasisConfig, ModelConfig
 from .engines.base import EngineRequestError
 from .engines.manager import EngineManager, Lease
-from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, ModelNotFound,
+from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, LknError, ModelNotFound,
                      UpstreamError)
 from .homeostat import request_overrides, with_reasoning, with_verify_prompt
 from .metrics import Metrics
@@ -58,35 +58,43 @@ class RequestHandler:
     # ------------------------------------------------------------------ core
     async def _generate(self, request: web.Request, route: str) -> web.StreamResponse:
         started = time.monotonic()
-        body = parse_json_object(await request.read())
-        VALIDATORS[route](body)
-        lkn_field = body.pop("lkn", None)
-        cfg = self.state.cfg
-        model = self._resolve(cfg, body["model"])
-        if route == "embeddings" and not model.embeddings:
-            raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
-                             f"embeddings = true in its config)", param="model")
-        settings = request_overrides(model.homeostasis, lkn_field,
-                                     request.headers.get("x-lkn-mode"))
-        if route == "embeddings":
-            settings = HomeostasisConfig(mode="passthrough")
-        headers: dict[str, str] = {}
+        label = "unknown"  # metrics never carry unvalidated client input as a label
         status = 500
-        lease = await self._lease(model, route, self._sized_body(route, body, settings), headers)
         try:
-            if settings.mode == "homeostatic":
-                body, lease, model = await self._homeostat(route, body, lease, model, settings,
-                                                           headers)
-            elif route != "embeddings":
-                headers["x-lkn-mode"] = probe_math.PASSTHROUGH
-            response = await self._forward(request, route, body, lease, headers, started)
-            status = response.status
-            return response
+            body = parse_json_object(await request.read())
+            VALIDATORS[route](body)
+            lkn_field = body.pop("lkn", None)
+            model = self._resolve(self.state.cfg, body["model"])
+            label = model.name
+            if route == "embeddings" and not model.embeddings:
+                raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
+                                 f"embeddings = true in its config)", param="model")
+            settings = request_overrides(model.homeostasis, lkn_field,
+                                         request.headers.get("x-lkn-mode"))
+            if route == "embeddings":
+                settings = HomeostasisConfig(mode="passthrough")
+            headers: dict[str, str] = {}
+            lease = await self._lease(model, route, self._sized_body(route, body, settings),
+                                      headers)
+            try:
+                if settings.mode == "homeostatic":
+                    body, lease, model = await self._homeostat(route, body, lease, model,
+                                                               settings, headers)
+                    label = model.name
+                elif route != "embeddings":
+                    headers["x-lkn-mode"] = probe_math.PASSTHROUGH
+                response = await self._forward(request, route, body, lease, headers, started)
+                status = response.status
+                return response
+            finally:
+                lease.release()
+        except LknError as exc:
+            status = exc.status
+            raise
         finally:
-            lease.release()
             m = self.state.metrics
-            m.requests.inc(model.name, route, str(status))
-            m.request_seconds.observe(time.monotonic() - started, model.name, route)
+            m.requests.inc(label, route, str(status))
+            m.request_seconds.observe(time.monotonic() - started, label, route)
 
     def _resolve(self, cfg: Config, name: str) -> ModelConfig:
         model = cfg.resolve(name)

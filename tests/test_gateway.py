@@ -189,4 +189,9 @@ def test_models_list_health_and_metrics(gw: Gateway) -> None:
     assert health["engines"][0]["state"] == "ready" and health["engines"][0]["key"] == "fake@4096"
     metrics = http("GET", gw.base_url + "/metrics").text
     assert 'lkn_requests_total{model="fake",route="chat",status="200"} 1' in metrics
+    http("POST", gw.base_url + "/v1/chat/completions", '{"model": "no/such", "messages": []}')
+    http("POST", gw.base_url + "/v1/chat/completions", '{"model": "no/such"}')
+    metrics = http("GET", gw.base_url + "/metrics").text
+    assert 'lkn_requests_total{model="unknown",route="chat",status="400"} 2' in metrics
+    assert "no/such" not in metrics
     assert 'lkn_engine_up{engine="fake@4096",state="ready"} 1' in metrics
