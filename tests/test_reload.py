@@ -91,3 +91,44 @@ def test_sighup_reloads_a_running_daemon(tmp_path: Path, fake_binary: str) -> No
         assert client.chat.completions.create(model="c", messages=MSG).choices
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_listens_on_ipv4_and_ipv6_at_once(tmp_path: Path, fake_binary: str) -> None:
+    import socket
+
+    import openai
+    port = free_port()
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))  # the loopback has IPv6 here; the test needs it
+    path = tmp_path / "lkn.cfg.lua"
+    path.write_text(lua(fake_binary, "",
+                        server=f'listen = {{ "127.0.0.1:{port}", "[::1]:{port}" }}'))
+    with lkn_daemon(path, port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (proc,
+                                                                                        _):
+        v6 = openai.OpenAI(base_url=f"http://[::1]:{port}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in v6.models.list().data] == ["a", "b"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_sigterm_drains_inflight_stream_then_stops_engines(tmp_path: Path,
+                                                           fake_binary: str) -> None:
+    import psutil
+    port = free_port()
+    path = tmp_path / "lkn.cfg.lua"
+    path.write_text(lua(fake_binary, '"--fake-tokens", 30, "--fake-token-delay-s", 0.05',
+                        server=f'listen = {{ "127.0.0.1:{port}" }}, shutdown_drain_s = 20'))
+    with lkn_daemon(path, port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (proc,
+                                                                                        client):
+        stream = client.chat.completions.create(model="b", messages=MSG, stream=True)
+        chunks = iter(stream)
+        first = next(chunks)
+        engines = psutil.Process(proc.pid).children(recursive=True)
+        assert engines
+        proc.send_signal(signal.SIGTERM)
+        rest = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        text = (first.choices[0].delta.content or "") + "".join(rest)
+        assert text == "".join(f" w{i}" for i in range(30))  # finished intact
+        assert proc.wait(30) == 0
+        _, alive = psutil.wait_procs(engines, timeout=5)
+        assert not alive
