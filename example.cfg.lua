@@ -67,6 +67,8 @@ models = {
     model_file = smollm2,
     gpu_layers = 99,            -- -ngl; "all" works too. Ignored by a CPU-only llama-server.
     default_max_tokens = 256,   -- answer budget assumed when a request sets no max_tokens
+    parallel = 1,               -- requests the engine answers at once (llama-server -np);
+                                -- more wait in lkn's queue, where the scheduler orders them
     args = { "--threads", 2 },  -- extra llama-server arguments for every variant
     env = {},                   -- extra environment for the engine process
     -- Context variants: lkn counts each request's tokens and starts the smallest variant that
@@ -88,4 +90,17 @@ models = {
     -- embeddings = true would make this engine serve /v1/embeddings (llama-server --embeddings,
     -- which then serves embeddings only); a chat model also needs args { "--pooling", "mean" }.
   },
+  -- An SGLang model (needs a GPU and an interpreter with sglang installed):
+  -- {
+  --   name = "qwen",
+  --   engine = "sglang",
+  --   python = "/opt/sglang/bin/python",   -- runs: python -m sglang.launch_server ...
+  --   model_file = "/models/Qwen2.5-1.5B-Instruct",  -- a local Hugging Face directory
+  --   tokenizer_path = "/models/Qwen2.5-1.5B-Instruct",  -- for counting tokens while it is down
+  --   ctx_size = 8192,
+  --   mem_fraction_static = 0.6,   -- SGLang claims this share of the card; lkn budgets it so
+  --   parallel = 8,                -- requests lkn sends it at once (continuous batching)
+  --   health_timeout_s = 20,       -- /health runs a 1-token generation on SGLang without /ready
+  --   sleep_when_idle_s = 300,     -- release GPU memory when idle, resume on the next request
+  -- },
 }

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("lkn.tokens")
 
@@ -136,7 +136,7 @@ def count_locally(path: str, kind: str, route: str, body: dict[str, Any]) -> int
     return tok.count_text(str(prompt))
 
 
-LiveCounter = Callable[[], "asyncio.Future[int] | Any"]
+LiveCounter = Callable[[], Awaitable[int]]
 
 
 async def count_prompt(*, route: str, body: dict[str, Any], live: LiveCounter | None,

@@ -180,6 +180,15 @@ class EngineProcess:
     async def _wait_healthy(self) -> None:
         assert self.proc is not None
         deadline = self._clock() + self.start_timeout_s
+        exited = asyncio.ensure_future(self.proc.wait())
+        try:
+            await self._poll_health(exited, deadline)
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    async def _poll_health(self, exited: asyncio.Future[int], deadline: float) -> None:
+        assert self.proc is not None
         while True:
             if self._abort:
                 raise EngineStartError("start aborted: lkn is stopping this engine")
@@ -195,8 +204,7 @@ class EngineProcess:
             if self._clock() >= deadline:
                 raise EngineStartError(f"engine not ready after {self.start_timeout_s:g}s")
             # An exit is noticed at once rather than after the next poll.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), HEALTH_POLL_S)
+            await asyncio.wait({exited}, timeout=HEALTH_POLL_S)
 
     async def _drain(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
