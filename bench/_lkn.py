@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from lkn.__main__ import wait_until_up  # noqa: E402
 
 
 def smollm2() -> str:
@@ -33,8 +34,6 @@ def free_port() -> int:
 def running_lkn(models_lua: str, server_lua: str = "") -> Iterator[str]:
     """Yield the base URL (``.../v1``) of an lkn serving ``models_lua`` (``MODEL`` is replaced
     by the SmolLM2 path)."""
-    import openai
-
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "bench.cfg.lua")
@@ -45,19 +44,10 @@ def running_lkn(models_lua: str, server_lua: str = "") -> Iterator[str]:
         log = open(os.path.join(tmp, "lkn.log"), "w")
         proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", cfg],
                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}/v1"
         try:
-            client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    client.models.list()
-                    break
-                except openai.APIConnectionError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("lkn did not start; see its log") from None
-                    time.sleep(0.1)
-            yield base
+            if wait_until_up(f"127.0.0.1:{port}", 60, lambda: proc.poll() is None) is None:
+                raise RuntimeError("lkn did not start")
+            yield f"http://127.0.0.1:{port}/v1"
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

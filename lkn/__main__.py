@@ -6,8 +6,10 @@ import asyncio
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.request
+from typing import Any, Callable
 
 from .config import load_config, parse_listen, summary
 from .errors import ConfigError
@@ -45,14 +47,31 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def health_url(address: str) -> str:
+    host, port = parse_listen(address)
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
+
+
+def wait_until_up(address: str, timeout_s: float,
+                  still_starting: Callable[[], bool] = lambda: True) -> dict[str, Any] | None:
+    """Poll a starting lkn's /health until it answers (its JSON), ``timeout_s`` passes or
+    ``still_starting()`` says the process is gone (None)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(health_url(address), timeout=5) as resp:
+                data: dict[str, Any] = json.load(resp)
+                return data
+        except (urllib.error.URLError, OSError, ValueError):
+            if time.monotonic() >= deadline or not still_starting():
+                return None
+            time.sleep(0.1)
+
+
 def _status(args: argparse.Namespace) -> int:
-    host, port = parse_listen(args.address)
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            data = json.load(resp)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"lkn is not answering on {url}: {exc}", file=sys.stderr)
+    data = wait_until_up(args.address, args.wait)
+    if data is None:
+        print(f"lkn is not answering on {health_url(args.address)}", file=sys.stderr)
         return 1
     print(f"lkn on {args.address}: up {data['uptime_s']}s, {data['in_flight']} in flight, "
           f"{data['queued']} queued")
@@ -77,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_check)
     p = sub.add_parser("status", help="show a running lkn's engines")
     p.add_argument("address", nargs="?", default="127.0.0.1:8080")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for lkn to answer (e.g. right after a start)")
     p.set_defaults(func=_status)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level,

@@ -22,6 +22,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from lkn.__main__ import wait_until_up  # noqa: E402
 
 
 def gpu_used_mb() -> int | None:
@@ -86,17 +88,10 @@ models = {{ {{ name = "sg", engine = "sglang", python = {json.dumps(args.python)
     rows: list[tuple[str, str]] = [("sglang", sglang_version), ("VRAM before (MiB)", str(before))]
     ok = True
     try:
+        if wait_until_up(f"127.0.0.1:{port}", 30, lambda: lkn.poll() is None) is None:
+            raise RuntimeError(f"lkn did not start; see {tmp}/lkn.log")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
                                max_retries=0, timeout=args.start_timeout + 60)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
         msg = [{"role": "user", "content": "What is the capital of France?"}]
         t0 = time.monotonic()
         r = client.chat.completions.create(model="sg", messages=msg, max_tokens=32)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
+from lkn.__main__ import wait_until_up
 from lkn.config import Config, load_config
 from lkn.server import STATE, serve
 
@@ -220,17 +221,10 @@ def lkn_daemon(config: Path, port: int, **popen: Any) -> Iterator[tuple[Any, Any
     proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", str(config)],
                             **popen)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
-                               max_retries=0)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                assert time.monotonic() < deadline and proc.poll() is None, "lkn did not start"
-                time.sleep(0.1)
-        yield proc, client
+        up = wait_until_up(f"127.0.0.1:{port}", 30, lambda: proc.poll() is None)
+        assert up is not None, "lkn did not start"
+        yield proc, openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                                  max_retries=0)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -50,12 +50,12 @@ async def test_exit_before_ready_fails_at_once_with_log_tail(fake_binary: str) -
     async with aiohttp.ClientSession() as session:
         proc = fake_process(fake_binary, session, "--fake-exit-before-ready", "3",
                             start_timeout_s=60)
-        t0 = time.monotonic()
         with pytest.raises(EngineStartError) as info:
             await proc.ensure_ready()
-        assert time.monotonic() - t0 < 30  # not the 60 s start timeout
         message = str(info.value)
+        # the exit itself failed the start, not the 60 s start timeout
         assert "exited with code 3 before it was ready" in message
+        assert "not ready after" not in message
         assert "out of memory while loading tensors" in message
         assert proc.state is State.FAILED
 
