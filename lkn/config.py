@@ -7,15 +7,19 @@ in a production config should not silently fall back to a default.
 """
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
-import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
+from .config_values import (Table, boolean, choice, env_table, gpu_layers, integer, listen_list,
+                            model_file, number, parse_listen, port_range, resolve_model_file, show,
+                            string, strings)
 from .errors import ConfigError
 from .luaload import load_lua_tables
+
+__all__ = ["Config", "ConfigError", "HomeostasisConfig", "ModelConfig", "ServerConfig",
+           "VariantConfig", "load_config", "build_config", "parse_listen", "resolve_model_file",
+           "summary"]
 
 ENGINES = ("llamacpp", "sglang")
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
@@ -112,215 +116,51 @@ class Config:
         return None
 
 
-# ---------------------------------------------------------------- value checks
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
-class _Table:
-    """A Lua table under validation: knows its key path and which keys were read."""
-
-    def __init__(self, path: str, value: Any) -> None:
-        if value is None:
-            value = {}
-        if isinstance(value, list) and not value:
-            value = {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: must be a table, got {_show(value)}")
-        self.path = path
-        self.value = value
-        self.seen: set[Any] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def raw(self, name: str) -> Any:
-        self.seen.add(name)
-        return self.value.get(name)
-
-    def get(self, name: str, check: Callable[[str, Any], Any], default: Any) -> Any:
-        value = self.raw(name)
-        if value is None:
-            return default
-        return check(self.key(name), value)
-
-    def finish(self) -> None:
-        unknown = [k for k in self.value if k not in self.seen]
-        if unknown:
-            raise ConfigError(f"{self.key(str(unknown[0]))}: unknown key")
-
-
-def _int(minimum: int) -> Callable[[str, Any], int]:
-    def check(path: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not value.is_integer()) or value < minimum:
-            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise ConfigError(f"{path}: must be {what}, got {_show(value)}")
-        return int(value)
-    return check
-
-
-def _number(minimum: float, maximum: float | None = None) -> Callable[[str, Any], float]:
-    def check(path: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (
-                maximum is not None and value > maximum):
-            rng = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise ConfigError(f"{path}: must be a number {rng}, got {_show(value)}")
-        return float(value)
-    return check
-
-
-def _string(path: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{path}: must be a non-empty string, got {_show(value)}")
-    return value
-
-
-def _bool(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}: must be true or false, got {_show(value)}")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
-    def check(path: str, value: Any) -> str:
-        if value not in options:
-            raise ConfigError(f"{path}: must be one of {', '.join(options)}, got {_show(value)}")
-        return value
-    return check
-
-
-def _strings(path: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, dict) and not value:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError(f"{path}: must be a list of strings, got {_show(value)}")
-    out = []
-    for i, item in enumerate(value, 1):
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
-            item = str(item)  # engine args such as { "--threads", 2 } are natural in Lua
-        out.append(_string(f"{path}[{i}]", item))
-    return tuple(out)
-
-
-def _env(path: str, value: Any) -> tuple[tuple[str, str], ...]:
-    table = _Table(path, value)
-    out = []
-    for k in list(table.value):
-        v = table.raw(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = str(v)
-        out.append((str(k), _string(table.key(str(k)), v)))
-    return tuple(sorted(out))
-
-
-def _listen(path: str, value: Any) -> tuple[str, ...]:
-    addresses = (value,) if isinstance(value, str) else _strings(path, value)
-    if not addresses:
-        raise ConfigError(f"{path}: must list at least one HOST:PORT, got {{}}")
-    for i, address in enumerate(addresses, 1):
-        try:
-            parse_listen(address)
-        except ValueError as exc:
-            raise ConfigError(f"{path}[{i}]: {exc}, got {_show(address)}") from None
-    return addresses
-
-
-def parse_listen(address: str) -> tuple[str, int]:
-    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` / ``"localhost:8080"`` -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError("must be HOST:PORT with a port in 1..65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        ipaddress.IPv6Address(host)
-    elif ":" in host:
-        raise ValueError("an IPv6 address must be written in brackets, like [::1]:8080")
-    return host, int(port)
-
-
-def _port_range(path: str, value: Any) -> tuple[int, int]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise ConfigError(f"{path}: must be {{FIRST, LAST}}, got {_show(value)}")
-    first = _int(1)(f"{path}[1]", value[0])
-    last = _int(1)(f"{path}[2]", value[1])
-    if not first <= last <= 65535:
-        raise ConfigError(f"{path}: must satisfy FIRST <= LAST <= 65535, got {{{first}, {last}}}")
-    return first, last
-
-
-def resolve_model_file(value: str) -> str:
-    """``pkg:PACKAGE/FILE`` names a file shipped inside an installed package (found without
-    importing it); anything else is a filesystem path."""
-    if not value.startswith("pkg:"):
-        return os.path.expanduser(value)
-    package, _, rel = value[4:].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"package {package!r} is not installed")
-    return os.path.join(list(spec.submodule_search_locations)[0], rel)
-
-
-def _model_file(path: str, value: Any) -> str:
-    text = _string(path, value)
-    try:
-        return resolve_model_file(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}, got {_show(text)}") from None
-
-
-def _gpu_layers(path: str, value: Any) -> int:
-    if value == "all":
-        return 999
-    return _int(0)(path, value)
-
-
 # ---------------------------------------------------------------- tables
 
 def _homeostasis(path: str, value: Any, base: HomeostasisConfig) -> HomeostasisConfig:
-    t = _Table(path, value)
+    t = Table(path, value)
     result = replace(
         base,
-        mode=t.get("mode", _choice(HOMEOSTASIS_MODES), base.mode),
-        threshold=t.get("threshold", _number(0.0, 1.0), base.threshold),
-        top_k=t.get("top_k", _int(1), base.top_k),
-        intervention=t.get("intervention", _choice(INTERVENTIONS), base.intervention),
-        verify_prompt=t.get("verify_prompt", _string, base.verify_prompt),
-        escalate_to=t.get("escalate_to", _string, base.escalate_to),
-        reasoning_effort=t.get("reasoning_effort", _choice(("low", "medium", "high")),
+        mode=t.get("mode", choice(HOMEOSTASIS_MODES), base.mode),
+        threshold=t.get("threshold", number(0.0, 1.0), base.threshold),
+        top_k=t.get("top_k", integer(1), base.top_k),
+        intervention=t.get("intervention", choice(INTERVENTIONS), base.intervention),
+        verify_prompt=t.get("verify_prompt", string, base.verify_prompt),
+        escalate_to=t.get("escalate_to", string, base.escalate_to),
+        reasoning_effort=t.get("reasoning_effort", choice(("low", "medium", "high")),
                                base.reasoning_effort),
-        probe_timeout_s=t.get("probe_timeout_s", _number(0.001), base.probe_timeout_s),
-        probe_tokens=t.get("probe_tokens", _int(1), base.probe_tokens),
-        probe_aggregate=t.get("probe_aggregate", _choice(PROBE_AGGREGATES), base.probe_aggregate),
+        probe_timeout_s=t.get("probe_timeout_s", number(0.001), base.probe_timeout_s),
+        probe_tokens=t.get("probe_tokens", integer(1), base.probe_tokens),
+        probe_aggregate=t.get("probe_aggregate", choice(PROBE_AGGREGATES), base.probe_aggregate),
     )
     t.finish()
     return result
 
 
 def _server(value: Any) -> ServerConfig:
-    t = _Table("server", value)
+    t = Table("server", value)
     d = ServerConfig()
     cfg = ServerConfig(
-        listen=t.get("listen", _listen, d.listen),
-        api_keys=t.get("api_keys", _strings, d.api_keys),
-        request_timeout_s=t.get("request_timeout_s", _number(0.001), d.request_timeout_s),
-        stream_idle_timeout_s=t.get("stream_idle_timeout_s", _number(0.001),
+        listen=t.get("listen", listen_list, d.listen),
+        api_keys=t.get("api_keys", strings, d.api_keys),
+        request_timeout_s=t.get("request_timeout_s", number(0.001), d.request_timeout_s),
+        stream_idle_timeout_s=t.get("stream_idle_timeout_s", number(0.001),
                                     d.stream_idle_timeout_s),
-        engine_start_timeout_s=t.get("engine_start_timeout_s", _number(0.001),
+        engine_start_timeout_s=t.get("engine_start_timeout_s", number(0.001),
                                      d.engine_start_timeout_s),
-        stop_grace_s=t.get("stop_grace_s", _number(0.0), d.stop_grace_s),
-        port_range=t.get("engine_port_range", _port_range, d.port_range),
-        log_dir=t.get("log_dir", _string, d.log_dir),
-        max_loaded_engines=t.get("max_loaded_engines", _int(0), d.max_loaded_engines),
-        vram_budget_mb=t.get("vram_budget_mb", _int(1), d.vram_budget_mb),
-        vram_overhead_mb=t.get("vram_overhead_mb", _int(0), d.vram_overhead_mb),
-        max_queue_wait_s=t.get("max_queue_wait_s", _number(0.0), d.max_queue_wait_s),
-        max_queue_per_model=t.get("max_queue_per_model", _int(1), d.max_queue_per_model),
-        queue_timeout_s=t.get("queue_timeout_s", _number(0.001), d.queue_timeout_s),
-        shutdown_drain_s=t.get("shutdown_drain_s", _number(0.0), d.shutdown_drain_s),
-        token_margin=t.get("token_margin", _int(0), d.token_margin),
-        failed_start_cooldown_s=t.get("failed_start_cooldown_s", _number(0.0),
+        stop_grace_s=t.get("stop_grace_s", number(0.0), d.stop_grace_s),
+        port_range=t.get("engine_port_range", port_range, d.port_range),
+        log_dir=t.get("log_dir", string, d.log_dir),
+        max_loaded_engines=t.get("max_loaded_engines", integer(0), d.max_loaded_engines),
+        vram_budget_mb=t.get("vram_budget_mb", integer(1), d.vram_budget_mb),
+        vram_overhead_mb=t.get("vram_overhead_mb", integer(0), d.vram_overhead_mb),
+        max_queue_wait_s=t.get("max_queue_wait_s", number(0.0), d.max_queue_wait_s),
+        max_queue_per_model=t.get("max_queue_per_model", integer(1), d.max_queue_per_model),
+        queue_timeout_s=t.get("queue_timeout_s", number(0.001), d.queue_timeout_s),
+        shutdown_drain_s=t.get("shutdown_drain_s", number(0.0), d.shutdown_drain_s),
+        token_margin=t.get("token_margin", integer(0), d.token_margin),
+        failed_start_cooldown_s=t.get("failed_start_cooldown_s", number(0.0),
                                       d.failed_start_cooldown_s),
     )
     homeo = t.raw("homeostasis")
@@ -331,20 +171,20 @@ def _server(value: Any) -> ServerConfig:
 
 
 def _variant(path: str, value: Any, model: _ModelDefaults) -> VariantConfig:
-    t = _Table(path, value)
-    ctx = t.get("ctx_size", _int(1), model.ctx_size)
+    t = Table(path, value)
+    ctx = t.get("ctx_size", integer(1), model.ctx_size)
     if ctx is None:
         raise ConfigError(f"{t.key('ctx_size')}: must be a positive integer, got nil")
-    model_file = t.get("model_file", _model_file, model.model_file)
-    if model_file is None:
+    file = t.get("model_file", model_file, model.model_file)
+    if file is None:
         raise ConfigError(f"{t.key('model_file')}: must be a non-empty string, got nil")
     variant = VariantConfig(
         ctx_size=ctx,
-        model_file=model_file,
-        gpu_layers=t.get("gpu_layers", _gpu_layers, model.gpu_layers),
-        cache_type=t.get("cache_type", _choice(CACHE_TYPES), model.cache_type),
-        args=model.args + t.get("args", _strings, ()),
-        vram_mb=t.get("vram_mb", _int(1), model.vram_mb),
+        model_file=file,
+        gpu_layers=t.get("gpu_layers", gpu_layers, model.gpu_layers),
+        cache_type=t.get("cache_type", choice(CACHE_TYPES), model.cache_type),
+        args=model.args + t.get("args", strings, ()),
+        vram_mb=t.get("vram_mb", integer(1), model.vram_mb),
     )
     t.finish()
     return variant
@@ -361,20 +201,20 @@ class _ModelDefaults:
 
 
 def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
-    t = _Table(path, value)
-    name = t.get("name", _string, None)
+    t = Table(path, value)
+    name = t.get("name", string, None)
     if name is None:
         raise ConfigError(f"{t.key('name')}: must be a non-empty string, got nil")
-    engine = t.get("engine", _choice(ENGINES), "llamacpp")
+    engine = t.get("engine", choice(ENGINES), "llamacpp")
     defaults = _ModelDefaults(
-        ctx_size=t.get("ctx_size", _int(1), None),
-        model_file=t.get("model_file", _model_file, None),
-        gpu_layers=t.get("gpu_layers", _gpu_layers, 999),
-        cache_type=t.get("cache_type", _choice(CACHE_TYPES), "f16"),
+        ctx_size=t.get("ctx_size", integer(1), None),
+        model_file=t.get("model_file", model_file, None),
+        gpu_layers=t.get("gpu_layers", gpu_layers, 999),
+        cache_type=t.get("cache_type", choice(CACHE_TYPES), "f16"),
         args=(),
-        vram_mb=t.get("vram_mb", _int(1), None),
+        vram_mb=t.get("vram_mb", integer(1), None),
     )
-    model_args = t.get("args", _strings, ())
+    model_args = t.get("args", strings, ())
     raw_variants = t.raw("variants")
     variants: tuple[VariantConfig, ...]
     if raw_variants is None:
@@ -382,35 +222,35 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     else:
         if not isinstance(raw_variants, list) or not raw_variants:
             raise ConfigError(f"{t.key('variants')}: must be a non-empty list of tables, "
-                              f"got {_show(raw_variants)}")
+                              f"got {show(raw_variants)}")
         variants = tuple(_variant(f"{t.key('variants')}[{i}]", v, defaults)
                          for i, v in enumerate(raw_variants, 1))
     sizes = [v.ctx_size for v in variants]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"{t.key('variants')}: two variants share ctx_size "
-                          f"{_show(sorted(s for s in sizes if sizes.count(s) > 1)[0])}")
+                          f"{show(sorted(s for s in sizes if sizes.count(s) > 1)[0])}")
     variants = tuple(sorted((replace(v, args=model_args + v.args) for v in variants),
                             key=lambda v: v.ctx_size))
     homeo = t.raw("homeostasis")
     homeostasis = (server.homeostasis if homeo is None else
                    _homeostasis(t.key("homeostasis"), homeo, server.homeostasis))
-    sleep = t.get("sleep_when_idle_s", _number(0.0), None)
+    sleep = t.get("sleep_when_idle_s", number(0.0), None)
     model = ModelConfig(
         name=name,
         engine=engine,
         variants=variants,
-        aliases=t.get("aliases", _strings, ()),
-        binary=t.get("binary", _string, None),
+        aliases=t.get("aliases", strings, ()),
+        binary=t.get("binary", string, None),
         args=model_args,
-        env=t.get("env", _env, ()),
-        embeddings=t.get("embeddings", _bool, False),
-        parallel=t.get("parallel", _int(1), 1),
-        default_max_tokens=t.get("default_max_tokens", _int(1), 512),
+        env=t.get("env", env_table, ()),
+        embeddings=t.get("embeddings", boolean, False),
+        parallel=t.get("parallel", integer(1), 1),
+        default_max_tokens=t.get("default_max_tokens", integer(1), 512),
         homeostasis=homeostasis,
-        python=t.get("python", _string, None),
-        tokenizer_path=t.get("tokenizer_path", _string, None),
-        mem_fraction_static=t.get("mem_fraction_static", _number(0.01, 1.0), None),
-        health_timeout_s=t.get("health_timeout_s", _number(0.001), 20.0),
+        python=t.get("python", string, None),
+        tokenizer_path=t.get("tokenizer_path", string, None),
+        mem_fraction_static=t.get("mem_fraction_static", number(0.01, 1.0), None),
+        health_timeout_s=t.get("health_timeout_s", number(0.001), 20.0),
         sleep_when_idle_s=sleep,
     )
     t.finish()
@@ -422,20 +262,20 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
     raw_models = tables.get("models")
     if not isinstance(raw_models, list) or not raw_models:
         raise ConfigError(f"models: must be a non-empty list of model tables, "
-                          f"got {_show(raw_models)}")
+                          f"got {show(raw_models)}")
     models = tuple(_model(f"models[{i}]", m, server) for i, m in enumerate(raw_models, 1))
     seen: dict[str, str] = {}
     for i, model in enumerate(models, 1):
         for n in model.names:
             if n in seen:
-                raise ConfigError(f"models[{i}]: name or alias {_show(n)} is already used by "
+                raise ConfigError(f"models[{i}]: name or alias {show(n)} is already used by "
                                   f"{seen[n]}")
             seen[n] = f"models[{i}]"
     for i, model in enumerate(models, 1):
         target = model.homeostasis.escalate_to
         if target is not None and target not in seen:
             raise ConfigError(f"models[{i}].homeostasis.escalate_to: no such model, "
-                              f"got {_show(target)}")
+                              f"got {show(target)}")
     return Config(server=server, models=models, path=path)
 
 
@@ -447,7 +287,8 @@ def summary(cfg: Config) -> str:
     s = cfg.server
     lines = [f"config {cfg.path}",
              f"  listen {', '.join(s.listen)}; api keys: {len(s.api_keys) or 'none'}; "
-             f"VRAM budget {s.vram_budget_mb} MiB; engine ports {s.port_range[0]}-{s.port_range[1]}",
+             f"VRAM budget {s.vram_budget_mb} MiB; "
+             f"engine ports {s.port_range[0]}-{s.port_range[1]}",
              f"  homeostasis {s.homeostasis.mode} (threshold {s.homeostasis.threshold}, "
              f"top_k {s.homeostasis.top_k}, intervention {s.homeostasis.intervention})"]
     for m in cfg.models:

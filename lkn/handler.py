@@ -7,7 +7,6 @@ intervene if needed -> forward -> relay the answer (streams event by event) -> r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -297,7 +296,3 @@ def models_payload(state: GatewayState) -> dict[str, Any]:
                                  "contexts": [v.ctx_size for v in m.variants],
                                  "embeddings": m.embeddings}})
     return {"object": "list", "data": data}
-
-
-def json_dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))

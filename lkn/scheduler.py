@@ -98,7 +98,8 @@ class _Board:
         extra_count = 0 if waking is not None and waking.state != ASLEEP else 1
         if self.used_mb() - freed_mb + option.vram_mb > self.budget_mb:
             return False
-        return self.max_engines <= 0 or self.resident() - freed_count + extra_count <= self.max_engines
+        count = self.resident() - freed_count + extra_count
+        return self.max_engines <= 0 or count <= self.max_engines
 
     def eviction_plan(self, option: Option, *, include_busy: bool) -> list[Slot] | None:
         """Engines to stop so that ``option`` fits, LRU first; None if impossible."""

@@ -125,7 +125,8 @@ class EngineManager:
         new_specs = {f"{m.name}@{v.ctx_size}": (m, v) for m in cfg.models for v in m.variants}
         for key in [k for k in self._procs if k not in self._retired]:
             old, new = self._specs.get(key), new_specs.get(key)
-            if new is not None and old is not None and engine_identity(*old) == engine_identity(*new):
+            if (new is not None and old is not None
+                    and engine_identity(*old) == engine_identity(*new)):
                 continue
             retired_key = f"{key}~retired{next(self._retired_ids)}"
             self._procs[retired_key] = self._procs.pop(key)

@@ -285,6 +285,8 @@ class EngineProcess:
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "state": self.state.value, "pid": self.pid, "port": self.port,
                 "ctx_size": self.client.effective_ctx, "last_error": self.last_error or None,
+                "start_seconds": (None if self.ready_seconds is None
+                                  else round(self.ready_seconds, 3)),
                 "log": self.logs.path}
 
 

@@ -1,0 +1,174 @@
+"""Value checks for the Lua config: each takes a key path and a value and returns the value
+converted, or raises ConfigError naming the path and the bad value
+(``models[2].ctx_size: must be a positive integer, got "big"``)."""
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+
+def show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+class Table:
+    """A Lua table under validation: knows its key path and which keys were read."""
+
+    def __init__(self, path: str, value: Any) -> None:
+        if value is None:
+            value = {}
+        if isinstance(value, list) and not value:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: must be a table, got {show(value)}")
+        self.path = path
+        self.value = value
+        self.seen: set[Any] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def raw(self, name: str) -> Any:
+        self.seen.add(name)
+        return self.value.get(name)
+
+    def get(self, name: str, check: Callable[[str, Any], Any], default: Any) -> Any:
+        value = self.raw(name)
+        if value is None:
+            return default
+        return check(self.key(name), value)
+
+    def finish(self) -> None:
+        unknown = [k for k in self.value if k not in self.seen]
+        if unknown:
+            raise ConfigError(f"{self.key(str(unknown[0]))}: unknown key")
+
+
+def integer(minimum: int) -> Callable[[str, Any], int]:
+    def check(path: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()) or value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ConfigError(f"{path}: must be {what}, got {show(value)}")
+        return int(value)
+    return check
+
+
+def number(minimum: float, maximum: float | None = None) -> Callable[[str, Any], float]:
+    def check(path: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (
+                maximum is not None and value > maximum):
+            rng = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{path}: must be a number {rng}, got {show(value)}")
+        return float(value)
+    return check
+
+
+def string(path: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: must be a non-empty string, got {show(value)}")
+    return value
+
+
+def boolean(path: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: must be true or false, got {show(value)}")
+    return value
+
+
+def choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(path: str, value: Any) -> str:
+        if value not in options:
+            raise ConfigError(f"{path}: must be one of {', '.join(options)}, got {show(value)}")
+        return value
+    return check
+
+
+def strings(path: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, dict) and not value:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: must be a list of strings, got {show(value)}")
+    out = []
+    for i, item in enumerate(value, 1):
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)  # engine args such as { "--threads", 2 } are natural in Lua
+        out.append(string(f"{path}[{i}]", item))
+    return tuple(out)
+
+
+def env_table(path: str, value: Any) -> tuple[tuple[str, str], ...]:
+    table = Table(path, value)
+    out = []
+    for k in list(table.value):
+        v = table.raw(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        out.append((str(k), string(table.key(str(k)), v)))
+    return tuple(sorted(out))
+
+
+def listen_list(path: str, value: Any) -> tuple[str, ...]:
+    addresses = (value,) if isinstance(value, str) else strings(path, value)
+    if not addresses:
+        raise ConfigError(f"{path}: must list at least one HOST:PORT, got {{}}")
+    for i, address in enumerate(addresses, 1):
+        try:
+            parse_listen(address)
+        except ValueError as exc:
+            raise ConfigError(f"{path}[{i}]: {exc}, got {show(address)}") from None
+    return addresses
+
+
+def parse_listen(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` / ``"localhost:8080"`` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError("must be HOST:PORT with a port in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError("an IPv6 address must be written in brackets, like [::1]:8080")
+    return host, int(port)
+
+
+def port_range(path: str, value: Any) -> tuple[int, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ConfigError(f"{path}: must be {{FIRST, LAST}}, got {show(value)}")
+    first = integer(1)(f"{path}[1]", value[0])
+    last = integer(1)(f"{path}[2]", value[1])
+    if not first <= last <= 65535:
+        raise ConfigError(f"{path}: must satisfy FIRST <= LAST <= 65535, got {{{first}, {last}}}")
+    return first, last
+
+
+def resolve_model_file(value: str) -> str:
+    """``pkg:PACKAGE/FILE`` names a file shipped inside an installed package (found without
+    importing it); anything else is a filesystem path."""
+    if not value.startswith("pkg:"):
+        return os.path.expanduser(value)
+    package, _, rel = value[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], rel)
+
+
+def model_file(path: str, value: Any) -> str:
+    text = string(path, value)
+    try:
+        return resolve_model_file(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}, got {show(text)}") from None
+
+
+def gpu_layers(path: str, value: Any) -> int:
+    if value == "all":
+        return 999
+    return integer(0)(path, value)
