@@ -59,6 +59,7 @@ class RequestHandler:
         started = time.monotonic()
         label = "unknown"  # metrics never carry unvalidated client input as a label
         status = 500
+        headers: dict[str, str] = {}
         try:
             body = parse_json_object(await request.read())
             VALIDATORS[route](body)
@@ -72,7 +73,6 @@ class RequestHandler:
                                          request.headers.get("x-lkn-mode"))
             if route == "embeddings":
                 settings = HomeostasisConfig(mode="passthrough")
-            headers: dict[str, str] = {}
             lease = await self._lease(model, route, self._sized_body(route, body, settings),
                                       headers)
             try:
@@ -90,10 +90,17 @@ class RequestHandler:
         except LknError as exc:
             status = exc.status
             raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = 499  # the client went away (nginx's code for it)
+            raise
         finally:
+            elapsed = time.monotonic() - started
             m = self.state.metrics
             m.requests.inc(label, route, str(status))
-            m.request_seconds.observe(time.monotonic() - started, label, route)
+            m.request_seconds.observe(elapsed, label, route)
+            log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
+                     request.path, label, status, headers.get("x-lkn-variant", "-"),
+                     headers.get("x-lkn-mode", "-"), elapsed * 1000)
 
     def _resolve(self, cfg: Config, name: str) -> ModelConfig:
         model = cfg.resolve(name)

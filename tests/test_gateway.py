@@ -157,6 +157,8 @@ def test_client_disconnect_closes_upstream_and_releases(gw: Gateway) -> None:
     while time.monotonic() < deadline and "client went away" not in proc.logs.tail(50):
         time.sleep(0.05)
     assert "fake: client went away mid-stream" in proc.logs.tail(50)
+    metrics = http("GET", gw.base_url + "/metrics").text
+    assert 'lkn_requests_total{model="fake",route="chat",status="499"} 1' in metrics
 
 
 @pytest.mark.parametrize("gw", [{"server": "max_queue_per_model = 1, queue_timeout_s = 30",
