@@ -24,17 +24,33 @@ class VariantInfo:
     vram_mb: int
 
 
-def answer_budget(body: dict[str, Any], default_max_tokens: int) -> int:
+def explicit_answer_budget(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens`` or ``max_tokens`` as the client sent it, None if absent."""
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return default_max_tokens
+    return None
+
+
+def answer_budget(body: dict[str, Any], default_max_tokens: int) -> int:
+    explicit = explicit_answer_budget(body)
+    return default_max_tokens if explicit is None else explicit
 
 
 def needed_tokens(prompt_tokens: int, body: dict[str, Any], *, default_max_tokens: int,
                   margin: int) -> int:
-    return prompt_tokens + answer_budget(body, default_max_tokens) + margin
+    return need(prompt_tokens, explicit_answer_budget(body),
+                default_max_tokens=default_max_tokens, margin=margin)
+
+
+def need(prompt_tokens: int, answer_tokens: int | None, *, default_max_tokens: int, margin: int,
+         embeddings: bool = False) -> int:
+    """Context a request needs: prompt + answer budget (none for embeddings) + margin."""
+    if embeddings:
+        return prompt_tokens + margin
+    answer = default_max_tokens if answer_tokens is None else answer_tokens
+    return prompt_tokens + answer + margin
 
 
 def candidate_options(model: str, variants: Sequence[VariantInfo], need: int, *,
