@@ -29,7 +29,7 @@ from .. import scheduler as sched
 from ..config import Config, ModelConfig, VariantConfig
 from ..errors import EngineUnavailable, GatewayTimeout, LknError, ModelNotFound, QueueFull
 from ..failures import FailurePolicy, record_failure, record_ready
-from ..selector import VariantInfo, candidate_options, need
+from ..selector import VariantInfo, options_for
 from ..vram import variant_vram_mb
 from .base import EngineClient
 from .gpu import GpuMonitor
@@ -223,11 +223,12 @@ class EngineManager:
     def _options(self, model: ModelConfig, demand: Demand,
                  now: float) -> tuple[sched.Option, ...]:
         s = self.cfg.server
-        tokens = need(demand.prompt_tokens, demand.answer_tokens, margin=s.token_margin,
-                      default_max_tokens=model.default_max_tokens, embeddings=demand.embeddings)
-        options = candidate_options(model.name, self.variants(model), tokens,
-                                    budget_mb=s.vram_budget_mb,
-                                    prompt_tokens=demand.prompt_tokens)
+        options = options_for(model.name, self.variants(model),
+                              prompt_tokens=demand.prompt_tokens,
+                              answer_tokens=demand.answer_tokens,
+                              default_max_tokens=model.default_max_tokens,
+                              margin=s.token_margin, budget_mb=s.vram_budget_mb,
+                              embeddings=demand.embeddings)
         by_id = {r.slot_id: r for r in self._records_of(model)}
         usable = tuple(o for o in options if not by_id[o.key].refusing(self.policy, now))
         if usable:
