@@ -114,5 +114,8 @@ models = {
   --   parallel = 8,                -- requests lkn sends it at once (continuous batching)
   --   health_timeout_s = 20,       -- /health runs a 1-token generation on SGLang without /ready
   --   sleep_when_idle_s = 300,     -- release GPU memory when idle, resume on the next request
+  --                                -- (weights are backed up in pinned host RAM while asleep)
+  --   stop_grace_s = 30,           -- SGLang's default: it drains, then frees GPU memory
+  --   -- ctx_size above config.json's maximum: env = { SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN = "1" }
   -- },
 }

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config_values import (Table, boolean, choice, env_table, gpu_layers, integer, listen_list,
+from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, boolean, choice,
+                            env_table, gpu_layers, hf_context_limit, integer, listen_list,
                             model_file, number, parse_listen, port_range, resolve_model_file, show,
                             string, strings)
 from .errors import ConfigError
@@ -75,6 +76,8 @@ class ModelConfig:
     mem_fraction_static: float | None = None
     health_timeout_s: float = 20.0
     sleep_when_idle_s: float | None = None
+    # None: the server's stop_grace_s, raised to what the engine needs (EngineClient)
+    stop_grace_s: float | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -202,6 +205,20 @@ def _variant(path: str, value: Any, model: _ModelDefaults) -> VariantConfig:
     return variant
 
 
+def _check_sglang_context(path: str, variant: VariantConfig,
+                          env: tuple[tuple[str, str], ...]) -> None:
+    """SGLang exits at start when ctx_size exceeds the model's own maximum (see
+    config_values.hf_context_limit): say so when the config is loaded, not at the first
+    request."""
+    limit = hf_context_limit(variant.model_file)
+    if limit is None or variant.ctx_size <= limit or allows_longer_context(env):
+        return
+    raise ConfigError(
+        f"{path}.ctx_size: {variant.ctx_size} is longer than the {limit} tokens the model's "
+        f"config.json allows, and SGLang would refuse to start; lower it, or set "
+        f'env = {{ {ALLOW_LONGER_CONTEXT} = "1" }} on the model to run it anyway')
+
+
 @dataclass
 class _ModelDefaults:
     ctx_size: int | None
@@ -230,13 +247,18 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     raw_variants = t.raw("variants")
     variants: tuple[VariantConfig, ...]
     if raw_variants is None:
+        paths = [path]
         variants = (_variant(path, {}, defaults),)
     else:
         if not isinstance(raw_variants, list) or not raw_variants:
             raise ConfigError(f"{t.key('variants')}: must be a non-empty list of tables, "
                               f"got {show(raw_variants)}")
-        variants = tuple(_variant(f"{t.key('variants')}[{i}]", v, defaults)
-                         for i, v in enumerate(raw_variants, 1))
+        paths = [f"{t.key('variants')}[{i}]" for i in range(1, len(raw_variants) + 1)]
+        variants = tuple(_variant(p, v, defaults) for p, v in zip(paths, raw_variants))
+    env = t.get("env", env_table, ())
+    if engine == "sglang":
+        for variant_path, variant in zip(paths, variants):
+            _check_sglang_context(variant_path, variant, env)
     sizes = [v.ctx_size for v in variants]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"{t.key('variants')}: two variants share ctx_size "
@@ -254,7 +276,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         aliases=t.get("aliases", strings, ()),
         binary=t.get("binary", string, None),
         args=model_args,
-        env=t.get("env", env_table, ()),
+        env=env,
         embeddings=t.get("embeddings", boolean, False),
         parallel=t.get("parallel", integer(1), 1),
         default_max_tokens=t.get("default_max_tokens", integer(1), 512),
@@ -264,6 +286,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         mem_fraction_static=t.get("mem_fraction_static", number(0.01, 1.0), None),
         health_timeout_s=t.get("health_timeout_s", number(0.001), 20.0),
         sleep_when_idle_s=sleep,
+        stop_grace_s=t.get("stop_grace_s", number(0.0), None),
     )
     t.finish()
     return model

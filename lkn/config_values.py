@@ -172,3 +172,46 @@ def gpu_layers(path: str, value: Any) -> int:
     if value == "all":
         return 999
     return integer(0)(path, value)
+
+
+# SGLang refuses to start with a --context-length above the model's own maximum unless this
+# environment variable is true (srt/configs/model_config.py ``_derive_context_length``; the
+# accepted spellings are srt/environ.py ``EnvBool``'s).
+ALLOW_LONGER_CONTEXT = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"
+_TRUE = ("true", "1", "yes", "y")
+# srt/utils/hf_transformers/common.py CONTEXT_LENGTH_KEYS, in SGLang's order of preference
+_CONTEXT_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length",
+                 "max_position_embeddings")
+
+
+def hf_context_limit(model_dir: str) -> int | None:
+    """The longest context SGLang derives from a Hugging Face model directory's config.json
+    (srt/utils/hf_transformers/common.py ``get_context_length``: the first of its keys in the
+    text config, times the rope scaling factor, else 2048). None when there is no readable
+    config.json (a hub id, say): SGLang then decides on its own."""
+    try:
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    text = config.get("text_config")
+    config = text if isinstance(text, dict) else config
+    rope = config.get("rope_scaling")
+    factor = 1.0
+    if isinstance(rope, dict) and rope:
+        factor = rope.get("factor", 1)
+        if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
+            factor = 1
+    for key in _CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(factor * value)
+    return 2048
+
+
+def allows_longer_context(env: tuple[tuple[str, str], ...]) -> bool:
+    """The model's ``env`` (else lkn's own environment, which the engine inherits) opts in."""
+    value = dict(env).get(ALLOW_LONGER_CONTEXT, os.environ.get(ALLOW_LONGER_CONTEXT, ""))
+    return value.lower() in _TRUE

@@ -46,12 +46,18 @@ def _check_common(body: dict[str, Any]) -> None:
         v = body.get(name)
         if v is not None and (not _is_int(v) or v < 1):
             raise BadRequest(f"'{name}' must be a positive integer, got {v!r}", param=name)
-    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0),
-                         ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0)):
+    for name, lo, hi in (("temperature", 0.0, 2.0), ("presence_penalty", -2.0, 2.0),
+                         ("frequency_penalty", -2.0, 2.0)):
         v = body.get(name)
         if v is not None and (not _is_number(v) or not lo <= v <= hi):
             raise BadRequest(f"'{name}' must be a number between {lo:g} and {hi:g}, got {v!r}",
                              param=name)
+    # (0, 1], not [0, 1]: SGLang answers top_p = 0 with a 400 (srt/sampling/sampling_params.py
+    # ``verify``), and a request may be escalated from one engine to another.
+    top_p = body.get("top_p")
+    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
+        raise BadRequest(f"'top_p' must be a number greater than 0 and at most 1 (for greedy "
+                         f"decoding use temperature 0), got {top_p!r}", param="top_p")
     n = body.get("n")
     if n is not None and (not _is_int(n) or n < 1):
         raise BadRequest(f"'n' must be a positive integer, got {n!r}", param="n")

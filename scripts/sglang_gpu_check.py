@@ -1,5 +1,7 @@
 """Real-GPU check of lkn's SGLang engine: start lkn with an SGLang model from a local path, send
-a chat request, a streaming request and a probe, and print a short table.
+a chat request, a streaming request and a probe, let the engine sleep (release its GPU memory)
+and wake it with the same greedy request, and print a short table. The woken answer must equal
+the one before the sleep: a woken engine that lost its weights answers garbage.
 
     python scripts/sglang_gpu_check.py --model-path /models/Qwen2.5-0.5B-Instruct \
         [--python /opt/sglang/bin/python] [--ctx 4096] [--mem-fraction 0.5]
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -48,6 +51,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def engine_state(port: int) -> str:
+    health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health"))
+    return str(health["engines"][0]["state"]) if health.get("engines") else "none"
+
+
+def sleep_wake_check(client: Any, port: int, msg: list[dict[str, str]], sleep_after: float,
+                     rows: list[tuple[str, str]]) -> bool:
+    """Greedy answer, sleep (release), wake (resume), the same greedy answer again."""
+    def greedy() -> str:
+        r = client.chat.completions.create(model="sg", messages=msg, max_tokens=32,
+                                           temperature=0)
+        return r.choices[0].message.content or ""
+
+    before = greedy()
+    deadline = time.monotonic() + sleep_after + 60
+    while engine_state(port) != "asleep" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    state = engine_state(port)
+    rows.append(("state after idle", state))
+    rows.append(("VRAM asleep (MiB)", str(gpu_used_mb())))
+    t0 = time.monotonic()
+    after = greedy()
+    rows.append(("wake + answer (s)", f"{time.monotonic() - t0:.1f}"))
+    same = state == "asleep" and after == before
+    rows.append(("sleep -> wake same answer", "yes" if same else
+                 f"NO: {before[:40]!r} then {after[:40]!r}"))
+    return same
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-path", required=True, help="local Hugging Face model directory")
@@ -55,6 +87,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--mem-fraction", type=float, default=0.5)
     ap.add_argument("--start-timeout", type=float, default=480)
+    ap.add_argument("--sleep-after", type=float, default=5,
+                    help="idle seconds before the engine releases its GPU memory")
     args = ap.parse_args()
 
     if gpu_used_mb() is None:
@@ -77,6 +111,7 @@ server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = {json.dumps(tmp)},
 models = {{ {{ name = "sg", engine = "sglang", python = {json.dumps(args.python)},
               model_file = {json.dumps(args.model_path)}, ctx_size = {args.ctx},
               mem_fraction_static = {args.mem_fraction}, default_max_tokens = 64,
+              sleep_when_idle_s = {args.sleep_after},
               tokenizer_path = {json.dumps(args.model_path)} }} }}
 """)
     import openai
@@ -118,6 +153,7 @@ models = {{ {{ name = "sg", engine = "sglang", python = {json.dumps(args.python)
                      f"{raw.headers.get('x-lkn-entropy')}"))
         rows.append(("prompt tokens (lkn count)", raw.headers.get("x-lkn-prompt-tokens", "")))
         rows.append(("prompt tokens (engine usage)", str(raw.parse().usage.prompt_tokens)))
+        ok = sleep_wake_check(client, port, msg, args.sleep_after, rows)
     except Exception as exc:  # report, then still stop lkn and measure the VRAM
         ok = False
         rows.append(("FAILED", f"{type(exc).__name__}: {exc}"))

@@ -4,61 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
-import psutil
 import pytest
 
-from lkn.config import ModelConfig, VariantConfig
-from lkn.engines.process import EngineProcess, PortPool, State
+from lkn.config import ConfigError, ModelConfig, VariantConfig
+from lkn.engines.llamacpp import LlamaCppEngine
+from lkn.engines.process import EngineStartError, State
 from lkn.engines.sglang import SGLangEngine
 from lkn.probe import normalized_entropy
 from lkn.tokens import count_locally
-from tests.conftest import (FAKE_SGLANG, Gateway, free_port, http, lua_str, make_wrapper,
-                            write_config)
-from tests.fakes.hf_model import make_hf_model_dir
-
-MSG = [{"role": "user", "content": "what is the capital of france ?"}]
-
-
-@pytest.fixture
-def hf_dir(tmp_path: Path) -> Path:
-    return make_hf_model_dir(tmp_path / "tiny-hf")
-
-
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    return make_wrapper(tmp_path, FAKE_SGLANG, "fake-python")
-
-
-def dead(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
-def sg_config(tmp_path: Path, hf_dir: Path, fake_python: str, fake_binary: str, *,
-              sg_args: str = "", sg_extra: str = "", server: str = "") -> Any:
-    return write_config(tmp_path, f"""
-server = {{ max_loaded_engines = 1, stop_grace_s = 2, log_dir = {lua_str(str(tmp_path / 'logs'))},
-           engine_start_timeout_s = 30, {server} }}
-models = {{
-  {{ name = "sg", engine = "sglang", python = {lua_str(fake_python)},
-    model_file = {lua_str(str(hf_dir))}, ctx_size = 4096, default_max_tokens = 16,
-    args = {{ "--fake-load-s", 0.3, "--fake-warmup-s", 0.3, {sg_args} }}, {sg_extra} }},
-  {{ name = "llama", binary = {lua_str(fake_binary)}, model_file = "/nonexistent.gguf",
-    ctx_size = 2048 }},
-}}
-""")
-
-
-@pytest.fixture
-def gw(tmp_path: Path, hf_dir: Path, fake_python: str, fake_binary: str, gateway_factory: Any,
-       request: Any) -> Gateway:
-    return gateway_factory(sg_config(tmp_path, hf_dir, fake_python, fake_binary,
-                                     **getattr(request, "param", {})))
+from tests.conftest import FAKE_SGLANG, Gateway, http, lua_str, write_config
+from tests.sglang_support import (MSG, dead, fake_python, gw, hf_dir,  # noqa: F401
+                                  sg_process)
 
 
 def test_argv_follows_sglang_launch_server() -> None:
@@ -69,17 +33,7 @@ def test_argv_follows_sglang_launch_server() -> None:
         "/opt/sgl/bin/python", "-m", "sglang.launch_server", "--model-path", "/models/qwen",
         "--host", "127.0.0.1", "--port", "30001", "--context-length", "8192",
         "--served-model-name", "qwen", "--mem-fraction-static", "0.7",
-        "--enable-memory-saver", "--tp", "1"]
-
-
-async def sg_process(hf_dir: Path, fake_python: str, session: aiohttp.ClientSession,
-                     *args: str, health_timeout_s: float = 20) -> EngineProcess:
-    model = ModelConfig(name="sg", engine="sglang", python=fake_python,
-                        health_timeout_s=health_timeout_s,
-                        variants=(VariantConfig(4096, str(hf_dir), 999, args=args),))
-    port = free_port()
-    return EngineProcess(SGLangEngine(model, model.variants[0]), ports=PortPool(port, port + 20),
-                         session=session, start_timeout_s=30, stop_grace_s=1)
+        "--enable-memory-saver", "--enable-weights-cpu-backup", "--tp", "1"]
 
 
 async def test_ready_after_refused_then_503_and_whole_tree_stopped(
@@ -158,14 +112,146 @@ def test_token_counts_via_tokenize_match_local_and_usage(gw: Gateway, hf_dir: Pa
         assert count_locally(str(hf_dir), "hf", "chat", body) == usage.prompt_tokens
 
 
-def test_probe_reads_generate_top_logprobs(gw: Gateway) -> None:
+def first_position_entropy(temperature: float, k: int = 10) -> float:
+    """The fake's first-position top-k (logits -2i) after temperature scaling."""
+    logits = [-2.0 * i / temperature for i in range(k)]
+    total = math.log(sum(math.exp(x) for x in logits))
+    return normalized_entropy([x - total for x in logits])
+
+
+HOMEOSTATIC = {"lkn": {"mode": "homeostatic", "threshold": 0.5}}
+
+
+def test_chat_probe_reads_chat_logprobs(gw: Gateway) -> None:
     r = gw.client().chat.completions.with_raw_response.create(
-        model="sg", messages=MSG, max_tokens=3,
-        extra_body={"lkn": {"mode": "homeostatic", "threshold": 0.5}})
-    weights = [math.exp(-2.0 * i) for i in range(10)]  # the fake's first-position distribution
-    expected = normalized_entropy([math.log(w / sum(weights)) for w in weights])
-    assert float(r.headers["x-lkn-entropy"]) == pytest.approx(expected, abs=1e-4)
+        model="sg", messages=MSG, max_tokens=3, extra_body=HOMEOSTATIC)
+    assert float(r.headers["x-lkn-entropy"]) == pytest.approx(first_position_entropy(1.0),
+                                                              abs=1e-4)
     assert r.headers["x-lkn-mode"] == "FLUID"
+
+
+def test_chat_probe_measures_at_the_answers_default_temperature(gw: Gateway,
+                                                                hf_dir: Path) -> None:
+    # SGLang's chat endpoint fills an unset temperature from generation_config.json, /generate
+    # does not; the fake reads the file when it starts, on the first request.
+    (hf_dir / "generation_config.json").write_text(json.dumps({"temperature": 0.5}))
+    r = gw.client().chat.completions.with_raw_response.create(
+        model="sg", messages=MSG, max_tokens=3, extra_body=HOMEOSTATIC)
+    assert float(r.headers["x-lkn-entropy"]) == pytest.approx(first_position_entropy(0.5),
+                                                              abs=1e-4)
+
+
+@pytest.mark.parametrize("prompt, extra", [
+    ([5, 6, 7, 8], {}),  # token ids: /tokenize takes only strings, /generate takes input_ids
+    ("hello there", {"top_k": 40.0, "seed": 7.0}),  # whole-number floats for integer fields
+])
+def test_completions_probe_through_generate(gw: Gateway, prompt: Any,
+                                            extra: dict[str, Any]) -> None:
+    r = gw.client().completions.with_raw_response.create(
+        model="sg", prompt=prompt, max_tokens=3, extra_body={**extra, **HOMEOSTATIC})
+    assert r.headers["x-lkn-mode"] == "FLUID"
+    assert float(r.headers["x-lkn-entropy"]) == pytest.approx(first_position_entropy(1.0),
+                                                              abs=1e-4)
+    assert r.parse().choices[0].text == " w0 w1 w2"
+
+
+async def test_logprob_text_only_when_asked(hf_dir: Path, fake_python: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = await sg_process(hf_dir, fake_python, session)
+        await proc.ensure_ready()
+        try:
+            payload = {"text": "hello", "sampling_params": {"max_new_tokens": 1},
+                       "return_logprob": True, "top_logprobs_num": 2}
+            async with session.post(proc.base_url + "/generate", json=payload) as resp:
+                meta = (await resp.json())["meta_info"]
+            assert [t[2] for t in meta["output_top_logprobs"][0]] == [None, None]
+            result = await proc.client.probe(session, proc.base_url, "completions",
+                                             {"prompt": "hello"}, 3, 2)
+            assert result.tokens == ("c0", "c0") and [len(p) for p in result.positions] == [3, 3]
+        finally:
+            await proc.stop()
+
+
+@pytest.mark.parametrize("gw", [{"sg_args": '"--chat-template", "chatml"'}], indirect=True)
+def test_count_with_named_chat_template_and_trailing_assistant(gw: Gateway) -> None:
+    # an explicit add_generation_prompt is a 400 with a non-Jinja template
+    # (serving_tokenize.py), so lkn leaves it out and gets the chat path's own count
+    client = gw.client()
+    for messages in (MSG, [*MSG, {"role": "assistant", "content": "paris ."}]):
+        usage = client.chat.completions.create(model="sg", messages=messages,
+                                               max_tokens=2).usage
+        proc = gw.call(gw.manager.ready_process, "sg")
+        body = {"model": "sg", "messages": messages}
+        assert gw.call(proc.client.count_tokens, gw.state.session, proc.base_url, "chat",
+                       body) == usage.prompt_tokens
+
+
+def test_first_chat_chunk_carries_only_the_role(gw: Gateway) -> None:
+    r = http("POST", gw.base_url + "/v1/chat/completions", json.dumps(
+        {"model": "sg", "messages": MSG, "max_tokens": 3, "stream": True}))
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines()
+              if line.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {"reasoning_content": None,
+                                                "role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                   if c["choices"]) == " w0 w1 w2"
+
+
+def test_top_p_zero_is_lkns_400_before_any_engine(gw: Gateway) -> None:
+    r = http("POST", gw.base_url + "/v1/chat/completions", json.dumps(
+        {"model": "sg", "messages": MSG, "max_tokens": 2, "top_p": 0}))
+    assert r.status_code == 400 and r.headers["x-lkn-error-source"] == "lkn"
+    assert r.json()["error"]["param"] == "top_p"
+    assert "greater than 0" in r.json()["error"]["message"]
+
+
+def test_fake_rejects_unknown_flags_like_sglang(hf_dir: Path) -> None:
+    out = subprocess.run([sys.executable, str(FAKE_SGLANG), "-m", "sglang.launch_server",
+                          "--model-path", str(hf_dir), "--no-such-flag"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
+
+
+def test_ctx_above_model_config_is_a_config_error(tmp_path: Path, hf_dir: Path) -> None:
+    def load(model: str) -> Any:
+        return write_config(tmp_path, f'models = {{ {{ name = "sg", engine = "sglang", '
+                                      f'model_file = {lua_str(str(hf_dir))}, {model} }} }}')
+
+    with pytest.raises(ConfigError) as info:
+        load("ctx_size = 8192")
+    assert str(info.value).startswith("models[1].ctx_size: 8192 is longer than the 4096 "
+                                      "tokens the model's config.json allows")
+    with pytest.raises(ConfigError, match=r"^models\[1\]\.variants\[2\]\.ctx_size: 4097 "):
+        load("variants = { { ctx_size = 4096 }, { ctx_size = 4097 } }")
+    allowed = load('ctx_size = 8192, env = { SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN = "1" }')
+    assert allowed.models[0].variants[0].ctx_size == 8192
+
+
+async def test_fake_refuses_ctx_above_model_config(hf_dir: Path, fake_python: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = await sg_process(hf_dir, fake_python, session, ctx=8192)
+        with pytest.raises(EngineStartError, match="SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"):
+            await proc.ensure_ready()
+        await proc.stop()
+        proc = await sg_process(hf_dir, fake_python, session, ctx=8192,
+                                env=(("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "1"),))
+        await proc.ensure_ready()
+        assert proc.client.effective_ctx == 8192
+        await proc.stop()
+
+
+@pytest.mark.parametrize("engine, model_grace, server_grace, expected", [
+    ("sglang", None, 10.0, 30.0),  # drain poll + 15 s for the schedulers to free memory
+    ("sglang", None, 60.0, 60.0),
+    ("sglang", 5.0, 10.0, 5.0),  # the model's own stop_grace_s wins
+    ("llamacpp", None, 10.0, 10.0),
+])
+def test_stop_grace_per_engine(engine: str, model_grace: float | None, server_grace: float,
+                               expected: float) -> None:
+    model = ModelConfig(name="m", engine=engine, stop_grace_s=model_grace,
+                        variants=(VariantConfig(4096, "/models/m", 999),))
+    cls = SGLangEngine if engine == "sglang" else LlamaCppEngine
+    assert cls(model, model.variants[0]).stop_grace_s(server_grace) == expected
 
 
 @pytest.mark.parametrize("gw", [{"sg_args": '"--context-length", 20'}], indirect=True)
@@ -202,23 +288,3 @@ def test_sglang_in_stream_error_becomes_clean_error_event(gw: Gateway) -> None:
             pass
     assert info.value.message == "scheduler aborted the request"
     assert info.value.body["source"] == "sglang"  # type: ignore[index]
-
-
-@pytest.mark.parametrize("gw", [{"sg_extra": "sleep_when_idle_s = 0.3, mem_fraction_static = 0.5"}],
-                         indirect=True)
-def test_idle_engine_releases_memory_and_resumes(gw: Gateway) -> None:
-    client = gw.client()
-    client.chat.completions.create(model="sg", messages=MSG, max_tokens=2)
-    proc = gw.call(gw.manager.ready_process, "sg")
-    pid = proc.pid
-    deadline = time.monotonic() + 10
-    while proc.state is not State.ASLEEP and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert proc.state is State.ASLEEP and "memory released" in proc.logs.tail(20)
-    slots = gw.call(lambda: [r.slot() for r in gw.manager.records() if r.running()])
-    assert [(s.model, s.ctx, s.state) for s in slots] == [("sg", 4096, "asleep")]
-    health = http("GET", gw.base_url + "/health").json()
-    assert health["engines"][0]["state"] == "asleep"
-    r = client.chat.completions.create(model="sg", messages=MSG, max_tokens=2)
-    assert r.choices[0].message.content == " w0 w1"
-    assert proc.pid == pid and "memory resumed" in proc.logs.tail(20)  # same process, woken

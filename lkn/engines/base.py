@@ -22,6 +22,14 @@ class EngineRequestError(Exception):
     """The engine answered a helper call (tokenize, probe, ...) with an error."""
 
 
+class EngineCrashed(Exception):
+    """A call the engine must survive failed: a memory release or resume answered an error,
+    timed out or dropped the connection. The engine's state is unknown (SGLang kills its
+    whole tree when a release finds it busy), so its process tree must be stopped and the
+    engine treated as crashed. Deliberately not an ``EngineRequestError``: no helper-call
+    fallback may swallow it."""
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """Top-k logprobs of each probed position (the first generated tokens)."""
@@ -118,13 +126,33 @@ class EngineClient(ABC):
             return json.dumps({"error": _error_fields(obj, 500, self.kind)})
         return data
 
+    # ---- stopping
+    # Seconds between SIGTERM and SIGKILL the engine needs to exit cleanly; None: the server's
+    # stop_grace_s is enough.
+    default_stop_grace_s: float | None = None
+
+    def stop_grace_s(self, server_grace_s: float) -> float:
+        """The grace to use when stopping this engine: the model's own ``stop_grace_s`` when
+        set, else the server's, raised to what the engine needs (a SIGKILL mid-shutdown can
+        leave GPU memory held)."""
+        if self.model.stop_grace_s is not None:
+            return self.model.stop_grace_s
+        return max(server_grace_s, self.default_stop_grace_s or 0.0)
+
     # ---- optional capabilities
     supports_sleep = False
 
+    async def engine_idle(self, session: aiohttp.ClientSession, base_url: str) -> bool:
+        """Whether nothing is in flight at the engine itself (lkn's own count misses requests
+        the engine still runs after lkn gave up on them). Only engines that sleep need it."""
+        raise NotImplementedError
+
     async def release_memory(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        """Give the GPU memory back without exiting. Raises ``EngineCrashed`` on failure."""
         raise NotImplementedError
 
     async def resume_memory(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        """Take the GPU memory again. Raises ``EngineCrashed`` on failure."""
         raise NotImplementedError
 
 

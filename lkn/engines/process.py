@@ -119,7 +119,8 @@ class EngineProcess:
         self._ports = ports
         self._session = session
         self.start_timeout_s = start_timeout_s
-        self.stop_grace_s = stop_grace_s
+        # SGLang drains for up to ~20 s on SIGTERM: each engine kind may need more grace.
+        self.stop_grace_s = client.stop_grace_s(stop_grace_s)
         self.logs = LogRing(self.key, log_dir=log_dir)
         self._on_change = on_change
         self._spawn = spawn
@@ -324,19 +325,24 @@ class EngineProcess:
         self.logs.mark(f"exited with code {self.proc.returncode if self.proc else None}")
 
     # ------------------------------------------------------------------ sleep
-    async def sleep(self) -> None:
-        """Release the engine's GPU memory without exiting (engines that support it). A release
-        that fails or loses its connection is taken for a crash: SGLang's scheduler kills the
-        whole server when asked to release while busy, and a half-released engine is unusable."""
+    async def sleep(self) -> bool:
+        """Release the engine's GPU memory without exiting (engines that support it); False if
+        it did not sleep. Only an engine that says it runs nothing is asked: SGLang's scheduler
+        kills the whole server when asked to release while busy (also for requests lkn gave up
+        on but the engine still runs). A release that fails or loses its connection is taken for
+        a crash: a half-released engine is unusable."""
         async with self._lock:
             if self.state is not State.READY or not self.client.supports_sleep:
-                return
+                return False
+            if not await self.client.engine_idle(self._session, self.base_url):
+                return False
             try:
                 await self.client.release_memory(self._session, self.base_url)
             except Exception as exc:
                 await self._fail_running(f"memory release failed: {exc!r}")
                 raise EngineStartError(self.last_error) from None
             self._set_state(State.ASLEEP, "memory released")
+            return True
 
     async def _wake(self) -> None:
         try:
