@@ -1,109 +1,134 @@
-"""Every metric lkn keeps, defined in one place, with Prometheus text exposition.
+"""Every metric lkn keeps, defined in one place, exposed with prometheus-client.
 
-Counters and histograms are updated by the handler and the manager; gauges (engine states, queue
-length, requests in flight) are read at scrape time from the live objects.
+Counters and histograms are updated by the handler; what describes live objects (engine states,
+queue length, requests in flight, failures) is read at scrape time by ``LiveCollector`` from a
+snapshot function the server registers, so it can never drift from the objects themselves.
+Each ``Metrics`` has its own registry: several gateways in one process (the tests) never share
+series. Process metrics (CPU, RSS, open files) come from prometheus-client's own collector.
+
+The names are stable and listed in the README.
 """
 from __future__ import annotations
 
-import bisect
-import threading
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    if not names:
-        return ""
-    inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values))
-    return "{" + inner + "}"
+# No *_created series: they double every counter and nobody here reads them.
+prometheus_client.disable_created_metrics()
 
-
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-class Counter:
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help, labels
-        self._values: dict[tuple[str, ...], float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + amount
-
-    def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0.0)
-
-    def expose(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for labels, v in sorted(self._values.items()):
-            yield f"{self.name}{_labels(self.label_names, labels)} {v:g}"
-
-
-class Histogram:
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...],
-                 labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help, labels
-        self.buckets = tuple(sorted(buckets))
-        self._data: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, *labels: str) -> None:
-        with self._lock:
-            counts, acc = self._data.setdefault(labels, ([0] * (len(self.buckets) + 1), [0.0]))
-            counts[bisect.bisect_left(self.buckets, value)] += 1
-            acc[0] += value
-
-    def count(self, *labels: str) -> int:
-        data = self._data.get(labels)
-        return sum(data[0]) if data else 0
-
-    def expose(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        for labels, (counts, acc) in sorted(self._data.items()):
-            running = 0
-            for bound, c in zip((*self.buckets, float("inf")), counts):
-                running += c
-                le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                names = (*self.label_names, "le")
-                yield f"{self.name}_bucket{_labels(names, (*labels, le))} {running}"
-            yield f"{self.name}_sum{_labels(self.label_names, labels)} {acc[0]:g}"
-            yield f"{self.name}_count{_labels(self.label_names, labels)} {running}"
-
-
+# The classic text format: every Prometheus (and every other scraper) reads it, and lkn's metric
+# names need none of the newer format's escaping.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ENTROPY = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
+class Counter:
+    """A labelled counter called with positional label values, as lkn's code does."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, help: str,
+                 labels: tuple[str, ...] = ()) -> None:
+        self._registry, self.name, self.label_names = registry, name, labels
+        self._metric = prometheus_client.Counter(name, help, labels, registry=registry)
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        (self._metric.labels(*labels) if labels else self._metric).inc(amount)
+
+    def value(self, *labels: str) -> float:
+        sample = self._registry.get_sample_value(
+            self.name if self.name.endswith("_total") else f"{self.name}_total",
+            dict(zip(self.label_names, labels)))
+        return sample or 0.0
+
+    def total(self) -> float:
+        return sum(s.value for m in self._metric.collect() for s in m.samples
+                   if s.name.endswith("_total"))
+
+
+class Histogram:
+    def __init__(self, registry: CollectorRegistry, name: str, help: str,
+                 buckets: tuple[float, ...], labels: tuple[str, ...] = ()) -> None:
+        self._registry, self.name, self.label_names = registry, name, labels
+        self._metric = prometheus_client.Histogram(name, help, labels, buckets=buckets,
+                                                   registry=registry)
+
+    def observe(self, value: float, *labels: str) -> None:
+        (self._metric.labels(*labels) if labels else self._metric).observe(value)
+
+    def count(self, *labels: str) -> int:
+        sample = self._registry.get_sample_value(f"{self.name}_count",
+                                                 dict(zip(self.label_names, labels)))
+        return int(sample or 0)
+
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+class LiveCollector(Collector):
+    """Gauges (and the manager's own counters) read from the live objects at scrape time."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self._snapshot()
+        engines = [e for e in snap["engines"] if not e["retired"]]
+        up = GaugeMetricFamily("lkn_engine_up", "Engine state (1 for the current state)",
+                               labels=["engine", "state"])
+        failed = GaugeMetricFamily("lkn_engine_failed", "Engine variants that are FAILED "
+                                   "(fast 503 until retried)", labels=["engine"])
+        crashes = CounterMetricFamily("lkn_engine_crashes", "Engine exits nobody asked for",
+                                      labels=["engine"])
+        for e in snap["engines"]:
+            up.add_metric([e["key"], e["state"]], 1)
+        for e in engines:
+            failed.add_metric([e["key"]], int(e["failures"]["failed"]))
+            crashes.add_metric([e["key"]], e["crashes"])
+        yield up
+        yield failed
+        yield crashes
+        yield GaugeMetricFamily("lkn_in_flight", "Requests being answered",
+                                value=snap["in_flight"])
+        yield GaugeMetricFamily("lkn_queued", "Requests waiting for an engine",
+                                value=snap["queued"])
+        yield CounterMetricFamily("lkn_engine_starts", "Engine process starts (wakes from "
+                                  "sleep not counted)", value=snap["starts"])
+        yield CounterMetricFamily("lkn_engine_start_failures", "Engine starts that failed",
+                                  value=snap["start_failures"])
+        yield GaugeMetricFamily("lkn_config_generation", "Config generation (1 at start, +1 "
+                                "per reload)", value=snap["generation"])
+
+
 class Metrics:
     def __init__(self) -> None:
-        self.requests = Counter("lkn_requests_total", "Requests answered, by model, route and "
-                                "HTTP status", ("model", "route", "status"))
-        self.request_seconds = Histogram("lkn_request_seconds", "Time from arrival to the end "
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        self.requests = Counter(r, "lkn_requests_total", "Requests answered, by model, route "
+                                "and HTTP status", ("model", "route", "status"))
+        self.request_seconds = Histogram(r, "lkn_request_seconds", "Time from arrival to the end "
                                          "of the answer", LATENCY, ("model", "route"))
-        self.ttft_seconds = Histogram("lkn_time_to_first_token_seconds", "Time from arrival to "
-                                      "the first streamed event", LATENCY, ("model",))
-        self.queue_seconds = Histogram("lkn_queue_wait_seconds", "Time a request waited for an "
-                                       "engine", LATENCY, ("model",))
-        self.probes = Counter("lkn_probe_total", "Entropy probes by model and resulting mode",
+        self.ttft_seconds = Histogram(r, "lkn_time_to_first_token_seconds", "Time from arrival "
+                                      "to the first streamed event", LATENCY, ("model",))
+        self.queue_seconds = Histogram(r, "lkn_queue_wait_seconds", "Time a request waited for "
+                                       "an engine", LATENCY, ("model",))
+        self.probes = Counter(r, "lkn_probe_total", "Entropy probes by model and resulting mode",
                               ("model", "mode"))
-        self.probe_entropy = Histogram("lkn_probe_entropy", "Normalized entropy of the probe "
+        self.probe_entropy = Histogram(r, "lkn_probe_entropy", "Normalized entropy of the probe "
                                        "token", ENTROPY, ("model",))
-        self.probe_seconds = Histogram("lkn_probe_seconds", "Time spent in the probe", LATENCY,
-                                       ("model",))
-        self.interventions = Counter("lkn_interventions_total", "ANALYTIC interventions applied",
-                                     ("model", "intervention"))
-        self.token_counts = Counter("lkn_token_count_total", "Prompt token counts by method",
+        self.probe_seconds = Histogram(r, "lkn_probe_seconds", "Time spent in the probe",
+                                       LATENCY, ("model",))
+        self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
+                                     "applied", ("model", "intervention"))
+        self.token_counts = Counter(r, "lkn_token_count_total", "Prompt token counts by method",
                                     ("method",))
 
-    def all(self) -> list[Counter | Histogram]:
-        return [v for v in vars(self).values() if isinstance(v, (Counter, Histogram))]
+    def watch(self, snapshot: Snapshot) -> None:
+        """Read the live gauges from ``snapshot()`` at every scrape."""
+        self.registry.register(LiveCollector(snapshot))
 
-    def expose(self, gauges: Iterable[str] = ()) -> str:
-        lines: list[str] = []
-        for metric in self.all():
-            lines.extend(metric.expose())
-        lines.extend(gauges)
-        return "\n".join(lines) + "\n"
+    def expose(self) -> bytes:
+        return generate_latest(self.registry)

@@ -13,7 +13,7 @@ import hmac
 import logging
 import signal
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +23,7 @@ from .engines.manager import EngineManager
 from .engines.registry import EngineRegistry, default_state_dir, sweep_stale
 from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
 from .handler import GatewayState, RequestHandler, models_payload
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 
 log = logging.getLogger("lkn.server")
@@ -96,6 +97,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         manager = manager_factory(cfg, session, registry=EngineRegistry(state_dir))
         state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
                              started=time.monotonic())
+        state.metrics.watch(lambda: _live(state))
         app[STATE] = state
         app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))
@@ -145,9 +147,9 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
 
     async def metrics(request: web.Request) -> web.Response:
         st = app[STATE]
-        return web.Response(text=st.metrics.expose(_gauges(st)),
-                            content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(body=st.metrics.expose(),
+                            headers={"Content-Type": METRICS_CONTENT_TYPE,
+                                     "X-Content-Type-Options": "nosniff"})
 
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
@@ -159,33 +161,11 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     return app
 
 
-def _gauges(state: GatewayState) -> list[str]:
-    lines = ["# HELP lkn_engine_up Engine state (1 for the current state)",
-             "# TYPE lkn_engine_up gauge"]
-    for e in state.manager.describe():
-        lines.append(f'lkn_engine_up{{engine="{e["key"]}",state="{e["state"]}"}} 1')
-    lines += ["# HELP lkn_in_flight Requests being answered", "# TYPE lkn_in_flight gauge",
-              f"lkn_in_flight {state.manager.in_flight()}",
-              "# HELP lkn_queued Requests waiting for an engine", "# TYPE lkn_queued gauge",
-              f"lkn_queued {state.manager.queued()}",
-              "# HELP lkn_engine_starts_total Engine process starts (wakes from sleep not counted)",
-              "# TYPE lkn_engine_starts_total counter",
-              f"lkn_engine_starts_total {state.manager.starts}",
-              "# HELP lkn_engine_start_failures_total Engine starts that failed",
-              "# TYPE lkn_engine_start_failures_total counter",
-              f"lkn_engine_start_failures_total {state.manager.start_failures}",
-              "# HELP lkn_engine_crashes_total Engine exits nobody asked for, by engine",
-              "# TYPE lkn_engine_crashes_total counter"]
-    engines = [e for e in state.manager.describe() if not e["retired"]]
-    lines += [f'lkn_engine_crashes_total{{engine="{e["key"]}"}} {e["crashes"]}' for e in engines]
-    lines += ["# HELP lkn_engine_failed Engine variants that are FAILED (fast 503 until retried)",
-              "# TYPE lkn_engine_failed gauge"]
-    lines += [f'lkn_engine_failed{{engine="{e["key"]}"}} {int(e["failures"]["failed"])}'
-              for e in engines]
-    lines += ["# HELP lkn_config_generation Config generation (1 at start, +1 per reload)",
-              "# TYPE lkn_config_generation gauge",
-              f"lkn_config_generation {state.manager.generation}"]
-    return lines
+def _live(state: GatewayState) -> dict[str, Any]:
+    m = state.manager
+    return {"engines": m.describe(), "in_flight": m.in_flight(), "queued": m.queued(),
+            "starts": m.starts, "start_failures": m.start_failures,
+            "generation": m.generation}
 
 
 async def _housekeeping(state: GatewayState) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from lkn.server import create_app, reload_config
+from lkn.server import STATE, create_app, reload_config
 from tests.conftest import write_config
 
 LUA = """
@@ -84,3 +84,22 @@ async def test_unknown_routes_and_methods(client: TestClient, method: str, path:
     r = await client.request(method, path)
     assert r.status == status
     assert (await r.json())["error"]["code"] == code
+
+
+async def test_metrics_keep_every_digit_and_escape_labels(client: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = client.app[STATE].metrics
+    metrics.requests.inc('we"ird\\model', "chat", "200", amount=1234567)
+    metrics.requests.inc('we"ird\\model', "chat", "200")
+    r = await client.get("/metrics")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(await r.text())
+               for s in family.samples}
+    key = ("lkn_requests_total",
+           (("model", 'we"ird\\model'), ("route", "chat"), ("status", "200")))
+    assert samples[key] == 1234568  # not 1.23457e+06: rate() keeps moving
+    assert samples[("lkn_config_generation", ())] == 1
+    assert samples[("lkn_queued", ())] == 0
+    assert any(name == "process_resident_memory_bytes" for name, _ in samples)
