@@ -26,7 +26,7 @@ from .homeostat import request_overrides, with_reasoning, with_verify_prompt
 from .metrics import Metrics
 from .selector import explicit_answer_budget
 from .sse import DONE, SSEParser, frame, frame_json
-from .tokens import count_prompt
+from .tokens import count_prompt, local_source
 from .validate import VALIDATORS, parse_json_object
 
 log = logging.getLogger("lkn.handler")
@@ -129,10 +129,9 @@ class RequestHandler:
         if proc is not None:
             client, base = proc.client, proc.base_url
             live = lambda: client.count_tokens(self.state.session, base, route, body)  # noqa: E731
-        local_path = model.tokenizer_path or model.variants[0].model_file
+        local_path, local_kind = local_source(model)
         prompt_tokens, method = await count_prompt(
-            route=route, body=body, live=live, local_path=local_path,
-            local_kind="hf" if model.engine == "sglang" else "gguf")
+            route=route, body=body, live=live, local_path=local_path, local_kind=local_kind)
         self.state.metrics.token_counts.inc(method)
         demand = Demand(prompt_tokens, explicit_answer_budget(body),
                         embeddings=route == "embeddings")

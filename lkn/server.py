@@ -25,6 +25,7 @@ from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
 from .handler import GatewayState, RequestHandler, models_payload
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .tokens import local_source, warm_local_tokenizers
 
 log = logging.getLogger("lkn.server")
 
@@ -101,10 +102,13 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         app[STATE] = state
         app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))
+        warm = asyncio.create_task(asyncio.to_thread(
+            warm_local_tokenizers, [local_source(m) for m in cfg.models]))
         try:
             yield
         finally:
             housekeeping.cancel()
+            await asyncio.gather(warm, return_exceptions=True)  # a thread: it ends by itself
             await app[RELOADER].close()
             await manager.shutdown(state.cfg.server.shutdown_drain_s)
             await session.close()

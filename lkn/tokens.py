@@ -13,7 +13,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -21,7 +24,10 @@ import threading
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
+from .config import ModelConfig
+
 log = logging.getLogger("lkn.tokens")
+_LOAD_LOCK = threading.Lock()
 
 
 def _render_template(template: str, messages: list[Any], *, bos: str, eos: str,
@@ -45,8 +51,16 @@ class GGUFTokenizer:
 
     def __init__(self, path: str) -> None:
         import llama_cpp  # type: ignore[import-not-found]
+        from llama_cpp._logger import set_verbose  # type: ignore[import-not-found]
 
-        self._llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+        # verbose=False would make llama-cpp-python point the process's fds 1 and 2 at
+        # /dev/null while it loads: lkn's own log lines from other threads would vanish, and
+        # two loads at once can leave them there for good. Instead its log goes through Python
+        # (verbose=True) into a buffer, one load at a time (the redirect is process-wide).
+        with _LOAD_LOCK, contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()):
+            self._llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=True)
+            set_verbose(False)
         self._lock = threading.Lock()  # one llama context is not safe across threads
         meta = self._llm.metadata
         self.template = meta.get("tokenizer.chat_template")
@@ -109,6 +123,27 @@ def _token_str(value: Any) -> str:
 @functools.lru_cache(maxsize=16)
 def local_tokenizer(path: str, kind: str) -> GGUFTokenizer | HFTokenizer:
     return GGUFTokenizer(path) if kind == "gguf" else HFTokenizer(path)
+
+
+# Freed while the interpreter is still whole: llama-cpp-python's finalizer fails at shutdown.
+atexit.register(local_tokenizer.cache_clear)
+
+
+def local_source(model: ModelConfig) -> tuple[str, str]:
+    """Where a model's tokenizer is read from without its engine: (path, "gguf" | "hf")."""
+    return (model.tokenizer_path or model.variants[0].model_file,
+            "hf" if model.engine == "sglang" else "gguf")
+
+
+def warm_local_tokenizers(paths: list[tuple[str, str]]) -> None:
+    """Load the local tokenizers ahead of the first request (blocking: run in a thread), so a
+    request that arrives while no engine runs does not pay the vocabulary load."""
+    for path, kind in paths:
+        if os.path.exists(path):
+            try:
+                local_tokenizer(path, kind)
+            except Exception as exc:  # counting falls back to the estimate; say why once
+                log.warning("cannot load the tokenizer of %s: %s", path, exc)
 
 
 def estimate_tokens(route: str, body: dict[str, Any]) -> int:

@@ -157,3 +157,12 @@ def test_port_pool_skips_ports_in_use() -> None:
         got = pool.acquire()
         assert got != port
         assert pool.acquire() not in (port, got)
+
+
+async def test_the_engines_own_ready_line_wakes_the_health_poll(fake_binary: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session)
+        await proc.ensure_ready()
+        assert "listening on http://127.0.0.1" in proc.logs.tail(20)
+        assert proc._ready_hint.is_set()  # the poll was woken by the line, not by its interval
+        await proc.stop()

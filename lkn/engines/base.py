@@ -52,6 +52,9 @@ ROUTES = {
 
 class EngineClient(ABC):
     kind: str = "engine"
+    # Lines of the engine's own output that mean "ready now, check health": the health poll is
+    # woken at once instead of after its next interval (see EngineProcess._poll_health).
+    ready_markers: tuple[str, ...] = ()
 
     def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
         self.model = model

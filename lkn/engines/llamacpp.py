@@ -33,6 +33,9 @@ def default_binary() -> str:
 
 class LlamaCppEngine(EngineClient):
     kind = "llamacpp"
+    # llama-server logs "llama_server: model loaded", then "listening on http://..." (older
+    # builds: "server is listening on ... - starting the main loop").
+    ready_markers = ("model loaded", "listening on http")
 
     def argv(self, port: int) -> list[str]:
         v = self.variant

@@ -39,7 +39,9 @@ from .registry import TAG_ENV, EngineRegistry, kill_tree_of
 
 log = logging.getLogger("lkn.engine")
 
-HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms
+HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms ...
+FAST_POLL_S = 0.01    # ... and within ~10 ms during the first second (small models load fast)
+FAST_POLL_WINDOW_S = 1.0
 EXIT_POLL_S = 0.25    # how soon a leader's exit is noticed (see _wait_exit)
 PR_SET_PDEATHSIG = 1
 
@@ -135,6 +137,7 @@ class EngineProcess:
         self.started_at: float | None = None
         self.ready_seconds: float | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._ready_hint = asyncio.Event()  # the engine logged a ready marker
         self._watch_task: asyncio.Task[None] | None = None
         self._abort = False
 
@@ -170,6 +173,7 @@ class EngineProcess:
 
     async def _start(self) -> None:
         self._abort = False
+        self._ready_hint.clear()
         self.port = self._ports.acquire()
         argv = self.client.argv(self.port)
         self.logs.mark("start: " + " ".join(argv))
@@ -218,13 +222,16 @@ class EngineProcess:
         assert self.proc is not None
         deadline = self._clock() + self.start_timeout_s
         exited = asyncio.ensure_future(self.proc.wait())
+        hinted = asyncio.ensure_future(self._ready_hint.wait())
         try:
-            await self._poll_health(exited, deadline)
+            await self._poll_health(exited, hinted, deadline)
         finally:
-            if not exited.done():
-                exited.cancel()
+            for fut in (exited, hinted):
+                if not fut.done():
+                    fut.cancel()
 
-    async def _poll_health(self, exited: asyncio.Future[int], deadline: float) -> None:
+    async def _poll_health(self, exited: asyncio.Future[int], hinted: asyncio.Future[Any],
+                           deadline: float) -> None:
         assert self.proc is not None
         while True:
             if self._abort:
@@ -240,11 +247,18 @@ class EngineProcess:
                 pass  # not listening yet: connection refused while weights load
             if self._clock() >= deadline:
                 raise EngineStartError(f"engine not ready after {self.start_timeout_s:g}s")
-            # An exit is noticed at once rather than after the next poll.
-            await asyncio.wait({exited}, timeout=HEALTH_POLL_S)
+            # An exit is noticed at once rather than after the next poll, and so is the
+            # engine's own "ready" line (once: after it, the plain interval).
+            waits: set[asyncio.Future[Any]] = {exited}
+            if not hinted.done():
+                waits.add(hinted)
+            early = self.started_at is not None and \
+                self._clock() - self.started_at < FAST_POLL_WINDOW_S
+            await asyncio.wait(waits, timeout=FAST_POLL_S if early else HEALTH_POLL_S)
 
     async def _drain(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
+        markers = self.client.ready_markers
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -253,7 +267,10 @@ class EngineProcess:
                 line = await proc.stdout.read(65536)
             if not line:
                 return
-            self.logs.append(line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            self.logs.append(text)
+            if markers and self.state is State.STARTING and any(m in text for m in markers):
+                self._ready_hint.set()
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         code = await _wait_exit(proc)

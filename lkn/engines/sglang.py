@@ -54,6 +54,8 @@ TEMPLATE_FIELDS = ("tools", "tool_choice", "chat_template_kwargs", "reasoning_ef
 
 class SGLangEngine(EngineClient):
     kind = "sglang"
+    # srt/entrypoints/http_server.py logs this once the warmup request succeeded.
+    ready_markers = ("The server is fired up and ready to roll!",)
     # 5 s until the SIGTERM watchdog notices, the drain, then up to 15 s for the schedulers
     # to release GPU memory; a SIGKILL in between can leave that memory held.
     default_stop_grace_s = 30.0

@@ -256,7 +256,7 @@ async def main() -> None:
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, ARGS.host, ARGS.port).start()
-    print("fake: listening", flush=True)
+    print(f"fake: listening on http://{ARGS.host}:{ARGS.port}", flush=True)  # llama-server's line
     if ARGS.fake_crash_after_s is not None:
         asyncio.ensure_future(crash_later(ARGS.fake_crash_after_s))
     stop = asyncio.Event()
