@@ -21,10 +21,12 @@ from .engines.base import EngineRequestError
 from .engines.manager import EngineManager, Lease
 from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, LknError, ModelNotFound,
                      UpstreamError)
-from .homeostat import request_overrides, with_reasoning, with_verify_prompt
+from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
+                        without_reasoning)
 from .metrics import Metrics
 from .selector import candidate_options, needed_tokens
 from .sse import DONE, SSEParser, frame, frame_json
+from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt
 from .validate import VALIDATORS, parse_json_object
 
@@ -180,6 +182,8 @@ class RequestHandler:
         log.info("probe model=%s entropy=%.4f threshold=%.2f mode=%s probe_ms=%.1f",
                  model.name, entropy, settings.threshold, mode, elapsed * 1000)
         if mode != probe_math.ANALYTIC or settings.intervention == "none":
+            if settings.intervention == "reasoning" and route == "chat":
+                body = without_reasoning(body)  # thinking only where the probe asks for it
             return body, lease, model
         headers["x-lkn-intervention"] = settings.intervention
         m.interventions.inc(model.name, settings.intervention)
@@ -203,7 +207,8 @@ class RequestHandler:
         s = self.state.cfg.server
         client = lease.client
         stream = bool(body.get("stream")) and route != "embeddings"
-        payload = client.prepare_body(route, body)
+        thinking = ThinkingRelay(route, body, lease, self.state.session)
+        payload = thinking.prepare(client.prepare_body(route, body))
         url = lease.base_url + client.upstream_path(route)
         timeout = aiohttp.ClientTimeout(
             total=None if stream else s.request_timeout_s, sock_connect=10,
@@ -229,13 +234,13 @@ class RequestHandler:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
-                return web.Response(body=raw, status=upstream.status,
+                return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
-            return await self._relay_stream(request, upstream, lease, headers, started)
+            return await self._relay_stream(request, upstream, lease, headers, started, thinking)
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
-                            started: float) -> web.StreamResponse:
+                            started: float, thinking: ThinkingRelay) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -246,7 +251,7 @@ class RequestHandler:
         failure: str | None = None
         model = headers.get("x-lkn-model", "")
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in thinking.stream(upstream.content.iter_any()):
                 for event in parser.feed(chunk):
                     if event.comment:
                         await resp.write(b": ping\n\n")  # keep proxies and clients patient

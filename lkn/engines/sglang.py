@@ -53,6 +53,8 @@ class SGLangEngine(EngineClient):
             argv += ["--tokenizer-path", m.tokenizer_path]
         if m.sleep_when_idle_s is not None:
             argv.append("--enable-memory-saver")
+        if m.reasoning == "engine" and m.reasoning_parser:
+            argv += ["--reasoning-parser", m.reasoning_parser]
         return argv + list(v.args)
 
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
@@ -109,6 +111,15 @@ class SGLangEngine(EngineClient):
         if not isinstance(count, int):
             raise EngineRequestError("SGLang /tokenize answered without a count")
         return count
+
+    async def count_text_tokens(self, session: aiohttp.ClientSession, base_url: str,
+                                text: str) -> int | None:
+        payload = {"model": self.served_model_name(), "prompt": text,
+                   "add_special_tokens": False}
+        async with session.post(f"{base_url}/tokenize", json=payload,
+                                timeout=HELPER_TIMEOUT) as resp:
+            count = (await read_json(resp)).get("count")
+        return count if isinstance(count, int) else None
 
     async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
                     body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
