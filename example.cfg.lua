@@ -71,6 +71,9 @@ models = {
                                 -- more wait in lkn's queue, where the scheduler orders them
     args = { "--threads", 2 },  -- extra llama-server arguments for every variant
     env = {},                   -- extra environment for the engine process
+    -- Who separates thinking from the answer: "engine" (llama-server does; the default),
+    -- "lkn" (the engine returns raw text, lkn splits <think> and harmony) or "none" (raw text).
+    reasoning = "engine",
     -- Context variants: lkn counts each request's tokens and starts the smallest variant that
     -- holds prompt + max_tokens; a running larger variant is reused instead of reloading.
     variants = {
@@ -102,5 +105,7 @@ models = {
   --   parallel = 8,                -- requests lkn sends it at once (continuous batching)
   --   health_timeout_s = 20,       -- /health runs a 1-token generation on SGLang without /ready
   --   sleep_when_idle_s = 300,     -- release GPU memory when idle, resume on the next request
+  --   reasoning_parser = "qwen3",  -- SGLang's --reasoning-parser: then reasoning = "engine";
+  --                                -- without it the default is reasoning = "lkn"
   -- },
 }

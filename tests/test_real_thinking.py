@@ -1,0 +1,113 @@
+"""Thinking and response formats with the openai SDK against a real llama-server serving SmolLM2
+with a chat template whose generation prompt opens ``<think>`` (tests/data/smollm2-think.jinja):
+the same model once with ``reasoning = "engine"`` (llama-server splits) and once with
+``reasoning = "lkn"`` (lkn splits the raw text) must give clients the same answer.
+
+SmolLM2-135M rarely closes the block, so most answers are all reasoning and end with
+``finish_reason: "length"``; that is the unclosed-block case, on a real engine.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import TESTS, Gateway, lua_str, smollm2_path, write_config
+
+pytestmark = pytest.mark.engine
+
+TEMPLATE = TESTS / "data" / "smollm2-think.jinja"
+MSG = [{"role": "user", "content": "Why is the sky blue?"}]
+SAMPLING: dict[str, Any] = {"max_tokens": 40, "temperature": 0, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("think")
+    model = f"""model_file = smol, gpu_layers = 0, ctx_size = 512,
+    args = {{ "--threads", 1, "--chat-template-file", {lua_str(str(TEMPLATE))} }}"""
+    lua = f"""
+server = {{ max_loaded_engines = 2, stop_grace_s = 5, log_dir = {lua_str(str(tmp / 'logs'))} }}
+local smol = {lua_str(smollm2_path())}
+models = {{
+  {{ name = "by-engine", reasoning = "engine", {model} }},
+  {{ name = "by-lkn", reasoning = "lkn", {model} }},
+}}
+"""
+    gateway = Gateway(write_config(tmp, lua))
+    yield gateway
+    gateway.stop()
+
+
+def whole(gw: Gateway, model: str, **extra: Any) -> tuple[str, str, str]:
+    r = gw.client().chat.completions.create(model=model, messages=MSG, **SAMPLING,
+                                            extra_body=extra)
+    m = r.choices[0].message
+    return ((getattr(m, "reasoning_content", None) or "").strip(), (m.content or "").strip(),
+            r.choices[0].finish_reason)
+
+
+def streamed(gw: Gateway, model: str, **extra: Any) -> tuple[str, str, str]:
+    stream = gw.client().chat.completions.create(model=model, messages=MSG, stream=True,
+                                                 **SAMPLING, extra_body=extra)
+    reasoning, content, finish = [], [], ""
+    for chunk in stream:
+        for c in chunk.choices:
+            reasoning.append(getattr(c.delta, "reasoning_content", None) or "")
+            content.append(c.delta.content or "")
+            finish = c.finish_reason or finish
+    return "".join(reasoning).strip(), "".join(content).strip(), finish
+
+
+def test_engine_and_lkn_split_the_same_whole_and_streamed(gw: Gateway) -> None:
+    by_engine = whole(gw, "by-engine")
+    assert by_engine[0], "the opened <think> block must come back as reasoning"
+    assert whole(gw, "by-lkn") == by_engine
+    assert streamed(gw, "by-engine") == by_engine
+    assert streamed(gw, "by-lkn") == by_engine
+
+
+def test_reasoning_tokens_are_counted_where_lkn_splits(gw: Gateway) -> None:
+    r = gw.client().chat.completions.create(model="by-lkn", messages=MSG, **SAMPLING)
+    details = r.usage.completion_tokens_details
+    assert details is not None
+    # the whole answer is reasoning when the block stays open
+    if not r.choices[0].message.content:
+        assert abs(details.reasoning_tokens - r.usage.completion_tokens) <= 2
+    else:
+        assert 0 < details.reasoning_tokens < r.usage.completion_tokens
+
+
+def test_separate_thinking_false_returns_the_raw_text_from_both(gw: Gateway) -> None:
+    raw_engine = whole(gw, "by-engine", separate_thinking=False)
+    raw_lkn = whole(gw, "by-lkn", separate_thinking=False)
+    assert raw_engine == raw_lkn
+    assert raw_engine[0] == "" and raw_engine[1]
+    split = whole(gw, "by-lkn")
+    assert raw_engine[1].startswith(split[0][:20])  # the thinking, now inline
+    assert streamed(gw, "by-lkn", separate_thinking=False) == raw_lkn
+
+
+def test_thinking_off_gives_a_plain_answer(gw: Gateway) -> None:
+    # the template then writes an empty block itself: nothing opens in the output
+    for model in ("by-engine", "by-lkn"):
+        reasoning, content, _ = whole(gw, model, reasoning_effort="none")
+        assert reasoning == "" and content
+
+
+@pytest.mark.parametrize("fmt", [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "capital", "schema": {
+        "type": "object", "properties": {"capital": {"type": "string", "maxLength": 30}},
+        "required": ["capital"], "additionalProperties": False}}},
+], ids=["json_object", "json_schema"])
+def test_response_format_gives_parseable_json(gw: Gateway, fmt: dict[str, Any]) -> None:
+    r = gw.client().chat.completions.create(
+        model="by-lkn", max_tokens=120, temperature=0, response_format=fmt,
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+        extra_body={"reasoning_effort": "none"})
+    value = json.loads(r.choices[0].message.content)
+    assert isinstance(value, dict)
+    if fmt["type"] == "json_schema":
+        assert set(value) == {"capital"}

@@ -1,0 +1,173 @@
+"""Thinking through the gateway, with the openai SDK against a fake llama-server that answers
+with scripted raw text (harmony and <think>): what the client gets and what reaches the engine."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from lkn.config import ModelConfig, VariantConfig
+from lkn.engines.llamacpp import LlamaCppEngine
+from lkn.engines.sglang import SGLangEngine
+from tests.conftest import Gateway, http, lua_str, write_config
+
+MSG = [{"role": "user", "content": "What is 2 + 2?"}]
+HARMONY = ("<|channel|>analysis<|message|>The user asks 2 + 2. That is 4.<|end|>"
+           "<|start|>assistant<|channel|>commentary<|message|>Computing. <|end|>"
+           "<|start|>assistant<|channel|>final<|message|>2 + 2 = 4.")
+HARMONY_ANALYSIS = "The user asks 2 + 2. That is 4."
+
+
+def setup(tmp_path: Path, fake_binary: str, gateway_factory: Any, text: str, *,
+          reasoning: str = "lkn", args: str = "", extra: str = "") -> tuple[Gateway, Path]:
+    answer, capture = tmp_path / "answer.txt", tmp_path / "capture.jsonl"
+    answer.write_text(text)
+    cfg = write_config(tmp_path, f"""
+server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))} }}
+models = {{
+  {{ name = "m", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 4096,
+    reasoning = "{reasoning}", {extra}
+    args = {{ "--fake-text", {lua_str(str(answer))}, "--fake-capture", {lua_str(str(capture))},
+             {args} }} }},
+}}
+""")
+    return gateway_factory(cfg), capture
+
+
+def sent(capture: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capture.read_text().splitlines()] \
+        if capture.exists() else []
+
+
+def streamed(gw: Gateway, **kw: Any) -> tuple[str, str, list[str], Any]:
+    stream = gw.client().chat.completions.create(model="m", messages=MSG, stream=True,
+                                                 stream_options={"include_usage": True}, **kw)
+    reasoning, content, finish, usage = [], [], [], None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            reasoning.append(getattr(c.delta, "reasoning_content", None) or "")
+            content.append(c.delta.content or "")
+            if c.finish_reason:
+                finish.append(c.finish_reason)
+    return "".join(reasoning), "".join(content), finish, usage
+
+
+def test_harmony_split_by_lkn_whole_and_streamed(tmp_path: Path, fake_binary: str,
+                                                 gateway_factory: Any) -> None:
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, HARMONY)
+    full = gw.client().chat.completions.create(model="m", messages=MSG)
+    message = full.choices[0].message
+    assert message.reasoning_content == HARMONY_ANALYSIS
+    assert message.content == "Computing. 2 + 2 = 4."
+    assert full.choices[0].finish_reason == "stop"
+    # the fake's tokenizer counts words
+    assert full.usage.completion_tokens_details.reasoning_tokens == 9
+    reasoning, content, finish, usage = streamed(gw)
+    assert (reasoning, content) == (message.reasoning_content, message.content)
+    assert finish == ["stop"]
+    assert usage.completion_tokens_details.reasoning_tokens == 9
+    for body in sent(capture):
+        assert body["reasoning_format"] == "none"  # the engine must not split for lkn
+
+
+def test_include_channels_and_separate_thinking_false(tmp_path: Path, fake_binary: str,
+                                                      gateway_factory: Any) -> None:
+    gw, _ = setup(tmp_path, fake_binary, gateway_factory, HARMONY)
+    full = gw.client().chat.completions.create(
+        model="m", messages=MSG, extra_body={"include_channels": ["analysis", "commentary"]})
+    assert full.choices[0].message.channels == {"analysis": HARMONY_ANALYSIS,
+                                                "commentary": "Computing. "}
+    raw = gw.client().chat.completions.create(model="m", messages=MSG,
+                                              extra_body={"separate_thinking": False})
+    assert raw.choices[0].message.content == HARMONY
+    assert getattr(raw.choices[0].message, "reasoning_content", None) is None
+    reasoning, content, _, _ = streamed(gw, extra_body={"separate_thinking": False})
+    assert (reasoning, content) == ("", HARMONY)
+
+
+def test_template_that_opens_think_is_detected(tmp_path: Path, fake_binary: str,
+                                               gateway_factory: Any) -> None:
+    gw, _ = setup(tmp_path, fake_binary, gateway_factory, "Let me add.\n</think>\n\n4",
+                  args='"--fake-opens-think"')
+    message = gw.client().chat.completions.create(model="m", messages=MSG).choices[0].message
+    assert (message.reasoning_content, message.content) == ("Let me add.", "4")
+    assert streamed(gw)[:2] == ("Let me add.", "4")
+
+
+def test_reasoning_effort_reaches_the_engine_and_lkn_fields_do_not(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any) -> None:
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, "<think>x</think>y")
+    gw.client().chat.completions.create(model="m", messages=MSG, extra_body={
+        "reasoning": "high", "separate_thinking": True, "include_channels": ["final"]})
+    [body] = sent(capture)
+    assert body["reasoning_effort"] == "high"
+    assert body["chat_template_kwargs"] == {"enable_thinking": True, "reasoning_effort": "high"}
+    assert not {"reasoning", "separate_thinking", "include_channels"} & set(body)
+
+
+def test_engine_mode_passes_the_engines_answer_through(tmp_path: Path, fake_binary: str,
+                                                       gateway_factory: Any) -> None:
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, "<think>x</think>y",
+                        reasoning="engine")
+    message = gw.client().chat.completions.create(model="m", messages=MSG).choices[0].message
+    assert message.content == "<think>x</think>y"  # this fake never splits
+    assert "reasoning_format" not in sent(capture)[0]
+
+
+def test_invalid_schema_is_400_before_any_engine_starts(tmp_path: Path, fake_binary: str,
+                                                        gateway_factory: Any) -> None:
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, "{}")
+    with gw.client() as client, pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="m", messages=MSG, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "obj"}}})
+    assert info.value.body["param"] == "response_format.json_schema.schema"
+    assert gw.call(lambda: gw.manager.starts) == 0 and sent(capture) == []
+    r = http("POST", gw.base_url + "/v1/chat/completions", json.dumps(
+        {"model": "m", "messages": MSG, "response_format": {"type": "json_object"}}))
+    assert r.status_code == 200
+    assert sent(capture)[0]["response_format"] == {"type": "json_object"}
+
+
+def test_homeostat_thinks_only_for_analytic_requests(tmp_path: Path, fake_binary: str,
+                                                     gateway_factory: Any) -> None:
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, "<think>hm</think>ok",
+                        extra='homeostasis = { mode = "homeostatic", '
+                              'intervention = "reasoning" },')
+    analytic = gw.client().chat.completions.with_raw_response.create(
+        model="m", messages=MSG, extra_body={"lkn": {"threshold": 0}})
+    fluid = gw.client().chat.completions.with_raw_response.create(
+        model="m", messages=MSG, extra_body={"lkn": {"threshold": 1}})
+    assert analytic.headers["x-lkn-mode"] == "ANALYTIC"
+    assert fluid.headers["x-lkn-mode"] == "FLUID"
+    for raw in (analytic, fluid):  # a clean answer either way
+        assert raw.parse().choices[0].message.content == "ok"
+    answers = [b for b in sent(capture) if b.get("max_tokens") != 1]
+    assert answers[0]["chat_template_kwargs"]["enable_thinking"] is True
+    assert answers[0]["reasoning_effort"] == "high"
+    assert answers[1]["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_engine_flags_follow_the_reasoning_mode() -> None:
+    def llama(mode: str) -> list[str]:
+        m = ModelConfig(name="m", engine="llamacpp", reasoning=mode, binary="llama-server",
+                        variants=(VariantConfig(512, "/m.gguf", 0),))
+        return LlamaCppEngine(m, m.variants[0]).argv(1)
+
+    assert "--reasoning-format" not in llama("engine")
+    for mode in ("lkn", "none"):
+        argv = llama(mode)
+        assert argv[argv.index("--reasoning-format") + 1] == "none"
+
+    def sglang(mode: str) -> list[str]:
+        m = ModelConfig(name="m", engine="sglang", reasoning=mode, reasoning_parser="qwen3",
+                        python="py", variants=(VariantConfig(512, "/m", 0),))
+        return SGLangEngine(m, m.variants[0]).argv(1)
+
+    argv = sglang("engine")
+    assert argv[argv.index("--reasoning-parser") + 1] == "qwen3"
+    assert "--reasoning-parser" not in sglang("lkn")
