@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config_values import (Table, boolean, choice, env_table, gpu_layers, integer, listen_list,
-                            model_file, number, parse_listen, port_range, resolve_model_file, show,
-                            string, strings)
+                            model_file, number, parse_listen, port_range, reasoning_mode,
+                            resolve_model_file, show, string, strings)
 from .errors import ConfigError
 from .luaload import load_lua_tables
 
@@ -25,8 +25,6 @@ ENGINES = ("llamacpp", "sglang")
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
 INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
 PROBE_AGGREGATES = ("first", "mean", "max", "answer")
-# Who separates thinking from the answer (see lkn/thinking.py): the engine, lkn, or nobody.
-REASONING_MODES = ("engine", "lkn", "none")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 DEFAULT_VERIFY_PROMPT = ("Think carefully, verify your assumptions, and reason step-by-step "
                          "before answering.")
@@ -239,7 +237,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     homeostasis = (server.homeostasis if homeo is None else
                    _homeostasis(t.key("homeostasis"), homeo, server.homeostasis))
     sleep = t.get("sleep_when_idle_s", number(0.0), None)
-    reasoning, parser = _reasoning(t, engine)
+    reasoning, parser = reasoning_mode(t, engine)
     model = ModelConfig(
         name=name,
         engine=engine,
@@ -262,22 +260,6 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     )
     t.finish()
     return model
-
-
-def _reasoning(t: Table, engine: str) -> tuple[str, str | None]:
-    """The default lets whoever can split do it: llama-server always can (its reasoning format
-    is chosen by the chat template), SGLang only with a named ``reasoning_parser``."""
-    parser = t.get("reasoning_parser", string, None)
-    if parser is not None and engine != "sglang":
-        raise ConfigError(f"{t.key('reasoning_parser')}: only SGLang takes a reasoning parser "
-                          f"(llama-server picks its own from the chat template)")
-    default = "lkn" if engine == "sglang" and parser is None else "engine"
-    mode = t.get("reasoning", choice(REASONING_MODES), default)
-    if mode == "engine" and engine == "sglang" and parser is None:
-        raise ConfigError(f"{t.key('reasoning')}: SGLang separates thinking only with a "
-                          f"reasoning_parser (e.g. \"qwen3\", \"deepseek-r1\", \"gpt-oss\"); "
-                          f"set one, or use reasoning = \"lkn\"")
-    return mode, parser
 
 
 def build_config(tables: dict[str, Any], path: str = "") -> Config:

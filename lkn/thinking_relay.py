@@ -18,7 +18,8 @@ import aiohttp
 
 from .engines.base import EngineRequestError
 from .sse import DONE, SSEParser, frame
-from .thinking import StreamShaper, engine_body, set_reasoning_tokens, split_message
+from .thinking import (LKN_FIELDS, StreamShaper, engine_body, set_reasoning_tokens,
+                       split_message)
 
 if TYPE_CHECKING:
     from .engines.manager import Lease
@@ -31,6 +32,7 @@ HELPER_ERRORS = (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError, 
 class ThinkingRelay:
     def __init__(self, route: str, body: dict[str, Any], lease: Lease,
                  session: aiohttp.ClientSession) -> None:
+        self._route = route
         self._client = lease.client
         self._base_url = lease.base_url
         self._session = session
@@ -41,6 +43,8 @@ class ThinkingRelay:
                        and body.get("separate_thinking") is not False)
 
     def prepare(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._route != "chat":
+            return {k: v for k, v in payload.items() if k not in LKN_FIELDS}
         return engine_body(payload, engine=self._client.kind, mode=self._mode)
 
     async def response(self, raw: bytes) -> bytes:
