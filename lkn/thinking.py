@@ -16,6 +16,9 @@ Request fields lkn consumes (chat only):
   render it as ``Reasoning: high``); values the client set in ``chat_template_kwargs`` win;
 - ``include_channels``: any of ``analysis``, ``commentary``, ``final``; where lkn splits, the
   message (or delta) gains ``channels: {name: text}`` for those channels.
+
+With a JSON ``response_format`` llama-server always splits, whatever the mode: its grammar must
+know where the thinking ends.
 """
 from __future__ import annotations
 
@@ -39,6 +42,12 @@ def requested_effort(body: dict[str, Any]) -> str | None:
     return effort if isinstance(effort, str) else None
 
 
+def constrained(body: dict[str, Any]) -> bool:
+    """A JSON response format: the engine's grammar decides the answer's shape."""
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
 def engine_body(body: dict[str, Any], *, engine: str, mode: str) -> dict[str, Any]:
     """The request as the engine should see it (``body`` is not changed)."""
     out = {k: v for k, v in body.items() if k not in LKN_FIELDS}
@@ -55,7 +64,11 @@ def engine_body(body: dict[str, Any], *, engine: str, mode: str) -> dict[str, An
             out["reasoning_effort"] = effort  # llama-server: "none" turns thinking off
         out["chat_template_kwargs"] = kwargs
     separate = body.get("separate_thinking") is not False
-    if engine == "llamacpp" and (mode != "engine" or not separate):
+    if engine == "llamacpp" and constrained(body):
+        # llama-server starts the grammar after the thinking only when it splits itself; in
+        # its raw mode a grammar with an opened <think> fails ("Failed to initialize samplers").
+        out["reasoning_format"] = "deepseek"
+    elif engine == "llamacpp" and (mode != "engine" or not separate):
         # Per request too: a --reasoning-format in the model's args must not split for lkn.
         out["reasoning_format"] = "none"
     if engine == "sglang" and mode == "engine" and not separate:

@@ -18,8 +18,8 @@ import aiohttp
 
 from .engines.base import EngineRequestError
 from .sse import DONE, SSEParser, frame
-from .thinking import (LKN_FIELDS, StreamShaper, engine_body, set_reasoning_tokens,
-                       split_message)
+from .thinking import (LKN_FIELDS, StreamShaper, constrained, engine_body,
+                       set_reasoning_tokens, split_message)
 
 if TYPE_CHECKING:
     from .engines.manager import Lease
@@ -40,7 +40,8 @@ class ThinkingRelay:
         self._mode = self._client.model.reasoning
         self._channels = tuple(body.get("include_channels") or ())
         self.splits = (route == "chat" and self._mode == "lkn"
-                       and body.get("separate_thinking") is not False)
+                       and body.get("separate_thinking") is not False
+                       and not (self._client.kind == "llamacpp" and constrained(body)))
 
     def prepare(self, payload: dict[str, Any]) -> dict[str, Any]:
         if self._route != "chat":

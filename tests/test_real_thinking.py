@@ -68,13 +68,23 @@ def test_engine_and_lkn_split_the_same_whole_and_streamed(gw: Gateway) -> None:
     assert streamed(gw, "by-lkn") == by_engine
 
 
+def test_a_closed_block_splits_the_same_whole_and_streamed(gw: Gateway) -> None:
+    # SmolLM2 seldom closes the block itself: a grammar (llama-server's own field) makes it.
+    forced = {"grammar": 'root ::= "Light scatters.\\n</think>\\n\\nBlue light scatters most."'}
+    expected = ("Light scatters.", "Blue light scatters most.")
+    for model in ("by-engine", "by-lkn"):
+        got = whole(gw, model, **forced)
+        assert got[:2] == expected, model
+        assert streamed(gw, model, **forced) == got, model
+
+
 def test_reasoning_tokens_are_counted_where_lkn_splits(gw: Gateway) -> None:
     r = gw.client().chat.completions.create(model="by-lkn", messages=MSG, **SAMPLING)
     details = r.usage.completion_tokens_details
     assert details is not None
     # the whole answer is reasoning when the block stays open
     if not r.choices[0].message.content:
-        assert abs(details.reasoning_tokens - r.usage.completion_tokens) <= 2
+        assert abs(details.reasoning_tokens - r.usage.completion_tokens) <= 3
     else:
         assert 0 < details.reasoning_tokens < r.usage.completion_tokens
 
@@ -85,7 +95,8 @@ def test_separate_thinking_false_returns_the_raw_text_from_both(gw: Gateway) -> 
     assert raw_engine == raw_lkn
     assert raw_engine[0] == "" and raw_engine[1]
     split = whole(gw, "by-lkn")
-    assert raw_engine[1].startswith(split[0][:20])  # the thinking, now inline
+    # the thinking, now inline; llama-server writes back the <think> the template opened
+    assert raw_engine[1].startswith("<think>") and split[0] in raw_engine[1]
     assert streamed(gw, "by-lkn", separate_thinking=False) == raw_lkn
 
 
