@@ -12,7 +12,8 @@ import pytest
 from lkn.config import ModelConfig, VariantConfig
 from lkn.engines.llamacpp import LlamaCppEngine
 from lkn.engines.sglang import SGLangEngine
-from tests.conftest import Gateway, http, lua_str, write_config
+from tests.conftest import FAKE_SGLANG, Gateway, http, lua_str, make_wrapper, write_config
+from tests.fakes.hf_model import make_hf_model_dir
 
 MSG = [{"role": "user", "content": "What is 2 + 2?"}]
 HARMONY = ("<|channel|>analysis<|message|>The user asks 2 + 2. That is 4.<|end|>"
@@ -42,8 +43,8 @@ def sent(capture: Path) -> list[dict[str, Any]]:
         if capture.exists() else []
 
 
-def streamed(gw: Gateway, **kw: Any) -> tuple[str, str, list[str], Any]:
-    stream = gw.client().chat.completions.create(model="m", messages=MSG, stream=True,
+def streamed(gw: Gateway, model: str = "m", **kw: Any) -> tuple[str, str, list[str], Any]:
+    stream = gw.client().chat.completions.create(model=model, messages=MSG, stream=True,
                                                  stream_options={"include_usage": True}, **kw)
     reasoning, content, finish, usage = [], [], [], None
     for chunk in stream:
@@ -150,6 +151,35 @@ def test_homeostat_thinks_only_for_analytic_requests(tmp_path: Path, fake_binary
     assert answers[0]["chat_template_kwargs"]["enable_thinking"] is True
     assert answers[0]["reasoning_effort"] == "high"
     assert answers[1]["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+def test_sglang_without_a_parser_is_split_by_lkn_with_its_templates_open_think(
+        tmp_path: Path, gateway_factory: Any) -> None:
+    hf_dir = make_hf_model_dir(tmp_path / "hf")
+    config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] += ("{% if add_generation_prompt %}{% if enable_thinking is false %}"
+                                "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    answer = tmp_path / "answer.txt"
+    answer.write_text("the answer is paris .\n</think>\n\nparis")
+    cfg = write_config(tmp_path, f"""
+server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))} }}
+models = {{ {{ name = "sg", engine = "sglang", model_file = {lua_str(str(hf_dir))},
+  python = {lua_str(make_wrapper(tmp_path, FAKE_SGLANG, "fake-python"))}, ctx_size = 4096,
+  args = {{ "--fake-text", {lua_str(str(answer))} }} }} }}
+""")
+    assert cfg.models[0].reasoning == "lkn"
+    gw = gateway_factory(cfg)
+    full = gw.client().chat.completions.create(model="sg", messages=MSG)
+    message = full.choices[0].message
+    assert (message.reasoning_content, message.content) == ("the answer is paris .", "paris")
+    # counted by the fake's word-level tokenizer through SGLang's /tokenize
+    assert full.usage.completion_tokens_details.reasoning_tokens == 5
+    assert streamed(gw, model="sg")[:2] == ("the answer is paris .", "paris")
+    # with thinking off the template closes the block itself: the answer is all content
+    message = gw.client().chat.completions.create(
+        model="sg", messages=MSG, extra_body={"reasoning_effort": "none"}).choices[0].message
+    assert message.content == "the answer is paris .\n</think>\n\nparis"
 
 
 def test_engine_flags_follow_the_reasoning_mode() -> None:

@@ -17,11 +17,14 @@ Facts that shape it (SGLang 0.5.x):
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 from typing import Any
 
 import aiohttp
 
+from ..tokens import generation_prompt
 from .base import EngineClient, EngineRequestError, ProbeResult, Readiness, read_json
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
@@ -37,6 +40,7 @@ class SGLangEngine(EngineClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._has_ready: bool | None = None  # learned from the first /ready answer
+        self._opens_think: dict[str, bool] = {}
 
     @property
     def supports_sleep(self) -> bool:  # type: ignore[override]
@@ -111,6 +115,22 @@ class SGLangEngine(EngineClient):
         if not isinstance(count, int):
             raise EngineRequestError("SGLang /tokenize answered without a count")
         return count
+
+    async def opens_think(self, session: aiohttp.ClientSession, base_url: str,
+                          body: dict[str, Any]) -> bool:
+        # SGLang renders no template as text over HTTP; the model directory's own template is
+        # what it applies (unless its args name another with --chat-template).
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        key = json.dumps(kwargs, sort_keys=True)
+        if key not in self._opens_think:
+            path = self.model.tokenizer_path or self.variant.model_file
+            try:
+                prompt = await asyncio.to_thread(generation_prompt, path, "hf", kwargs)
+            except Exception as exc:  # missing files or packages, template errors: all "unknown"
+                raise EngineRequestError(f"cannot render the chat template in {path}: "
+                                         f"{exc}") from None
+            self._opens_think[key] = prompt.rstrip().endswith("<think>")
+        return self._opens_think[key]
 
     async def count_text_tokens(self, session: aiohttp.ClientSession, base_url: str,
                                 text: str) -> int | None:

@@ -14,7 +14,8 @@ sglang.launch_server``. It follows SGLang 0.5.x's API shapes (see shared/notes/e
 
 Fault flags: --fake-load-s, --fake-warmup-s, --fake-health-delay-s, --fake-no-ready,
 --fake-crash-before-ready CODE, --fake-ignore-sigterm, --fake-escaped-child PIDFILE,
---fake-children PIDFILE (writes the scheduler/detokenizer pids), --fake-capture FILE.
+--fake-children PIDFILE (writes the scheduler/detokenizer pids), --fake-capture FILE,
+--fake-text FILE (chat answers are this file's raw text, streamed 3 characters a chunk).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-children", default=None)
     p.add_argument("--fake-capture", default=None)
     p.add_argument("--fake-token-delay-s", type=float, default=0.0)
+    p.add_argument("--fake-text", default=None)  # chat answers: this file's text, 3 chars a chunk
     args, _unknown = p.parse_known_args()
     return args
 
@@ -195,6 +197,9 @@ async def openai_generate(request: web.Request) -> web.StreamResponse:
             f"completion to fit within the limit."))
     n = int(max_new or 8)
     words = [f" w{i}" for i in range(n)]
+    if chat and ARGS.fake_text:
+        text = Path(ARGS.fake_text).read_text(encoding="utf-8")
+        words = [text[i:i + 3] for i in range(0, len(text), 3)]
     base = {"id": "cmpl-fake", "created": int(time.time()), "model": NAME}
     usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
     if not body.get("stream"):
