@@ -15,7 +15,10 @@ Request fields lkn consumes (chat only):
   ``enable_thinking`` (false only for ``"none"``) and ``reasoning_effort`` (harmony templates
   render it as ``Reasoning: high``); values the client set in ``chat_template_kwargs`` win;
 - ``include_channels``: any of ``analysis``, ``commentary``, ``final``; where lkn splits, the
-  message (or delta) gains ``channels: {name: text}`` for those channels.
+  message (or delta) gains ``channels: {name: text}`` for those channels, and the usage
+  ``completion_tokens_details.channel_tokens: {name: tokens}``;
+- ``developer_instructions``: harmony's developer message. Chat templates of harmony models
+  render the first system message as the developer message, so the text becomes (or leads) it.
 
 With a JSON ``response_format`` llama-server always splits, whatever the mode: its grammar must
 know where the thinking ends.
@@ -31,7 +34,7 @@ EFFORTS = ("none", "minimal", "low", "medium", "high")
 # Templates (harmony's "Reasoning: ..." line included) know three levels.
 TEMPLATE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 CHANNELS = ("analysis", "commentary", "final")
-LKN_FIELDS = ("separate_thinking", "reasoning", "include_channels")
+LKN_FIELDS = ("separate_thinking", "reasoning", "include_channels", "developer_instructions")
 
 
 def requested_effort(body: dict[str, Any]) -> str | None:
@@ -48,9 +51,20 @@ def constrained(body: dict[str, Any]) -> bool:
     return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
+def with_instructions(messages: list[Any], text: str) -> list[Any]:
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") in ("system", "developer") \
+            and isinstance(first.get("content"), str):
+        return [{**first, "content": f"{text}\n\n{first['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
 def engine_body(body: dict[str, Any], *, engine: str, mode: str) -> dict[str, Any]:
     """The request as the engine should see it (``body`` is not changed)."""
     out = {k: v for k, v in body.items() if k not in LKN_FIELDS}
+    instructions = body.get("developer_instructions")
+    if isinstance(instructions, str) and instructions and isinstance(out.get("messages"), list):
+        out["messages"] = with_instructions(out["messages"], instructions)
     effort = requested_effort(body)
     if effort is not None:
         kwargs = dict(out.get("chat_template_kwargs") or {})
@@ -101,12 +115,20 @@ def split_message(message: dict[str, Any], *, think_opened: bool,
     return reasoning
 
 
-def set_reasoning_tokens(usage: Any, tokens: int) -> None:
-    if isinstance(usage, dict):
-        details = usage.get("completion_tokens_details")
-        if not isinstance(details, dict):
-            details = usage["completion_tokens_details"] = {}
-        details["reasoning_tokens"] = tokens
+def _details(usage: dict[str, Any]) -> dict[str, Any]:
+    details = usage.get("completion_tokens_details")
+    if not isinstance(details, dict):
+        details = usage["completion_tokens_details"] = {}
+    return details
+
+
+def set_reasoning_tokens(usage: dict[str, Any], tokens: int) -> None:
+    _details(usage)["reasoning_tokens"] = tokens
+
+
+def set_channel_tokens(usage: dict[str, Any], tokens: dict[str, int]) -> None:
+    """Per channel, for the channels a request asked for with ``include_channels``."""
+    _details(usage)["channel_tokens"] = tokens
 
 
 class StreamShaper:
@@ -120,6 +142,7 @@ class StreamShaper:
         self._open: set[int] = set()  # choices whose finish_reason has not come yet
         self._template: dict[str, Any] = {}
         self.reasoning: list[str] = []  # all reasoning text sent, for the usage count
+        self.channel_texts: dict[str, str] = {}  # the requested channels' text, likewise
 
     def feed(self, data: str) -> list[str]:
         try:
@@ -182,6 +205,7 @@ class StreamShaper:
             delta["reasoning_content" if p.is_reasoning else "content"] = p.text
             if p.channel in self._channels:
                 delta["channels"] = {p.channel: p.text}
+                self.channel_texts[p.channel] = self.channel_texts.get(p.channel, "") + p.text
             if p.is_reasoning:
                 self.reasoning.append(p.text)
             out.append({**lead, "index": index, "delta": delta, "finish_reason": None})

@@ -18,7 +18,7 @@ import aiohttp
 
 from .engines.base import EngineRequestError
 from .sse import DONE, SSEParser, frame
-from .thinking import (LKN_FIELDS, StreamShaper, constrained, engine_body,
+from .thinking import (LKN_FIELDS, StreamShaper, constrained, engine_body, set_channel_tokens,
                        set_reasoning_tokens, split_message)
 
 if TYPE_CHECKING:
@@ -58,10 +58,15 @@ class ThinkingRelay:
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             return raw
         opened = await self._opens_think()
-        reasoning = [split_message(c["message"], think_opened=opened, channels=self._channels)
-                     for c in data["choices"]
-                     if isinstance(c, dict) and isinstance(c.get("message"), dict)]
-        await self._count_into(data, reasoning)
+        messages = [c["message"] for c in data["choices"]
+                    if isinstance(c, dict) and isinstance(c.get("message"), dict)]
+        reasoning = [split_message(m, think_opened=opened, channels=self._channels)
+                     for m in messages]
+        channels: dict[str, str] = {}
+        for m in messages:
+            for name, text in (m.get("channels") or {}).items():
+                channels[name] = channels.get(name, "") + text
+        await self._count_into(data, reasoning, channels)
         return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
     async def stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -90,36 +95,46 @@ class ThinkingRelay:
         out = []
         for payload in shaper.feed(data):
             if '"usage"' in payload:
-                payload = await self._with_count(payload, shaper.reasoning)
+                payload = await self._with_count(payload, shaper)
             out.append(frame(payload))
         return b"".join(out)
 
-    async def _with_count(self, payload: str, reasoning: list[str]) -> str:
+    async def _with_count(self, payload: str, shaper: StreamShaper) -> str:
         try:
             data = json.loads(payload)
         except ValueError:
             return payload
         if not isinstance(data, dict) or not isinstance(data.get("usage"), dict):
             return payload
-        await self._count_into(data, ["".join(reasoning)])
+        await self._count_into(data, ["".join(shaper.reasoning)], shaper.channel_texts)
         return json.dumps(data, ensure_ascii=False)
 
-    async def _count_into(self, data: dict[str, Any], reasoning: list[str]) -> None:
-        if not isinstance(data.get("usage"), dict):
+    async def _count_into(self, data: dict[str, Any], reasoning: list[str],
+                          channels: dict[str, str]) -> None:
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
             return
+        total = await self._count(reasoning)
+        if total is not None:
+            set_reasoning_tokens(usage, total)
+        per_channel = {name: await self._count([text]) for name, text in channels.items()}
+        if per_channel and None not in per_channel.values():
+            set_channel_tokens(usage, per_channel)
+
+    async def _count(self, texts: list[str]) -> int | None:
         total = 0
-        for text in reasoning:
+        for text in texts:
             if not text:
                 continue
             try:
                 n = await self._client.count_text_tokens(self._session, self._base_url, text)
             except HELPER_ERRORS as exc:
-                log.warning("counting reasoning tokens failed: %s", exc)
-                return
+                log.warning("counting output tokens failed: %s", exc)
+                return None
             if n is None:
-                return
+                return None
             total += n
-        set_reasoning_tokens(data["usage"], total)
+        return total
 
     async def _opens_think(self) -> bool:
         try:

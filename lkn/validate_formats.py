@@ -136,6 +136,10 @@ def check_reasoning_fields(body: dict[str, Any]) -> None:
                                      and all(c in CHANNELS for c in channels)):
         raise BadRequest(f"'include_channels' must be a list of {', '.join(CHANNELS)}, "
                          f"got {channels!r}", param="include_channels")
+    instructions = body.get("developer_instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise BadRequest("'developer_instructions' must be a string",
+                         param="developer_instructions")
     kwargs = body.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise BadRequest("'chat_template_kwargs' must be an object", param="chat_template_kwargs")

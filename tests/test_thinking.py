@@ -48,10 +48,25 @@ def test_engine_body(engine: str, mode: str, extra: dict[str, Any],
                      expected: dict[str, Any]) -> None:
     body = {"model": "m", "messages": MSG, "include_channels": ["final"], **extra}
     out = engine_body(body, engine=engine, mode=mode)
-    assert not {"separate_thinking", "reasoning", "include_channels"} & set(out)
+    assert not {"separate_thinking", "reasoning", "include_channels",
+                "developer_instructions"} & set(out)
     want = {"model": "m", "messages": MSG, **expected}
     assert out == want
     assert "include_channels" in body  # the client's body is not changed
+
+
+@pytest.mark.parametrize("messages,expected", [
+    (MSG, [{"role": "system", "content": "Be terse."}, *MSG]),
+    ([{"role": "system", "content": "You help."}, *MSG],
+     [{"role": "system", "content": "Be terse.\n\nYou help."}, *MSG]),
+    ([{"role": "developer", "content": [{"type": "text", "text": "x"}]}],
+     [{"role": "system", "content": "Be terse."},
+      {"role": "developer", "content": [{"type": "text", "text": "x"}]}]),
+])
+def test_developer_instructions_lead_the_system_message(messages: list[Any],
+                                                        expected: list[Any]) -> None:
+    body = {"model": "m", "messages": messages, "developer_instructions": "Be terse."}
+    assert engine_body(body, engine="llamacpp", mode="engine")["messages"] == expected
 
 
 def test_split_message_fills_reasoning_and_channels() -> None:

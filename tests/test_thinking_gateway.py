@@ -83,6 +83,17 @@ def test_include_channels_and_separate_thinking_false(tmp_path: Path, fake_binar
         model="m", messages=MSG, extra_body={"include_channels": ["analysis", "commentary"]})
     assert full.choices[0].message.channels == {"analysis": HARMONY_ANALYSIS,
                                                 "commentary": "Computing. "}
+    assert full.usage.completion_tokens_details.channel_tokens == {"analysis": 9,
+                                                                   "commentary": 1}
+    stream = gw.client().chat.completions.create(
+        model="m", messages=MSG, stream=True, stream_options={"include_usage": True},
+        extra_body={"include_channels": ["commentary"]})
+    chunks = list(stream)
+    parts = [c.choices[0].delta.channels for c in chunks
+             if c.choices and getattr(c.choices[0].delta, "channels", None)]
+    assert len(parts) > 1 and all(set(p) == {"commentary"} for p in parts)
+    assert "".join(p["commentary"] for p in parts) == "Computing. "
+    assert chunks[-1].usage.completion_tokens_details.channel_tokens == {"commentary": 1}
     raw = gw.client().chat.completions.create(model="m", messages=MSG,
                                               extra_body={"separate_thinking": False})
     assert raw.choices[0].message.content == HARMONY
@@ -104,11 +115,14 @@ def test_reasoning_effort_reaches_the_engine_and_lkn_fields_do_not(
         tmp_path: Path, fake_binary: str, gateway_factory: Any) -> None:
     gw, capture = setup(tmp_path, fake_binary, gateway_factory, "<think>x</think>y")
     gw.client().chat.completions.create(model="m", messages=MSG, extra_body={
-        "reasoning": "high", "separate_thinking": True, "include_channels": ["final"]})
+        "reasoning": "high", "separate_thinking": True, "include_channels": ["final"],
+        "developer_instructions": "Answer in French."})
     [body] = sent(capture)
+    assert body["messages"] == [{"role": "system", "content": "Answer in French."}, *MSG]
     assert body["reasoning_effort"] == "high"
     assert body["chat_template_kwargs"] == {"enable_thinking": True, "reasoning_effort": "high"}
-    assert not {"reasoning", "separate_thinking", "include_channels"} & set(body)
+    assert not {"reasoning", "separate_thinking", "include_channels",
+                "developer_instructions"} & set(body)
 
 
 def test_engine_mode_passes_the_engines_answer_through(tmp_path: Path, fake_binary: str,

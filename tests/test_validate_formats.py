@@ -87,6 +87,7 @@ def test_valid_reasoning_fields_pass(fields: dict[str, Any]) -> None:
     ({"include_channels": ["thoughts"]}, "include_channels"),
     ({"include_channels": "final"}, "include_channels"),
     ({"chat_template_kwargs": "enable_thinking"}, "chat_template_kwargs"),
+    ({"developer_instructions": ["be terse"]}, "developer_instructions"),
 ])
 def test_invalid_reasoning_fields_are_400(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(BadRequest) as info:
