@@ -1,7 +1,8 @@
 """Thinking and response formats with the openai SDK against a real llama-server serving SmolLM2
-with a chat template whose generation prompt opens ``<think>`` (tests/data/smollm2-think.jinja):
-the same model once with ``reasoning = "engine"`` (llama-server splits) and once with
-``reasoning = "lkn"`` (lkn splits the raw text) must give clients the same answer.
+with a chat template whose generation prompt opens ``<think>`` (tests/data/smollm2-think.jinja)
+and with a minimal harmony template (tests/data/harmony-mini.jinja): the same model once with
+``reasoning = "engine"`` (llama-server splits) and once with ``reasoning = "lkn"`` (lkn splits
+the raw text) must give clients the same answer.
 
 SmolLM2-135M rarely closes the block, so most answers are all reasoning and end with
 ``finish_reason: "length"``; that is the unclosed-block case, on a real engine.
@@ -9,15 +10,18 @@ SmolLM2-135M rarely closes the block, so most answers are all reasoning and end 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import TESTS, Gateway, lua_str, smollm2_path, write_config
+from lkn.thinking import engine_body
+from tests.conftest import TESTS, Gateway, http, lua_str, smollm2_path, write_config
 
 pytestmark = pytest.mark.engine
 
 TEMPLATE = TESTS / "data" / "smollm2-think.jinja"
+HARMONY = TESTS / "data" / "harmony-mini.jinja"
 MSG = [{"role": "user", "content": "Why is the sky blue?"}]
 SAMPLING: dict[str, Any] = {"max_tokens": 40, "temperature": 0, "seed": 1}
 
@@ -25,14 +29,17 @@ SAMPLING: dict[str, Any] = {"max_tokens": 40, "temperature": 0, "seed": 1}
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("think")
-    model = f"""model_file = smol, gpu_layers = 0, ctx_size = 512,
-    args = {{ "--threads", 1, "--chat-template-file", {lua_str(str(TEMPLATE))} }}"""
+    def model(template: Path) -> str:
+        return f"""model_file = smol, gpu_layers = 0, ctx_size = 512,
+    args = {{ "--threads", 1, "--chat-template-file", {lua_str(str(template))} }}"""
     lua = f"""
-server = {{ max_loaded_engines = 2, stop_grace_s = 5, log_dir = {lua_str(str(tmp / 'logs'))} }}
+server = {{ max_loaded_engines = 4, stop_grace_s = 5, log_dir = {lua_str(str(tmp / 'logs'))} }}
 local smol = {lua_str(smollm2_path())}
 models = {{
-  {{ name = "by-engine", reasoning = "engine", {model} }},
-  {{ name = "by-lkn", reasoning = "lkn", {model} }},
+  {{ name = "by-engine", reasoning = "engine", {model(TEMPLATE)} }},
+  {{ name = "by-lkn", reasoning = "lkn", {model(TEMPLATE)} }},
+  {{ name = "harmony-by-engine", reasoning = "engine", {model(HARMONY)} }},
+  {{ name = "harmony-by-lkn", reasoning = "lkn", {model(HARMONY)} }},
 }}
 """
     gateway = Gateway(write_config(tmp, lua))
@@ -41,7 +48,8 @@ models = {{
 
 
 def whole(gw: Gateway, model: str, **extra: Any) -> tuple[str, str, str]:
-    r = gw.client().chat.completions.create(model=model, messages=MSG, **SAMPLING,
+    sampling = {**SAMPLING, "max_tokens": extra.pop("max_tokens", SAMPLING["max_tokens"])}
+    r = gw.client().chat.completions.create(model=model, messages=MSG, **sampling,
                                             extra_body=extra)
     m = r.choices[0].message
     return ((getattr(m, "reasoning_content", None) or "").strip(), (m.content or "").strip(),
@@ -49,8 +57,9 @@ def whole(gw: Gateway, model: str, **extra: Any) -> tuple[str, str, str]:
 
 
 def streamed(gw: Gateway, model: str, **extra: Any) -> tuple[str, str, str]:
+    sampling = {**SAMPLING, "max_tokens": extra.pop("max_tokens", SAMPLING["max_tokens"])}
     stream = gw.client().chat.completions.create(model=model, messages=MSG, stream=True,
-                                                 **SAMPLING, extra_body=extra)
+                                                 **sampling, extra_body=extra)
     reasoning, content, finish = [], [], ""
     for chunk in stream:
         for c in chunk.choices:
@@ -76,6 +85,24 @@ def test_a_closed_block_splits_the_same_whole_and_streamed(gw: Gateway) -> None:
         got = whole(gw, model, **forced)
         assert got[:2] == expected, model
         assert streamed(gw, model, **forced) == got, model
+
+
+def test_harmony_splits_the_same_whole_and_streamed(gw: Gateway) -> None:
+    forced = {"max_tokens": 80, "grammar": 'root ::= "<|channel|>analysis<|message|>Add them.'
+              '<|end|><|start|>assistant<|channel|>final<|message|>It is 4."'}
+    for model in ("harmony-by-engine", "harmony-by-lkn"):
+        assert whole(gw, model, **dict(forced)) == ("Add them.", "It is 4.", "stop"), model
+        assert streamed(gw, model, **dict(forced)) == ("Add them.", "It is 4.", "stop"), model
+
+
+def test_reasoning_effort_reaches_the_harmony_template(gw: Gateway) -> None:
+    whole(gw, "harmony-by-lkn", max_tokens=1)  # make sure it runs
+    proc = gw.call(gw.manager.ready_process, "harmony-by-lkn")
+    for fields, line in (({}, "Reasoning: medium"), ({"reasoning": "high"}, "Reasoning: high"),
+                         ({"reasoning_effort": "minimal"}, "Reasoning: low")):
+        body = engine_body({"messages": MSG, **fields}, engine="llamacpp", mode="lkn")
+        prompt = http("POST", proc.base_url + "/apply-template", json.dumps(body)).json()["prompt"]
+        assert line in prompt
 
 
 def test_reasoning_tokens_are_counted_where_lkn_splits(gw: Gateway) -> None:
