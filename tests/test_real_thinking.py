@@ -134,6 +134,18 @@ def test_thinking_off_gives_a_plain_answer(gw: Gateway) -> None:
         assert reasoning == "" and content
 
 
+@pytest.mark.parametrize("model", ["by-engine", "by-lkn"])
+def test_homeostat_thinks_only_for_analytic_requests(gw: Gateway, model: str) -> None:
+    for threshold, mode, thinks in ((0, "ANALYTIC", True), (1, "FLUID", False)):
+        raw = gw.client().chat.completions.with_raw_response.create(
+            model=model, messages=MSG, **SAMPLING, extra_body={"lkn": {
+                "mode": "homeostatic", "threshold": threshold, "intervention": "reasoning"}})
+        assert raw.headers["x-lkn-mode"] == mode
+        message = raw.parse().choices[0].message
+        assert bool(getattr(message, "reasoning_content", None)) is thinks, mode
+        assert thinks or message.content  # thinking off: a plain answer, nothing to strip
+
+
 @pytest.mark.parametrize("fmt", [
     {"type": "json_object"},
     {"type": "json_schema", "json_schema": {"name": "capital", "schema": {
