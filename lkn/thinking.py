@@ -30,9 +30,10 @@ from typing import Any
 
 from .reasoning import Piece, ReasoningParser, join
 
-EFFORTS = ("none", "minimal", "low", "medium", "high")
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # OpenAI's values
 # Templates (harmony's "Reasoning: ..." line included) know three levels.
-TEMPLATE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
+TEMPLATE_EFFORT = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                   "xhigh": "high"}
 CHANNELS = ("analysis", "commentary", "final")
 LKN_FIELDS = ("separate_thinking", "reasoning", "include_channels", "developer_instructions")
 
