@@ -35,6 +35,18 @@ server = {
   shutdown_drain_s = 30,         -- on SIGTERM, in-flight requests get this long to finish
   token_margin = 16,             -- extra tokens added to prompt + max_tokens when sizing
 
+  -- Failures stay with the engine variant that failed. A failed start or a crash restarts on
+  -- demand after a backoff (1, 2, 4 ... s, capped); after max_start_failures in a row the
+  -- variant is FAILED: a fast 503 with its last log lines and Retry-After, and one more try
+  -- every failed_start_cooldown_s. A successful start or a reload that changes it clears it.
+  restart_backoff_s = 1,
+  restart_backoff_max_s = 30,
+  max_start_failures = 5,
+  failed_start_cooldown_s = 60,
+  -- Where lkn notes its running engines, so that the next start sweeps any a killed lkn left
+  -- (default: $STATE_DIRECTORY under systemd, else ~/.local/state/lkn).
+  -- state_dir = "/var/lib/lkn",
+
   -- The entropy homeostat. "passthrough" sends no probe. "homeostatic" probes each request
   -- with one token (top_k logprobs) and, when the normalized entropy >= threshold, applies the
   -- intervention:

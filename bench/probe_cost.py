@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     import openai
     models = '{ { name = "smol", model_file = MODEL, ctx_size = 1024, gpu_layers = 0, ' \
-             'args = { "--threads", 2 } } }'
+             'args = { "--threads", 1 } } }'
     with running_lkn(models) as base:
         client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)
         times: dict[str, list[float]] = {"passthrough": [], "probe": []}
@@ -58,7 +58,7 @@ def main() -> None:
             for mode in (("passthrough", "probe") if i % 2 == 0 else ("probe", "passthrough")):
                 once(mode, prompt)
     med = {m: statistics.median(v) for m, v in times.items()}
-    print(f"SmolLM2-135M Q4_1 on llama-server (CPU, 2 threads), {args.tokens}-token answers, "
+    print(f"SmolLM2-135M Q4_1 on llama-server (CPU, 1 thread), {args.tokens}-token answers, "
           f"{args.rounds} rounds, prompt caching on")
     print(f"{'mode':<14}{'median s':>10}{'p90 s':>10}{'min s':>10}")
     for m, v in times.items():

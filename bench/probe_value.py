@@ -123,7 +123,7 @@ def main() -> None:
     import openai
     qs = questions(args.seed, args.limit)
     models = '{ { name = "smol", model_file = MODEL, ctx_size = 1024, gpu_layers = 0, ' \
-             'default_max_tokens = 16, args = { "--threads", 2 } } }'
+             'default_max_tokens = 16, args = { "--threads", 1 } } }'
     rows = []
     with running_lkn(models) as base:
         client = openai.OpenAI(base_url=base, api_key="x", max_retries=0, timeout=120)

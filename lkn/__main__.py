@@ -73,11 +73,27 @@ def _status(args: argparse.Namespace) -> int:
     if data is None:
         print(f"lkn is not answering on {health_url(args.address)}", file=sys.stderr)
         return 1
+    config = data.get("config", {})
     print(f"lkn on {args.address}: up {data['uptime_s']}s, {data['in_flight']} in flight, "
-          f"{data['queued']} queued")
+          f"{data['queued']} queued, config generation {config.get('generation', '?')}")
+    if config.get("last_reload_error"):
+        print(f"  last reload failed: {config['last_reload_error']}")
     for e in data["engines"]:
-        print(f"  {e['key']:<30} {e['state']:<9} pid={e['pid']} port={e['port']} "
-              f"ctx={e['ctx_size']} vram~{e['vram_mb']}MiB in_flight={e['in_flight']}")
+        f = e.get("failures") or {}
+        state = "FAILED" if f.get("failed") and e["state"] != "ready" else e["state"]
+        notes = []
+        if e.get("retired"):
+            notes.append("retired: stops once idle")
+        if f.get("consecutive"):
+            notes.append(f"{f['consecutive']} failures in a row"
+                         + (f", next try in {f['retry_in_s']}s" if f.get("retry_in_s") else ""))
+        if e.get("crashes"):
+            notes.append(f"{e['crashes']} crashes")
+        print(f"  {e['key']:<30} {state:<9} pid={e['pid']} port={e['port']} "
+              f"ctx={e['ctx_size']} vram~{e['vram_mb']}MiB in_flight={e['in_flight']}"
+              + (f"  ({'; '.join(notes)})" if notes else ""))
+        if f.get("last_error") and e["state"] != "ready":
+            print("      " + f["last_error"].splitlines()[0][:160])
     return 0
 
 

@@ -101,7 +101,14 @@ class ServerConfig:
     queue_timeout_s: float = 300.0
     shutdown_drain_s: float = 30.0
     token_margin: int = 16
-    failed_start_cooldown_s: float = 10.0
+    # Failure policy per engine variant (see failures.py): restart on demand after a backoff
+    # of restart_backoff_s * 2**(n-1), capped; FAILED after max_start_failures in a row, then
+    # one more try every failed_start_cooldown_s.
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+    max_start_failures: int = 5
+    failed_start_cooldown_s: float = 60.0
+    state_dir: str | None = None  # None: $STATE_DIRECTORY (systemd) or ~/.local/state/lkn
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
 
 
@@ -162,8 +169,13 @@ def _server(value: Any) -> ServerConfig:
         queue_timeout_s=t.get("queue_timeout_s", number(0.001), d.queue_timeout_s),
         shutdown_drain_s=t.get("shutdown_drain_s", number(0.0), d.shutdown_drain_s),
         token_margin=t.get("token_margin", integer(0), d.token_margin),
+        restart_backoff_s=t.get("restart_backoff_s", number(0.0), d.restart_backoff_s),
+        restart_backoff_max_s=t.get("restart_backoff_max_s", number(0.0),
+                                    d.restart_backoff_max_s),
+        max_start_failures=t.get("max_start_failures", integer(1), d.max_start_failures),
         failed_start_cooldown_s=t.get("failed_start_cooldown_s", number(0.0),
                                       d.failed_start_cooldown_s),
+        state_dir=t.get("state_dir", string, d.state_dir),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:

@@ -18,13 +18,14 @@ from aiohttp import web
 from . import probe as probe_math
 from .config import Config, HomeostasisConfig, ModelConfig
 from .engines.base import EngineRequestError
-from .engines.manager import EngineManager, Lease
+from .engines.manager import EngineManager
+from .engines.records import Demand, Lease
 from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, LknError, ModelNotFound,
                      UpstreamError)
 from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
                         without_reasoning)
 from .metrics import Metrics
-from .selector import candidate_options, needed_tokens
+from .selector import explicit_answer_budget
 from .sse import DONE, SSEParser, frame, frame_json
 from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt
@@ -40,6 +41,8 @@ class GatewayState:
     session: aiohttp.ClientSession
     metrics: Metrics
     started: float
+    last_reload_error: str | None = None
+    reloads: int = 0
 
 
 class RequestHandler:
@@ -122,7 +125,7 @@ class RequestHandler:
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
                      headers: dict[str, str]) -> Lease:
-        manager, s = self.state.manager, self.state.cfg.server
+        manager = self.state.manager
         proc = manager.ready_process(model.name)
         live = None
         if proc is not None:
@@ -133,15 +136,10 @@ class RequestHandler:
             route=route, body=body, live=live, local_path=local_path,
             local_kind="hf" if model.engine == "sglang" else "gguf")
         self.state.metrics.token_counts.inc(method)
-        if route == "embeddings":
-            need = prompt_tokens + s.token_margin
-        else:
-            need = needed_tokens(prompt_tokens, body, default_max_tokens=model.default_max_tokens,
-                                 margin=s.token_margin)
-        options = candidate_options(model.name, manager.variants(model), need,
-                                    budget_mb=s.vram_budget_mb, prompt_tokens=prompt_tokens)
+        demand = Demand(prompt_tokens, explicit_answer_budget(body),
+                        embeddings=route == "embeddings")
         waited = time.monotonic()
-        lease = await manager.acquire(model, options)
+        lease = await manager.acquire(model, demand)
         self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
         headers["x-lkn-model"] = model.name
         headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)
@@ -164,9 +162,10 @@ class RequestHandler:
                 settings.probe_aggregate, result.tokens)
             if entropy is None:
                 raise EngineRequestError("the probe returned no usable logprobs")
-        except (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError, KeyError,
-                ValueError) as exc:
-            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failed probe passes the request through
+            reason = ("timed out" if isinstance(exc, asyncio.TimeoutError) else
+                      str(exc) if isinstance(exc, (EngineRequestError, aiohttp.ClientError))
+                      else f"{exc.__class__.__name__}: {exc}")
             log.warning("probe failed for model=%s (%s); passing the request through",
                         model.name, reason)
             m.probes.inc(model.name, probe_math.PASSTHROUGH)
@@ -214,7 +213,13 @@ class RequestHandler:
             total=None if stream else s.request_timeout_s, sock_connect=10,
             sock_read=s.stream_idle_timeout_s if stream else None)
         try:
-            upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+            try:
+                upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+            except aiohttp.ServerDisconnectedError:
+                # The engine closed a pooled keep-alive connection just as it was reused
+                # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
+                # fresh connection.
+                upstream = await self.state.session.post(url, json=payload, timeout=timeout)
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -240,7 +245,8 @@ class RequestHandler:
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
-                            started: float, thinking: ThinkingRelay) -> web.StreamResponse:
+                            started: float,
+                            thinking: ThinkingRelay | None = None) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -251,7 +257,8 @@ class RequestHandler:
         failure: str | None = None
         model = headers.get("x-lkn-model", "")
         try:
-            async for chunk in thinking.stream(upstream.content.iter_any()):
+            source = upstream.content.iter_any()
+            async for chunk in thinking.stream(source) if thinking is not None else source:
                 for event in parser.feed(chunk):
                     if event.comment:
                         await resp.write(b": ping\n\n")  # keep proxies and clients patient
@@ -270,15 +277,17 @@ class RequestHandler:
                     await resp.write(frame(DONE))
                 elif event.data:
                     await resp.write(frame(lease.client.normalize_stream_data(event.data)))
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The client went away: closing the upstream makes the engine stop generating. First:
+            # aiohttp's ClientConnectionResetError (a write to a gone client) is a ClientError
+            # too, and must not be taken for the engine breaking off.
+            upstream.close()
+            raise
         except asyncio.TimeoutError:
             failure = (f"engine {lease.process.key} sent nothing for "
                        f"{self.state.cfg.server.stream_idle_timeout_s:g}s")
         except aiohttp.ClientError as exc:
             failure = f"engine {lease.process.key} broke off the stream: {exc}"
-        except (ConnectionResetError, asyncio.CancelledError):
-            # The client went away: closing the upstream makes the engine stop generating.
-            upstream.close()
-            raise
         if failure is None and not saw_done:
             failure = (f"engine {lease.process.key} ended the stream without [DONE] "
                        f"(it stopped or crashed mid-answer)")

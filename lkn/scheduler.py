@@ -56,7 +56,9 @@ class Option:
 class Waiter:
     id: int
     model: str
-    options: tuple[Option, ...]  # ascending ctx; all hold the request and fit the budget
+    # ascending ctx; all hold the request and fit the budget. Empty while every variant that
+    # holds it waits out a failure backoff: it waits, nothing starts for it.
+    options: tuple[Option, ...]
     arrived: float
 
 
@@ -156,7 +158,7 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
     for w in queue:
         if now - w.arrived < max_wait_s:
             break
-        if not _served_by_running(w, board):
+        if w.options and not _served_by_running(w, board):
             overdue = w
             break
     if overdue is not None and not any(

@@ -7,6 +7,11 @@ scheduler then reuses a running one or starts the smallest it can. If none holds
 client gets a 400 ``context_length_exceeded`` with the numbers, instead of the engine silently
 cutting the answer at the end of its context (llama-server answers 200 with ``finish_reason:
 "length"`` in that case).
+
+Only what the client asked for can be refused: ``default_max_tokens`` steers which variant to
+start, but a request without ``max_tokens`` whose prompt fits a variant is served by it even when
+prompt + default does not fit; the engine then answers until its context is full, as OpenAI does
+when ``max_tokens`` is absent.
 """
 from __future__ import annotations
 
@@ -24,17 +29,50 @@ class VariantInfo:
     vram_mb: int
 
 
-def answer_budget(body: dict[str, Any], default_max_tokens: int) -> int:
+def explicit_answer_budget(body: dict[str, Any]) -> int | None:
+    """``max_completion_tokens`` or ``max_tokens`` as the client sent it, None if absent."""
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return default_max_tokens
+    return None
+
+
+def answer_budget(body: dict[str, Any], default_max_tokens: int) -> int:
+    explicit = explicit_answer_budget(body)
+    return default_max_tokens if explicit is None else explicit
 
 
 def needed_tokens(prompt_tokens: int, body: dict[str, Any], *, default_max_tokens: int,
                   margin: int) -> int:
-    return prompt_tokens + answer_budget(body, default_max_tokens) + margin
+    return need(prompt_tokens, explicit_answer_budget(body),
+                default_max_tokens=default_max_tokens, margin=margin)
+
+
+def need(prompt_tokens: int, answer_tokens: int | None, *, default_max_tokens: int, margin: int,
+         embeddings: bool = False) -> int:
+    """Context a request needs: prompt + answer budget (none for embeddings) + margin."""
+    if embeddings:
+        return prompt_tokens + margin
+    answer = default_max_tokens if answer_tokens is None else answer_tokens
+    return prompt_tokens + answer + margin
+
+
+def options_for(model: str, variants: Sequence[VariantInfo], *, prompt_tokens: int,
+                answer_tokens: int | None, default_max_tokens: int, margin: int,
+                budget_mb: int, embeddings: bool = False) -> tuple[Option, ...]:
+    """The variants that hold a request, smallest first (see the module's docstring)."""
+    wanted = need(prompt_tokens, answer_tokens, default_max_tokens=default_max_tokens,
+                  margin=margin, embeddings=embeddings)
+    try:
+        return candidate_options(model, variants, wanted, budget_mb=budget_mb,
+                                 prompt_tokens=prompt_tokens)
+    except ContextLengthExceeded:
+        if answer_tokens is not None or embeddings:
+            raise  # what the client asked for cannot fit
+    # The default answer budget only steers: any variant that holds the prompt and one token.
+    return candidate_options(model, variants, prompt_tokens + margin + 1, budget_mb=budget_mb,
+                             prompt_tokens=prompt_tokens)
 
 
 def candidate_options(model: str, variants: Sequence[VariantInfo], need: int, *,

@@ -8,6 +8,7 @@ before the session closes. ``serve()`` binds every configured address, handles S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import signal
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from .config import Config, load_config, parse_listen
 from .engines.manager import EngineManager
+from .engines.registry import EngineRegistry, default_state_dir, sweep_stale
 from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
 from .handler import GatewayState, RequestHandler, models_payload
 from .metrics import Metrics
@@ -27,6 +29,7 @@ log = logging.getLogger("lkn.server")
 
 STATE = web.AppKey("lkn_state", GatewayState)
 OPEN_PATHS = ("/health", "/metrics")
+KEEPALIVE_S = 4.0
 
 
 def _error_response(exc: LknError) -> web.Response:
@@ -79,18 +82,28 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
                           client_max_size=64 * 1024 * 1024)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        state_dir = cfg.server.state_dir or default_state_dir()
+        # Engines a killed lkn left behind hold VRAM: sweep them before anything starts.
+        swept = await asyncio.to_thread(sweep_stale, state_dir)
+        if swept:
+            log.warning("swept %d engine processes left by an lkn that died: %s", len(swept),
+                        swept)
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            connector=aiohttp.TCPConnector(limit=0, force_close=False))
-        manager = manager_factory(cfg, session)
+            # llama-server closes idle keep-alive connections after 5 s: drop ours sooner.
+            connector=aiohttp.TCPConnector(limit=0, force_close=False,
+                                           keepalive_timeout=KEEPALIVE_S))
+        manager = manager_factory(cfg, session, registry=EngineRegistry(state_dir))
         state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
                              started=time.monotonic())
         app[STATE] = state
+        app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))
         try:
             yield
         finally:
             housekeeping.cancel()
+            await app[RELOADER].close()
             await manager.shutdown(state.cfg.server.shutdown_drain_s)
             await session.close()
 
@@ -123,7 +136,12 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         return web.json_response({"status": "ok", "engines": st.manager.describe(),
                                   "queued": st.manager.queued(),
                                   "in_flight": st.manager.in_flight(),
-                                  "uptime_s": round(time.monotonic() - st.started, 1)})
+                                  "uptime_s": round(time.monotonic() - st.started, 1),
+                                  "config": {"path": st.cfg.path,
+                                             "generation": st.manager.generation,
+                                             "reloads": st.reloads,
+                                             "last_reload_error": st.last_reload_error},
+                                  "unexpected_errors": list(st.manager.unexpected)})
 
     async def metrics(request: web.Request) -> web.Response:
         st = app[STATE]
@@ -155,7 +173,18 @@ def _gauges(state: GatewayState) -> list[str]:
               f"lkn_engine_starts_total {state.manager.starts}",
               "# HELP lkn_engine_start_failures_total Engine starts that failed",
               "# TYPE lkn_engine_start_failures_total counter",
-              f"lkn_engine_start_failures_total {state.manager.start_failures}"]
+              f"lkn_engine_start_failures_total {state.manager.start_failures}",
+              "# HELP lkn_engine_crashes_total Engine exits nobody asked for, by engine",
+              "# TYPE lkn_engine_crashes_total counter"]
+    engines = [e for e in state.manager.describe() if not e["retired"]]
+    lines += [f'lkn_engine_crashes_total{{engine="{e["key"]}"}} {e["crashes"]}' for e in engines]
+    lines += ["# HELP lkn_engine_failed Engine variants that are FAILED (fast 503 until retried)",
+              "# TYPE lkn_engine_failed gauge"]
+    lines += [f'lkn_engine_failed{{engine="{e["key"]}"}} {int(e["failures"]["failed"])}'
+              for e in engines]
+    lines += ["# HELP lkn_config_generation Config generation (1 at start, +1 per reload)",
+              "# TYPE lkn_config_generation gauge",
+              f"lkn_config_generation {state.manager.generation}"]
     return lines
 
 
@@ -168,21 +197,63 @@ async def _housekeeping(state: GatewayState) -> None:
             log.exception("housekeeping failed")
 
 
+class Reloader:
+    """Reloads run one at a time, in order. A SIGHUP during a reload runs one more reload after
+    it (several such signals: still one), so the file's last state always wins."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._lock = asyncio.Lock()
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+
+    def request(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            await self.reload()
+            if not self._again:
+                return
+
+    async def reload(self) -> bool:
+        """Re-read the config file; on any error keep the running config. Returns success."""
+        async with self._lock:
+            state = self._app[STATE]
+            path = state.cfg.path
+            try:
+                new = await asyncio.to_thread(load_config, path)
+            except Exception as exc:  # a bad file (or an unreadable one) keeps the running config
+                state.last_reload_error = str(exc)
+                log.error("reload of %s failed, keeping the running config: %s", path, exc)
+                return False
+            if new.server.listen != state.cfg.server.listen:
+                log.warning("reload: listen addresses changed; that takes a restart")
+            state.cfg = new
+            state.manager.reload(new)
+            state.reloads += 1
+            state.last_reload_error = None
+            log.info("reloaded %s: %d models (config generation %d)", path, len(new.models),
+                     state.manager.generation)
+            return True
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+RELOADER = web.AppKey("lkn_reloader", Reloader)
+
+
 async def reload_config(app: web.Application) -> bool:
-    """Re-read the config file; on any error keep the running config. Returns success."""
-    state = app[STATE]
-    path = state.cfg.path
-    try:
-        new = await asyncio.to_thread(load_config, path)
-    except Exception as exc:
-        log.error("reload of %s failed, keeping the running config: %s", path, exc)
-        return False
-    if new.server.listen != state.cfg.server.listen:
-        log.warning("reload: listen addresses changed; that takes a restart")
-    state.cfg = new
-    state.manager.reload(new)
-    log.info("reloaded %s: %d models", path, len(new.models))
-    return True
+    """Reload now (serialized with every other reload); True if the new config was taken."""
+    return await app[RELOADER].reload()
 
 
 async def serve(cfg: Config, *, listen: list[str] | None = None,
@@ -203,8 +274,7 @@ async def serve(cfg: Config, *, listen: list[str] | None = None,
         if install_signals:
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
-            loop.add_signal_handler(signal.SIGHUP,
-                                    lambda: asyncio.ensure_future(reload_config(app)))
+            loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)
         if on_started is not None:
             on_started(app)
         await stop.wait()

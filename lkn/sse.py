@@ -54,6 +54,10 @@ class SSEParser:
 
 
 def frame(data: str) -> bytes:
+    """One event; a payload with newlines becomes one ``data:`` line per line, as SSE requires
+    (``data: a\\nb`` would make clients drop ``b``)."""
+    if "\n" in data:
+        return ("".join(f"data: {line}\n" for line in data.split("\n")) + "\n").encode("utf-8")
     return f"data: {data}\n\n".encode("utf-8")
 
 

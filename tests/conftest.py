@@ -8,6 +8,7 @@ import importlib.util
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ FAKE_LLAMA = TESTS / "fakes" / "fake_llama.py"
 FAKE_SGLANG = TESTS / "fakes" / "fake_sglang.py"
 SESSION_START = time.time()
 ENGINE_MARKERS = ("llama-server", "fake_llama.py", "fake_sglang.py")
+# Every process this test session starts inherits this mark, engines too (also when their lkn
+# was killed and they were re-parented): the leak check looks only at our own processes.
+SESSION_MARK = "LKN_TEST_SESSION"
+os.environ[SESSION_MARK] = f"{os.getpid()}-{SESSION_START}"
+# lkn's engine state files (see lkn/engines/registry.py) go to a directory of this session's own.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="lkn-test-state-")
 
 
 def free_port() -> int:
@@ -155,17 +162,25 @@ def gateway_factory() -> Any:
         gw.stop()
 
 
-def engine_processes() -> list[psutil.Process]:
+def engine_processes(marks: tuple[str, ...] = ENGINE_MARKERS) -> list[psutil.Process]:
+    """Engine processes (real or fake) started by this test session that are still alive."""
     found = []
     for p in psutil.process_iter(["cmdline", "create_time"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["create_time"] >= SESSION_START - 1 and any(m in cmd for m in ENGINE_MARKERS):
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
+            if (p.info["create_time"] >= SESSION_START - 1 and any(m in cmd for m in marks)
+                    and p.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]
+                    and p.status() != psutil.STATUS_ZOMBIE):
+                found.append(p)
         except psutil.Error:
             pass
     return found
+
+
+@pytest.fixture(autouse=True)
+def _cwd_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths (the default ``log_dir = "logs"``) land in the test's own directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -217,7 +232,7 @@ def lkn_daemon(config: Path, port: int, **popen: Any) -> Iterator[tuple[Any, Any
     import subprocess
 
     import openai
-    popen.setdefault("cwd", ROOT)
+    popen.setdefault("cwd", config.parent)
     proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", str(config)],
                             **popen)
     try:

@@ -42,12 +42,12 @@ server = {{ max_loaded_engines = 1, stop_grace_s = 5, log_dir = {lua_str(str(tmp
 local smol = {lua_str(smollm2_path())}
 models = {{
   {{ name = "smol", aliases = {{ "smol-alias" }}, model_file = smol, gpu_layers = 0,
-    default_max_tokens = 64, args = {{ "--threads", 2 }},
+    default_max_tokens = 64, args = {{ "--threads", 1 }},
     variants = {{ {{ ctx_size = 512 }}, {{ ctx_size = 2048 }} }} }},
   {{ name = "smol-b", model_file = smol, gpu_layers = 0, ctx_size = 1024,
-    default_max_tokens = 64, args = {{ "--threads", 2 }} }},
+    default_max_tokens = 64, args = {{ "--threads", 1 }} }},
   {{ name = "smol-embed", model_file = smol, gpu_layers = 0, ctx_size = 512, embeddings = true,
-    args = {{ "--threads", 2, "--pooling", "mean" }} }},
+    args = {{ "--threads", 1, "--pooling", "mean" }} }},
 }}
 """
     gateway = Gateway(write_config(tmp, lua))

@@ -15,9 +15,11 @@ from tests.conftest import ROOT, Gateway, free_port, lkn_daemon, lua_str, write_
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def lua(binary: str, b_args: str, extra_model: str = "", server: str = "") -> str:
+def lua(binary: str, b_args: str, extra_model: str = "", server: str = "",
+        log_dir: str = "") -> str:
+    logs = f"log_dir = {lua_str(log_dir)}," if log_dir else ""
     return f"""
-server = {{ stop_grace_s = 1, log_dir = "logs-reload", {server} }}
+server = {{ stop_grace_s = 1, {logs} {server} }}
 models = {{
   {{ name = "a", binary = {lua_str(binary)}, model_file = "/x.gguf", ctx_size = 512, default_max_tokens = 16,
     vram_mb = 100 }},

@@ -5,7 +5,8 @@ import pytest
 
 from lkn.errors import ContextLengthExceeded
 from lkn.scheduler import Option
-from lkn.selector import VariantInfo, answer_budget, candidate_options, needed_tokens
+from lkn.selector import (VariantInfo, answer_budget, candidate_options, needed_tokens,
+                          options_for)
 
 VARIANTS = [VariantInfo("m@512", 512, 400), VariantInfo("m@2048", 2048, 700),
             VariantInfo("m@8192", 8192, 9000)]
@@ -50,3 +51,32 @@ def test_context_length_exceeded_carries_the_numbers() -> None:
 def test_no_variant_fits_vram() -> None:
     with pytest.raises(ContextLengthExceeded, match="fits the VRAM budget of 100 MiB"):
         candidate_options("m", VARIANTS, 10, budget_mb=100, prompt_tokens=5)
+
+
+@pytest.mark.parametrize("prompt, answer, default, keys", [
+    (100, None, 256, ["m@512", "m@2048"]),   # the default fits: it steers to the smallest
+    (300, None, 256, ["m@2048"]),            # 300 + 256 + 16 > 512: the default steers to 2048
+    (1884, None, 256, ["m@2048"]),           # 1884 + 256 + 16 > 2048, but the prompt fits: served
+    (490, None, 512, ["m@2048"]),            # steered to the variant that holds the default
+    (2040, None, 256, None),                 # the prompt itself fits no variant: 400
+    (1884, 256, 256, None),                  # an explicit max_tokens that cannot fit: 400
+    (100, 300, 256, ["m@512", "m@2048"]),    # explicit and fitting
+])
+def test_only_what_the_client_asked_for_is_refused(prompt: int, answer: int | None,
+                                                   default: int, keys: list[str] | None) -> None:
+    def choose() -> list[str]:
+        return [o.key for o in options_for("m", VARIANTS, prompt_tokens=prompt,
+                                           answer_tokens=answer, default_max_tokens=default,
+                                           margin=16, budget_mb=8192)]
+    if keys is None:
+        with pytest.raises(ContextLengthExceeded):
+            choose()
+    else:
+        assert choose() == keys
+
+
+def test_a_model_with_one_small_context_serves_requests_without_max_tokens() -> None:
+    only = [VariantInfo("s@512", 512, 100)]
+    options = options_for("s", only, prompt_tokens=40, answer_tokens=None,
+                          default_max_tokens=512, margin=16, budget_mb=8192)
+    assert [o.key for o in options] == ["s@512"]

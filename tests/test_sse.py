@@ -27,3 +27,13 @@ def test_sse_parser(chunks: list[bytes], expected: list[Event]) -> None:
 
 def test_frame() -> None:
     assert frame("[DONE]") == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("data, framed", [
+    ("a\nb", b"data: a\ndata: b\n\n"),
+    ("one\n\nthree", b"data: one\ndata: \ndata: three\n\n"),
+    ("x\n", b"data: x\ndata: \n\n"),
+])
+def test_multi_line_data_is_framed_one_data_line_per_line(data: str, framed: bytes) -> None:
+    assert frame(data) == framed
+    assert parse_all([framed]) == [Event(data)]  # what a client reads back is the payload

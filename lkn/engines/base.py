@@ -68,6 +68,11 @@ class EngineClient(ABC):
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         """One readiness probe. Connection errors propagate (the engine is not listening yet)."""
 
+    def health_settings(self) -> dict[str, Any]:
+        """Settings that shape how the engine is watched; part of its identity on reload."""
+        return {"health_timeout_s": self.model.health_timeout_s,
+                "sleep_when_idle_s": self.model.sleep_when_idle_s}
+
     async def on_ready(self, session: aiohttp.ClientSession, base_url: str) -> None:
         """Called once after the engine became ready (e.g. to read the effective context)."""
 

@@ -1,9 +1,15 @@
-"""EngineManager: carries out the scheduler's decisions on real engine processes.
+"""EngineManager: carries out the scheduler's decisions on engine records.
 
-Requests ``acquire()`` a lease on an engine that holds them and ``release()`` it when their answer
-is relayed. Every event (arrival, release, start finished or failed, stop finished, crash, timer)
-re-runs the pure ``scheduler.decide()``; its Grant/Start/Stop actions are applied here. In-flight
-requests are never cut by a swap: the scheduler only evicts engines with nothing in flight.
+Requests ``acquire()`` a lease on an engine that holds them and release it when their answer is
+relayed. Every event (arrival, release, start finished or failed, stop finished, crash, reload,
+timer) re-runs the pure ``scheduler.decide()`` on a snapshot built from the records; its
+Grant/Start/Stop actions are applied here. In-flight requests are never cut by a swap: the
+scheduler only evicts engines with nothing in flight.
+
+Every background task runs under ``_supervise``: an unexpected error is logged with the engine's
+name, fails the requests waiting for that engine with a 503, counts as a failure of the engine
+(so its next start waits for the backoff: never a tight loop) and never leaves a record marked
+as starting or stopping.
 """
 from __future__ import annotations
 
@@ -12,27 +18,31 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Coroutine
 
 import aiohttp
 
 from .. import scheduler as sched
 from ..config import Config, ModelConfig, VariantConfig
-from ..errors import EngineUnavailable, GatewayTimeout, QueueFull
-from ..selector import VariantInfo
+from ..errors import EngineUnavailable, GatewayTimeout, LknError, ModelNotFound, QueueFull
+from ..failures import FailurePolicy, record_failure, record_ready
+from ..selector import VariantInfo, options_for
 from ..vram import variant_vram_mb
 from .base import EngineClient
 from .gpu import GpuMonitor
-from .process import EngineProcess, EngineStartError, PortPool, Spawn, State
+from .process import EngineProcess, EngineStartError, PortPool, Spawn, State, StateCallback
+from .records import Demand, EngineRecord, Lease, engine_identity
+from .registry import EngineRegistry
 
 log = logging.getLogger("lkn.manager")
 
 ClientFactory = Callable[[ModelConfig, VariantConfig], EngineClient]
+ProcessFactory = Callable[[EngineClient, StateCallback], EngineProcess]
 
-_SCHED_STATE = {State.STARTING: sched.STARTING, State.READY: sched.READY,
-                State.STOPPING: sched.STOPPING, State.ASLEEP: sched.ASLEEP}
+__all__ = ["Demand", "EngineManager", "EngineRecord", "Lease"]
 
 
 def default_client_factory(model: ModelConfig, variant: VariantConfig) -> EngineClient:
@@ -43,351 +53,423 @@ def default_client_factory(model: ModelConfig, variant: VariantConfig) -> Engine
     return LlamaCppEngine(model, variant)
 
 
-def engine_identity(model: ModelConfig, variant: VariantConfig) -> tuple[Any, ...]:
-    """What a running engine was started from; a reload restarts it only if this changed."""
-    return (model.name, model.engine, model.binary, model.args, model.env, model.embeddings,
-            model.parallel, model.python, model.tokenizer_path, model.mem_fraction_static,
-            variant)
-
-
-class Lease:
-    """The right to send one request to one engine; release it when the answer is relayed."""
-
-    def __init__(self, manager: EngineManager, slot_key: str, process: EngineProcess) -> None:
-        self._manager = manager
-        self.slot_key = slot_key
-        self.process = process
-        self.client = process.client
-        self.released = False
-
-    @property
-    def base_url(self) -> str:
-        return self.process.base_url
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self._manager._release(self.process)
+def failure_policy(cfg: Config) -> FailurePolicy:
+    s = cfg.server
+    return FailurePolicy(base_s=s.restart_backoff_s, cap_s=s.restart_backoff_max_s,
+                         max_failures=s.max_start_failures,
+                         failed_retry_s=s.failed_start_cooldown_s)
 
 
 @dataclass
 class _Pending:
     waiter: sched.Waiter
-    future: asyncio.Future[str]
+    demand: Demand
+    deadline: float
+    future: asyncio.Future[EngineRecord]
 
 
 class EngineManager:
     def __init__(self, cfg: Config, session: aiohttp.ClientSession, *,
                  client_factory: ClientFactory = default_client_factory,
+                 process_factory: ProcessFactory | None = None,
                  gpu: GpuMonitor | None = None, spawn: Spawn | None = None,
+                 registry: EngineRegistry | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self._session = session
         self._client_factory = client_factory
         self._gpu = gpu or GpuMonitor()
         self._spawn = spawn
+        self._registry = registry
         self._clock = clock
+        self._process_factory = process_factory or self._new_process
         self.ports = PortPool(*cfg.server.port_range)
-        self._procs: dict[str, EngineProcess] = {}      # slot key -> process
-        self._specs: dict[str, tuple[ModelConfig, VariantConfig]] = {}
-        self._vram: dict[str, int] = {}
-        self._retired: set[str] = set()
-        self._starting: set[str] = set()
-        self._stopping: set[str] = set()
-        self._sleeping: set[str] = set()  # releasing memory: no grants until it is asleep
-        self._in_flight: dict[str, int] = {}
-        self._last_used: dict[str, float] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._failed: dict[str, tuple[float, str]] = {}
+        self.policy = failure_policy(cfg)
         self._ids = itertools.count(1)
-        self._retired_ids = itertools.count(1)
+        self._active: dict[str, EngineRecord] = {}   # "model@ctx" of the running config
+        self._retired: list[EngineRecord] = []       # draining, then stopped and forgotten
+        self._pending: dict[int, _Pending] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._decide_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self.generation = 1
         self.starts = 0
         self.start_failures = 0
+        # Errors no code path expected (a bug or an engine doing something new): logged, turned
+        # into 503s for the waiting requests, and kept here for /health and the tests.
+        self.unexpected: collections.deque[str] = collections.deque(maxlen=50)
         # Recent engine state changes (monotonic time, engine, state): for /health and tests.
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)
-        self._load_specs(cfg)
+        self._active = {f"{m.name}@{v.ctx_size}": self._new_record(m, v)
+                        for m in cfg.models for v in m.variants}
 
-    # ------------------------------------------------------------------ config
-    def _load_specs(self, cfg: Config) -> None:
-        s = cfg.server
-        self._specs = {f"{m.name}@{v.ctx_size}": (m, v) for m in cfg.models for v in m.variants}
-        for key, (model, variant) in self._specs.items():
-            self._vram[key] = variant_vram_mb(model, variant, overhead_mb=s.vram_overhead_mb,
-                                              budget_mb=s.vram_budget_mb)
+    # ------------------------------------------------------------------ records
+    def _new_process(self, client: EngineClient, on_change: StateCallback) -> EngineProcess:
+        s = self.cfg.server
+        kwargs: dict[str, Any] = {}
+        if self._spawn is not None:
+            kwargs["spawn"] = self._spawn
+        return EngineProcess(client, ports=self.ports, session=self._session,
+                             start_timeout_s=s.engine_start_timeout_s,
+                             stop_grace_s=s.stop_grace_s, log_dir=s.log_dir,
+                             on_change=on_change, registry=self._registry, clock=self._clock,
+                             **kwargs)
 
+    def _vram(self, model: ModelConfig, variant: VariantConfig) -> int:
+        s = self.cfg.server
+        return variant_vram_mb(model, variant, overhead_mb=s.vram_overhead_mb,
+                               budget_mb=s.vram_budget_mb)
+
+    def _new_record(self, model: ModelConfig, variant: VariantConfig) -> EngineRecord:
+        client = self._client_factory(model, variant)
+        holder: list[EngineRecord] = []
+        process = self._process_factory(
+            client, lambda proc, old: self._on_state(holder[0], old) if holder else None)
+        record = EngineRecord(next(self._ids), model, variant, process,
+                              self._vram(model, variant), engine_identity(client))
+        holder.append(record)
+        return record
+
+    def records(self) -> list[EngineRecord]:
+        return [*self._active.values(), *self._retired]
+
+    # ------------------------------------------------------------------ reload
     def reload(self, cfg: Config) -> None:
-        """Adopt a new config: unchanged engines keep running; changed or removed ones finish
-        their in-flight requests, then stop. Nothing in flight is dropped."""
-        new_specs = {f"{m.name}@{v.ctx_size}": (m, v) for m in cfg.models for v in m.variants}
-        for key in [k for k in self._procs if k not in self._retired]:
-            old, new = self._specs.get(key), new_specs.get(key)
-            if (new is not None and old is not None
-                    and engine_identity(*old) == engine_identity(*new)):
-                continue
-            retired_key = f"{key}~retired{next(self._retired_ids)}"
-            self._procs[retired_key] = self._procs.pop(key)
-            for table in (self._in_flight, self._last_used, self._vram):
-                if key in table:
-                    table[retired_key] = table.pop(key)  # type: ignore[assignment]
-            for marks in (self._starting, self._stopping):
-                if key in marks:
-                    marks.discard(key)
-                    marks.add(retired_key)
-            self._retired.add(retired_key)
-            log.info("reload: engine %s changed or was removed; it stops once idle", key)
+        """Adopt a new config. Unchanged engines (same identity) keep running; changed or
+        removed ones are retired: their in-flight requests finish, then they stop (a start in
+        progress is stopped at once). Queued requests are re-planned against the new config."""
         self.cfg = cfg
-        self._load_specs(cfg)
-        self._failed.clear()
+        self.policy = failure_policy(cfg)
+        active: dict[str, EngineRecord] = {}
+        for model in cfg.models:
+            for variant in model.variants:
+                key = f"{model.name}@{variant.ctx_size}"
+                old = self._active.get(key)
+                fresh = self._client_factory(model, variant)
+                if old is not None and old.identity == engine_identity(fresh):
+                    old.adopt(model, variant, self._vram(model, variant))
+                    active[key] = old
+                else:
+                    active[key] = self._new_record(model, variant)
+        for key, old in self._active.items():
+            if active.get(key) is not old:
+                old.retired = True
+                self._retired.append(old)
+                log.info("reload: engine %s changed or was removed; it stops once idle", key)
+                # A start in progress is cut short, unless requests from before a crash still
+                # hold the record: then it drains like any retired engine.
+                if old.starting and not old.stopping and not old.in_flight:
+                    old.stopping = True
+                    self._supervise(self._run_stop(old, "retired while starting"), old, "stop")
+        self._active = active
+        self.generation += 1
+        self._replan()
         self._kick()
 
+    def _replan(self) -> None:
+        """Queued requests against the new config: a vanished model is a 404, a changed one
+        gets its variants again (maybe a 400 because it no longer fits)."""
+        now = self._clock()
+        for wid, p in list(self._pending.items()):
+            if p.future.done():
+                continue
+            model = self.cfg.resolve(p.waiter.model)
+            try:
+                if model is None:
+                    raise ModelNotFound(f"The model '{p.waiter.model}' was removed from the "
+                                        f"config while this request waited", param="model")
+                options = self._options(model, p.demand, now)
+            except LknError as exc:
+                del self._pending[wid]
+                p.future.set_exception(exc)
+                continue
+            p.waiter = replace(p.waiter, model=model.name, options=options)
+
     # ------------------------------------------------------------------ queries
+    def _records_of(self, model: ModelConfig) -> list[EngineRecord]:
+        return [self._active[f"{model.name}@{v.ctx_size}"] for v in model.variants]
+
     def variants(self, model: ModelConfig) -> list[VariantInfo]:
-        return [VariantInfo(key=f"{model.name}@{v.ctx_size}", ctx=v.ctx_size,
-                            vram_mb=self._vram[f"{model.name}@{v.ctx_size}"])
-                for v in model.variants]
+        return [VariantInfo(r.slot_id, r.variant.ctx_size, r.vram_mb)
+                for r in self._records_of(model)]
 
     def ready_process(self, model_name: str) -> EngineProcess | None:
-        for key, proc in self._procs.items():
-            if (key not in self._retired and key not in self._stopping
-                    and proc.state is State.READY and self._specs[key][0].name == model_name):
-                return proc
+        for r in self._active.values():
+            if (r.model.name == model_name and r.sched_state() == sched.READY):
+                return r.process
         return None
 
     def is_loaded(self, model_name: str) -> bool:
-        return any(proc.state in (State.READY, State.ASLEEP) and key in self._specs
-                   and self._specs[key][0].name == model_name
-                   for key, proc in self._procs.items())
+        return any(r.model.name == model_name and r.process.state in (State.READY, State.ASLEEP)
+                   for r in self._active.values())
 
     def processes(self) -> list[EngineProcess]:
-        return list(self._procs.values())
+        return [r.process for r in self.records() if r.process.state is not State.STOPPED]
 
     def describe(self) -> list[dict[str, Any]]:
-        out = []
-        for key, proc in sorted(self._procs.items()):
-            d = proc.describe()
-            d.update(in_flight=self._in_flight.get(key, 0), vram_mb=self._vram.get(key),
-                     retired=key in self._retired)
-            out.append(d)
-        return out
+        now = self._clock()
+        return [r.describe(self.policy, now) for r in sorted(self.records(), key=lambda r: r.id)
+                if r.running() or r.retired or r.history.consecutive
+                or r.process.state is not State.STOPPED]
 
     def queued(self) -> int:
         return len(self._pending)
 
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.records())
+
     # ------------------------------------------------------------------ leases
-    async def acquire(self, model: ModelConfig, options: tuple[sched.Option, ...], *,
+    def _options(self, model: ModelConfig, demand: Demand,
+                 now: float) -> tuple[sched.Option, ...]:
+        s = self.cfg.server
+        options = options_for(model.name, self.variants(model),
+                              prompt_tokens=demand.prompt_tokens,
+                              answer_tokens=demand.answer_tokens,
+                              default_max_tokens=model.default_max_tokens,
+                              margin=s.token_margin, budget_mb=s.vram_budget_mb,
+                              embeddings=demand.embeddings)
+        by_id = {r.slot_id: r for r in self._records_of(model)}
+        usable = tuple(o for o in options if not by_id[o.key].refusing(self.policy, now))
+        if usable:
+            return usable
+        worst = by_id[options[0].key]
+        retry = max(1, math.ceil(worst.history.retry_at(self.policy) - now))
+        raise EngineUnavailable(
+            f"engine {worst.key} failed {worst.history.consecutive} times in a row and is "
+            f"FAILED; next try in {retry}s: {worst.history.last_error}",
+            headers={"Retry-After": str(retry)})
+
+    async def acquire(self, model: ModelConfig, demand: Demand, *,
                       timeout_s: float | None = None) -> Lease:
         s = self.cfg.server
         if self._closing:
             raise EngineUnavailable("lkn is shutting down and accepts no new requests")
-        failed = self._failed.get(model.name)
-        if failed and self._clock() - failed[0] < s.failed_start_cooldown_s:
-            raise EngineUnavailable(f"model '{model.name}' failed to start "
-                                    f"{self._clock() - failed[0]:.0f}s ago: {failed[1]}")
+        # The caller resolved the model before it counted tokens; a reload may have come since.
+        current = self.cfg.resolve(model.name)
+        if current is None:
+            raise ModelNotFound(f"The model '{model.name}' was removed from the config while "
+                                f"this request was being prepared", param="model")
+        model = current
+        now = self._clock()
+        options = self._options(model, demand, now)
         queued = sum(1 for p in self._pending.values() if p.waiter.model == model.name)
         if not sched.admit(queued, s.max_queue_per_model):
             raise QueueFull(f"{queued} requests are already queued for model '{model.name}'",
                             headers={"Retry-After": "1"})
-        waiter = sched.Waiter(next(self._ids), model.name, options, self._clock())
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending[waiter.id] = _Pending(waiter, future)
-        self._kick()
+        waiter = sched.Waiter(next(self._ids), model.name, options, now)
+        future: asyncio.Future[EngineRecord] = asyncio.get_running_loop().create_future()
         timeout = s.queue_timeout_s if timeout_s is None else timeout_s
+        self._pending[waiter.id] = _Pending(waiter, demand, now + timeout, future)
+        self._kick()
         try:
-            slot_key = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            record = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The client went away while queued; a grant made at the same instant goes back.
             self._pending.pop(waiter.id, None)
             if future.done() and not future.cancelled() and future.exception() is None:
-                # granted at the same instant: give it back
-                self._release(self._procs[future.result()])
+                self.release(future.result())
             elif not future.done():
                 future.cancel()
             self._kick()
-            if isinstance(exc, asyncio.TimeoutError):
-                raise GatewayTimeout(f"request waited {timeout:g}s in the queue for model "
-                                     f"'{model.name}' without an engine becoming free") from None
             raise
-        return Lease(self, slot_key, self._procs[slot_key])
+        return Lease(self, record)
 
-    def _release(self, process: EngineProcess) -> None:
-        # By identity: a reload may have moved the process to a retired key since the grant.
-        for key in self._keys_of(process):
-            self._in_flight[key] = max(0, self._in_flight.get(key, 0) - 1)
-            self._last_used[key] = self._clock()
+    def release(self, record: EngineRecord) -> None:
+        if record.in_flight <= 0:  # a second release would hide a leak: say so loudly
+            self.unexpected.append(f"release of {record.slot_id} with nothing in flight")
+            log.error("engine %s: release with nothing in flight", record.slot_id)
+        record.in_flight = max(0, record.in_flight - 1)
+        record.last_used = self._clock()
         self._kick()
 
     # ------------------------------------------------------------------ decisions
+    def kick(self) -> None:
+        """Re-run the scheduler soon (after an event the manager cannot see, e.g. time)."""
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to decide yet
+            self._kick()
+
     def _kick(self) -> None:
         if self._decide_scheduled:
             return
         self._decide_scheduled = True
         asyncio.get_running_loop().call_soon(self._decide)
 
-    def notify(self, proc: EngineProcess | None = None) -> None:
-        if proc is not None:
-            self.events.append((self._clock(), proc.key, proc.state.value))
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to decide yet
-            self._kick()
-
-    def _slots(self) -> list[sched.Slot]:
-        slots = []
-        for key, proc in self._procs.items():
-            state: str | None
-            if key in self._stopping or key in self._sleeping:
-                state = sched.STOPPING
-            elif key in self._starting:
-                state = sched.STARTING
-            else:
-                state = _SCHED_STATE.get(proc.state)
-                if state is None:
-                    continue  # stopped or failed: holds nothing
-            model, variant = self._spec_of(key)
-            slots.append(sched.Slot(key, model.name, proc.client.variant.ctx_size,
-                                    self._vram.get(key, 0), state, self._in_flight.get(key, 0),
-                                    self._last_used.get(key, 0.0), key in self._retired,
-                                    capacity=model.parallel))
-        for key in self._starting:
-            if key not in self._procs:
-                model, variant = self._specs[key]
-                slots.append(sched.Slot(key, model.name, variant.ctx_size, self._vram[key],
-                                        sched.STARTING, capacity=model.parallel))
-        return slots
-
-    def _spec_of(self, key: str) -> tuple[ModelConfig, VariantConfig]:
-        proc = self._procs.get(key)
-        if proc is not None:
-            return proc.client.model, proc.client.variant
-        return self._specs[key]
+    def _on_state(self, record: EngineRecord, old: State) -> None:
+        proc = record.process
+        self.events.append((self._clock(), record.key, proc.state.value))
+        if proc.state is State.FAILED and old in (State.READY, State.ASLEEP):
+            record.crashes += 1
+            record.history = record_failure(record.history, proc.last_error, self._clock())
+            log.warning("engine %s crashed (%d in a row); it restarts on demand", record.key,
+                        record.history.consecutive)
+        self.kick()
 
     def _decide(self) -> None:
         self._decide_scheduled = False
         self._forget_retired()
         s = self.cfg.server
         now = self._clock()
-        pending = [p.waiter for p in self._pending.values() if not p.future.done()]
-        actions = sched.decide(self._slots(), pending, budget_mb=s.vram_budget_mb,
+        self._expire(now)
+        by_id = {r.slot_id: r for r in self.records()}
+        slots = [slot for r in by_id.values() if (slot := r.slot()) is not None]
+        # Variants waiting out a backoff are left out of the options for now, so a request
+        # that another variant can hold is served by it; the timer comes back at retry time.
+        waiters = [replace(p.waiter, options=tuple(
+                       o for o in p.waiter.options
+                       if o.key in by_id and by_id[o.key].startable(self.policy, now)))
+                   for p in self._pending.values() if not p.future.done()]
+        actions = sched.decide(slots, waiters, budget_mb=s.vram_budget_mb,
                                max_engines=s.max_loaded_engines, max_wait_s=s.max_queue_wait_s,
                                now=now)
         for action in actions:
             if isinstance(action, sched.Grant):
                 p = self._pending.pop(action.waiter)
-                self._in_flight[action.key] = self._in_flight.get(action.key, 0) + 1
-                self._last_used[action.key] = now
-                p.future.set_result(action.key)
+                record = by_id[action.key]
+                record.in_flight += 1
+                record.last_used = now
+                p.future.set_result(record)
             elif isinstance(action, sched.Start):
-                self._starting.add(action.key)
-                self._spawn_task(self._run_start(action.key))
+                record = by_id[action.key]
+                record.starting = True
+                self._supervise(self._run_start(record), record, "start")
             elif isinstance(action, sched.Stop):
-                self._stopping.add(action.key)
-                self._spawn_task(self._run_stop(action.key, action.reason))
+                record = by_id[action.key]
+                record.stopping = True
+                self._supervise(self._run_stop(record, action.reason), record, "stop")
         self._arm_timer(now)
+
+    def _expire(self, now: float) -> None:
+        for wid, p in list(self._pending.items()):
+            if now >= p.deadline and not p.future.done():
+                del self._pending[wid]
+                waited = now - p.waiter.arrived
+                p.future.set_exception(GatewayTimeout(
+                    f"request waited {waited:.0f}s in the queue for model '{p.waiter.model}' "
+                    f"without an engine becoming free"))
 
     def _arm_timer(self, now: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         bound = self.cfg.server.max_queue_wait_s
-        due = [p.waiter.arrived + bound for p in self._pending.values()
-               if p.waiter.arrived + bound > now]
+        due = [p.deadline for p in self._pending.values()]
+        due += [p.waiter.arrived + bound for p in self._pending.values()]
+        waiting = {o.key for p in self._pending.values() for o in p.waiter.options}
+        due += [r.history.retry_at(self.policy) for r in self.records()
+                if r.slot_id in waiting and not r.running()]
+        due = [t for t in due if t > now]
         if due:
             self._timer = asyncio.get_running_loop().call_later(min(due) - now + 0.001,
                                                                 self._kick)
 
-    def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    # ------------------------------------------------------------------ tasks
+    def _supervise(self, coro: Coroutine[Any, Any, None], record: EngineRecord,
+                   what: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Handled in the task's own step, before the decision its ``finally`` asked
+                # for runs: that decision must already see the failure and its backoff.
+                self._unexpected(record, what, exc)
+
+        task = asyncio.create_task(guarded(), name=f"lkn {what} {record.slot_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _process(self, key: str) -> EngineProcess:
-        proc = self._procs.get(key)
-        if proc is None:
-            model, variant = self._specs[key]
-            s = self.cfg.server
-            kwargs: dict[str, Any] = {}
-            if self._spawn is not None:
-                kwargs["spawn"] = self._spawn
-            proc = EngineProcess(self._client_factory(model, variant), ports=self.ports,
-                                 session=self._session, start_timeout_s=s.engine_start_timeout_s,
-                                 stop_grace_s=s.stop_grace_s, log_dir=s.log_dir,
-                                 on_change=self.notify, clock=self._clock, **kwargs)
-            self._procs[key] = proc
-        return proc
+    def _unexpected(self, record: EngineRecord, what: str, exc: Exception) -> None:
+        log.error("engine %s: unexpected error in %s: %r", record.key, what, exc, exc_info=exc)
+        self.unexpected.append(f"{record.slot_id} {what}: {exc!r}")
+        record.starting = record.stopping = record.releasing = False
+        record.history = record_failure(record.history, f"{what} failed: {exc!r}",
+                                        self._clock())
+        self._fail_waiters_of(record, f"engine {record.key}: {what} failed: {exc!r}")
+        self.kick()
 
-    def _keys_of(self, proc: EngineProcess) -> list[str]:
-        return [k for k, p in self._procs.items() if p is proc]
+    def _fail_waiters_of(self, record: EngineRecord, message: str) -> None:
+        """Fail the queued requests that only this engine could serve now."""
+        now = self._clock()
+        by_id = {r.slot_id: r for r in self.records()}
+        retry = max(1, math.ceil(record.history.retry_at(self.policy) - now))
+        for wid, p in list(self._pending.items()):
+            keys = [o.key for o in p.waiter.options]
+            if record.slot_id not in keys or p.future.done():
+                continue
+            if any(k != record.slot_id and k in by_id and by_id[k].startable(self.policy, now)
+                   for k in keys):
+                continue  # another variant holds it: failures stay local
+            del self._pending[wid]
+            p.future.set_exception(EngineUnavailable(message,
+                                                     headers={"Retry-After": str(retry)}))
 
-    async def _run_start(self, key: str) -> None:
-        model = self._specs[key][0]
-        proc = self._process(key)
+    async def _run_start(self, record: EngineRecord) -> None:
+        proc = record.process
+        waking = proc.state is State.ASLEEP
         try:
-            if proc.state is not State.ASLEEP:
+            if not waking:
                 self.starts += 1
             await proc.ensure_ready()
-            self._failed.pop(model.name, None)
         except EngineStartError as exc:
-            self.start_failures += 1
-            self._failed[model.name] = (self._clock(), str(exc))
-            for wid, p in list(self._pending.items()):
-                if p.waiter.model == model.name and not p.future.done():
-                    p.future.set_exception(EngineUnavailable(
-                        f"engine for model '{model.name}' failed to start: {exc}"))
-                    del self._pending[wid]
+            record.starting = False
+            if record.retired or self._closing:
+                return  # stopped on purpose; nobody waits for it
+            if not waking:  # a failed wake was already counted as a crash (_on_state)
+                self.start_failures += 1
+                record.history = record_failure(record.history, str(exc), self._clock())
+            log.warning("engine %s failed to start (%d in a row)", record.key,
+                        record.history.consecutive)
+            self._fail_waiters_of(record, f"engine for model '{record.model.name}' "
+                                          f"(context {record.variant.ctx_size}) failed to "
+                                          f"start: {exc}")
+        else:
+            record.history = record_ready(record.history, self.policy, self._clock())
         finally:
-            for k in [key, *self._keys_of(proc)]:
-                self._starting.discard(k)
-            self._kick()
+            record.starting = False
+            self.kick()
 
-    async def _run_stop(self, key: str, reason: str) -> None:
-        proc = self._procs[key]
-        vram = self._vram.get(key, 0)
+    async def _run_stop(self, record: EngineRecord, reason: str) -> None:
         try:
-            log.info("stopping %s (%s)", key, reason)
+            log.info("stopping %s (%s)", record.key, reason)
             before = await self._gpu.used_mb()
-            await proc.stop()
-            await self._gpu.wait_released(before, vram)
+            await record.process.stop()
+            await self._gpu.wait_released(before, record.vram_mb)
         finally:
-            for k in [key, *self._keys_of(proc)]:
-                self._stopping.discard(k)
-            self._forget_retired()
-            self._kick()
+            record.stopping = False
+            self.kick()
 
     def _forget_retired(self) -> None:
-        for key in list(self._retired):
-            proc = self._procs[key]
-            if (proc.state in (State.STOPPED, State.FAILED) and key not in self._stopping
-                    and key not in self._starting and not self._in_flight.get(key)):
-                self._retired.discard(key)
-                del self._procs[key]
-                self._vram.pop(key, None)
-                proc.logs.close()
+        keep = []
+        for r in self._retired:
+            if (r.process.state in (State.STOPPED, State.FAILED) and not r.stopping
+                    and not r.starting and not r.in_flight):
+                r.process.logs.close()
+            else:
+                keep.append(r)
+        self._retired = keep
 
     async def sleep_idle(self) -> None:
         """Put engines whose model sleeps when idle to sleep (release GPU memory, keep running)."""
         now = self._clock()
-        for key, proc in list(self._procs.items()):
-            model = proc.client.model
+        for record in list(self._active.values()):
+            model, proc = record.model, record.process
             if (model.sleep_when_idle_s is None or not proc.client.supports_sleep
-                    or proc.state is not State.READY or self._in_flight.get(key, 0)
-                    or key in self._stopping or key in self._starting
-                    or now - self._last_used.get(key, now) < model.sleep_when_idle_s):
+                    or record.sched_state() != sched.READY or record.in_flight
+                    or now - record.last_used < model.sleep_when_idle_s):
                 continue
             # Marked before the await: no request is granted to it while it releases memory.
-            self._sleeping.add(key)
+            record.releasing = True
             try:
                 await proc.sleep()
             except Exception as exc:
-                log.warning("could not put %s to sleep: %s", key, exc)
+                log.warning("could not put %s to sleep: %s", record.key, exc)
             finally:
-                self._sleeping.discard(key)
-        self._kick()
+                record.releasing = False
+        self.kick()
 
     # ------------------------------------------------------------------ shutdown
-    def in_flight(self) -> int:
-        return sum(self._in_flight.values())
-
     async def shutdown(self, drain_s: float) -> None:
         """Refuse new work, let in-flight requests finish (up to ``drain_s``), stop engines."""
         self._closing = True
@@ -395,17 +477,21 @@ class EngineManager:
             if not p.future.done():
                 p.future.set_exception(EngineUnavailable("lkn is shutting down"))
         self._pending.clear()
-        deadline = self._clock() + drain_s
-        while self.in_flight() and self._clock() < deadline:
+        deadline = time.monotonic() + drain_s
+        while self.in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.in_flight():
             log.warning("shutdown: %d requests still in flight after %.0fs; stopping engines",
                         self.in_flight(), drain_s)
         if self._timer is not None:
             self._timer.cancel()
-        await asyncio.gather(*(p.stop() for p in self._procs.values()), return_exceptions=True)
+        await asyncio.gather(*(r.process.stop() for r in self.records()),
+                             return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for proc in self._procs.values():
-            proc.logs.close()
+        for r in self.records():
+            r.process.logs.close()
+        if self._registry is not None:
+            self._registry.close()
+

@@ -9,16 +9,24 @@ States::
 ``ensure_ready()`` makes the start-or-wait decision under the process's own lock, so a request
 that arrives while a start or a stop is under way waits for it and then acts on the real state,
 never on a snapshot it read earlier.
+
+Whenever the leader exits, by a stop or a crash, its whole tree is SIGKILLed: the process group
+and every process carrying the engine's tag (see ``registry``), so SGLang's scheduler and
+detokenizer never keep VRAM after their leader died.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
+import functools
 import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from typing import Any, Awaitable, Callable
 
@@ -27,10 +35,13 @@ import psutil
 
 from .base import EngineClient
 from .logs import LogRing
+from .registry import TAG_ENV, EngineRegistry, kill_tree_of
 
 log = logging.getLogger("lkn.engine")
 
 HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms
+EXIT_POLL_S = 0.25    # how soon a leader's exit is noticed (see _wait_exit)
+PR_SET_PDEATHSIG = 1
 
 
 class State(enum.Enum):
@@ -79,13 +90,29 @@ def _port_free(port: int) -> bool:
 
 
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+StateCallback = Callable[["EngineProcess", "State"], None]
+
+
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the forked child
+    """In the child, before exec: the kernel SIGKILLs it when lkn dies, however lkn dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # lkn died between fork and prctl
+        os._exit(1)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    return functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
 
 
 class EngineProcess:
     def __init__(self, client: EngineClient, *, ports: PortPool, session: aiohttp.ClientSession,
                  start_timeout_s: float, stop_grace_s: float, log_dir: str | None = None,
-                 on_change: Callable[[EngineProcess], None] | None = None,
+                 on_change: StateCallback | None = None,
                  spawn: Spawn = asyncio.create_subprocess_exec,
+                 registry: EngineRegistry | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.key = client.key
@@ -96,6 +123,8 @@ class EngineProcess:
         self.logs = LogRing(self.key, log_dir=log_dir)
         self._on_change = on_change
         self._spawn = spawn
+        self._registry = registry
+        self._tag: str | None = None
         self._clock = clock
         self._lock = asyncio.Lock()
         self.state = State.STOPPED
@@ -123,9 +152,9 @@ class EngineProcess:
         log.info("engine %s: %s -> %s%s", self.key, self.state.value, state.value,
                  f" ({reason})" if reason else "")
         self.logs.mark(f"{self.state.value} -> {state.value}{' ' + reason if reason else ''}")
-        self.state = state
+        old, self.state = self.state, state
         if self._on_change is not None:
-            self._on_change(self)
+            self._on_change(self, old)
 
     # ------------------------------------------------------------------ start
     async def ensure_ready(self) -> None:
@@ -145,17 +174,24 @@ class EngineProcess:
         self.logs.mark("start: " + " ".join(argv))
         self.started_at = self._clock()
         self._set_state(State.STARTING)
+        env = self.client.env()
+        self._tag = self._registry.new_tag() if self._registry is not None else None
+        if self._tag is not None:
+            env[TAG_ENV] = self._tag  # inherited by the whole tree: found and killed by it
         try:
             self.proc = await self._spawn(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=self.client.env(),
-                start_new_session=True)  # own process group: stop() signals the whole tree
-        except OSError as exc:
+                stderr=asyncio.subprocess.STDOUT, env=env,
+                start_new_session=True,  # own process group: stop() signals the whole tree
+                preexec_fn=die_with_parent())
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self._ports.release(self.port)
             self.last_error = f"cannot spawn {argv[0]}: {exc}"
             self._set_state(State.FAILED, self.last_error)
             self.logs.close()
             raise EngineStartError(self.last_error) from None
+        if self._registry is not None and self._tag is not None:
+            self._registry.add(self._tag, self.proc.pid, self.key)
         self._drain_task = asyncio.create_task(self._drain(self.proc))
         try:
             await self._wait_healthy()
@@ -219,12 +255,19 @@ class EngineProcess:
             self.logs.append(line.decode("utf-8", "replace"))
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        if self.proc is proc and self.state in (State.READY, State.ASLEEP):
-            # Not a stop we asked for: the engine crashed. The next request starts it again.
+        code = await _wait_exit(proc)
+        async with self._lock:
+            if self.proc is not proc or self.state not in (State.READY, State.ASLEEP):
+                return  # a stop we asked for
+            # The engine crashed. Its children may live on and hold VRAM (and the output pipe):
+            # kill the tree. The manager restarts it on demand, with backoff.
             self.last_error = f"engine exited unexpectedly with code {code}"
+            await self._kill_tree(proc)
             await self._reap()
-            self._set_state(State.FAILED, self.last_error)
+            tail = self.logs.tail(15)
+            if tail:
+                self.last_error += f"; engine log tail:\n{tail}"
+            self._set_state(State.FAILED, f"exited unexpectedly with code {code}")
             self.logs.close()
 
     # ------------------------------------------------------------------ stop
@@ -243,23 +286,32 @@ class EngineProcess:
             self.logs.close()
 
     async def _terminate(self) -> None:
-        """SIGTERM to the process group, grace, SIGKILL, wait; then sweep survivors."""
+        """SIGTERM to the process group, grace, SIGKILL, wait; then kill the rest of the tree."""
         proc = self.proc
         if proc is None:
             return
         tree = _process_tree(proc.pid)
         if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.stop_grace_s)
-            except asyncio.TimeoutError:
+            if await _wait_exit(proc, self.stop_grace_s) is None:
                 self.logs.mark(f"no exit {self.stop_grace_s:g}s after SIGTERM: SIGKILL")
                 _signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                await _wait_exit(proc)
         # Children that left the group (setsid) or outlived the leader: kill them by pid.
         tree += [p for p in _process_tree(proc.pid) if p not in tree]
         await asyncio.get_running_loop().run_in_executor(None, _kill_survivors, tree)
+        await self._kill_tree(proc)
         await self._reap()
+
+    async def _kill_tree(self, proc: asyncio.subprocess.Process) -> None:
+        """After the leader exited: SIGKILL its group and everything carrying its tag."""
+        tag = self._tag
+        _signal_group(proc.pid, signal.SIGKILL)
+        if tag is not None:
+            killed = await asyncio.get_running_loop().run_in_executor(None, kill_tree_of, tag,
+                                                                      None)
+            if killed:
+                self.logs.mark(f"killed {len(killed)} leftover processes of the engine: {killed}")
 
     async def _reap(self) -> None:
         if self._drain_task is not None:
@@ -267,20 +319,41 @@ class EngineProcess:
                 await asyncio.wait_for(self._drain_task, 2.0)
         if self.port is not None:
             self._ports.release(self.port)
+        if self._registry is not None and self._tag is not None:
+            self._registry.remove(self._tag)
         self.logs.mark(f"exited with code {self.proc.returncode if self.proc else None}")
 
     # ------------------------------------------------------------------ sleep
     async def sleep(self) -> None:
-        """Release the engine's GPU memory without exiting (engines that support it)."""
+        """Release the engine's GPU memory without exiting (engines that support it). A release
+        that fails or loses its connection is taken for a crash: SGLang's scheduler kills the
+        whole server when asked to release while busy, and a half-released engine is unusable."""
         async with self._lock:
             if self.state is not State.READY or not self.client.supports_sleep:
                 return
-            await self.client.release_memory(self._session, self.base_url)
+            try:
+                await self.client.release_memory(self._session, self.base_url)
+            except Exception as exc:
+                await self._fail_running(f"memory release failed: {exc!r}")
+                raise EngineStartError(self.last_error) from None
             self._set_state(State.ASLEEP, "memory released")
 
     async def _wake(self) -> None:
-        await self.client.resume_memory(self._session, self.base_url)
+        try:
+            await self.client.resume_memory(self._session, self.base_url)
+        except Exception as exc:
+            await self._fail_running(f"memory resume failed: {exc!r}")
+            raise EngineStartError(self.last_error) from None
         self._set_state(State.READY, "memory resumed")
+
+    async def _fail_running(self, reason: str) -> None:
+        """A running engine that can no longer be trusted: kill its tree, mark it FAILED (the
+        manager counts it as a crash and restarts it on demand)."""
+        await self._terminate()
+        tail = self.logs.tail(15)
+        self.last_error = f"{reason}; engine log tail:\n{tail}" if tail else reason
+        self._set_state(State.FAILED, reason)
+        self.logs.close()
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "state": self.state.value, "pid": self.pid, "port": self.port,
@@ -288,6 +361,26 @@ class EngineProcess:
                 "start_seconds": (None if self.ready_seconds is None
                                   else round(self.ready_seconds, 3)),
                 "log": self.logs.path}
+
+
+async def _wait_exit(proc: asyncio.subprocess.Process,
+                     timeout: float | None = None) -> int | None:
+    """The leader's exit code once it exited (None after ``timeout``). ``proc.wait()`` alone is
+    not enough: it can also wait for the output pipe to close, which children that still hold
+    it delay forever, so the return code is polled as well."""
+    waiter = asyncio.ensure_future(proc.wait())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while proc.returncode is None:
+            step = EXIT_POLL_S if deadline is None else min(EXIT_POLL_S,
+                                                            deadline - time.monotonic())
+            if step <= 0:
+                return None
+            await asyncio.wait({waiter}, timeout=step)
+        return proc.returncode
+    finally:
+        if not waiter.done():
+            waiter.cancel()
 
 
 def _process_tree(pid: int) -> list[psutil.Process]:

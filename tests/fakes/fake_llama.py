@@ -10,6 +10,8 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-exit-before-ready C  print a few log lines and exit with code C while "loading"
   --fake-ignore-sigterm     ignore SIGTERM (must be SIGKILLed)
   --fake-grandchild PIDFILE spawn a grandchild in a new session; write its pid to PIDFILE
+  --fake-children N         spawn N children in the engine's process group that share its output
+                            pipe (SGLang's scheduler and detokenizer); pids to PIDFILE.children
   --fake-tokens N           tokens per answer (default 8)
   --fake-token-delay-s S    delay between streamed tokens
   --fake-cut-stream         end streams after half the tokens without [DONE]
@@ -21,6 +23,9 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-text FILE          answer with this file's text (raw, as with --reasoning-format none),
                             streamed in pieces of --fake-text-cut characters (default 3)
   --fake-opens-think        the chat template's generation prompt ends with "<think>\n"
+  --fake-malformed-logprobs top-logprob entries carry "logprob": null (a broken engine build)
+  --fake-drop-reused        close a keep-alive connection when a second /v1 request arrives on
+                            it, unanswered (llama-server dropping an idle connection just then)
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-exit-before-ready", type=int, default=None)
     p.add_argument("--fake-ignore-sigterm", action="store_true")
     p.add_argument("--fake-grandchild", default=None)
+    p.add_argument("--fake-children", type=int, default=0)
     p.add_argument("--fake-tokens", type=int, default=8)
     p.add_argument("--fake-token-delay-s", type=float, default=0.0)
     p.add_argument("--fake-cut-stream", action="store_true")
@@ -59,6 +65,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-text", default=None)
     p.add_argument("--fake-text-cut", type=int, default=3)
     p.add_argument("--fake-opens-think", action="store_true")
+    p.add_argument("--fake-malformed-logprobs", action="store_true")
+    p.add_argument("--fake-drop-reused", action="store_true")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -76,10 +84,20 @@ def loading() -> bool:
     return time.monotonic() - T0 < ARGS.fake_load_s
 
 
+SERVED: set[object] = set()  # client addresses of connections that answered a /v1 request
+
+
 @web.middleware
 async def gate(request: web.Request, handler):  # type: ignore[no-untyped-def]
     if loading():
         return err(503, "Loading model", "unavailable_error")
+    if ARGS.fake_drop_reused and request.path.startswith("/v1/") and request.transport:
+        conn = request.transport.get_extra_info("peername")
+        if conn in SERVED:
+            print("fake: dropping a reused connection", flush=True)
+            request.transport.close()
+            raise asyncio.CancelledError
+        SERVED.add(conn)
     return await handler(request)
 
 
@@ -109,6 +127,8 @@ async def tokenize(request: web.Request) -> web.Response:
 
 
 def top_logprobs(k: int) -> list[dict]:
+    if ARGS.fake_malformed_logprobs:
+        return [{"id": i, "token": f"t{i}", "bytes": [116], "logprob": None} for i in range(k)]
     if ARGS.fake_entropy == "high":
         lps = [math.log(1.0 / k)] * k
     else:
@@ -253,6 +273,11 @@ async def main() -> None:
                                  start_new_session=True)
         with open(ARGS.fake_grandchild, "w") as f:
             f.write(str(child.pid))
+    if ARGS.fake_children:
+        kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+                for _ in range(ARGS.fake_children)]
+        with open(f"{ARGS.fake_grandchild or 'fake'}.children", "w") as f:
+            f.write(" ".join(str(k.pid) for k in kids))
     if ARGS.fake_exit_before_ready is not None:
         print("fake: loading model weights", flush=True)
         print("fake: error: out of memory while loading tensors", flush=True)

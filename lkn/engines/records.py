@@ -1,0 +1,134 @@
+"""One record per engine instance, and the lease a request holds on one.
+
+An ``EngineRecord`` is everything the manager knows about one engine of one config generation:
+its spec (model + variant), the ``EngineProcess`` that owns the child, requests in flight, last
+use, VRAM estimate, whether a reload retired it, and its failure history. Grants and leases
+carry the record itself, never a key string, so a reload that replaces a variant can never make a
+lease point at the wrong engine. The process state is read from ``EngineProcess``, never copied;
+the record only adds what the manager itself is doing to the engine (starting, stopping,
+releasing memory).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import scheduler as sched
+from ..config import ModelConfig, VariantConfig
+from ..failures import FailureHistory, FailurePolicy
+from .base import EngineClient
+from .process import EngineProcess, State
+
+if TYPE_CHECKING:
+    from .manager import EngineManager
+
+_SCHED_STATE = {State.STARTING: sched.STARTING, State.READY: sched.READY,
+                State.STOPPING: sched.STOPPING, State.ASLEEP: sched.ASLEEP}
+
+
+def engine_identity(client: EngineClient) -> str:
+    """What a running engine was started from: its command line (port left out), its own
+    environment and its health settings. A reload restarts an engine only if this changed."""
+    return json.dumps({"kind": type(client).__qualname__, "argv": client.argv(0),
+                       "env": sorted(client.model.env), "health": client.health_settings()},
+                      sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a request needs from a model, kept so that a reload can re-plan a queued request."""
+    prompt_tokens: int
+    answer_tokens: int | None  # max_tokens / max_completion_tokens as sent, None if absent
+    embeddings: bool = False
+
+
+class EngineRecord:
+    def __init__(self, record_id: int, model: ModelConfig, variant: VariantConfig,
+                 process: EngineProcess, vram_mb: int, identity: str) -> None:
+        self.id = record_id
+        self.model = model
+        self.variant = variant
+        self.process = process
+        self.vram_mb = vram_mb
+        self.identity = identity
+        self.in_flight = 0
+        self.last_used = 0.0
+        self.retired = False
+        self.starting = False    # a start (or wake) task of the manager is running
+        self.stopping = False    # a stop task is running
+        self.releasing = False   # memory is being released (sleep): no grants meanwhile
+        self.history = FailureHistory()
+        self.crashes = 0
+
+    @property
+    def key(self) -> str:
+        """The variant's name, for people: ``model@ctx``. Not unique across reloads."""
+        return f"{self.model.name}@{self.variant.ctx_size}"
+
+    @property
+    def slot_id(self) -> str:
+        """Unique for the manager's lifetime: the scheduler's name for this engine."""
+        return f"{self.key}#{self.id}"
+
+    def adopt(self, model: ModelConfig, variant: VariantConfig, vram_mb: int) -> None:
+        """A reload kept this engine (same identity): take the new spec's other settings."""
+        self.model, self.variant, self.vram_mb = model, variant, vram_mb
+        self.process.client.model, self.process.client.variant = model, variant
+
+    def running(self) -> bool:
+        return self.sched_state() is not None
+
+    def sched_state(self) -> str | None:
+        if self.stopping or self.releasing:
+            return sched.STOPPING
+        if self.starting:
+            return sched.STARTING
+        return _SCHED_STATE.get(self.process.state)
+
+    def slot(self) -> sched.Slot | None:
+        state = self.sched_state()
+        if state is None:
+            return None  # stopped or failed: holds nothing
+        return sched.Slot(self.slot_id, self.model.name, self.variant.ctx_size, self.vram_mb,
+                          state, self.in_flight, self.last_used, self.retired,
+                          capacity=self.model.parallel)
+
+    def refusing(self, policy: FailurePolicy, now: float) -> bool:
+        """FAILED and not due for its next try: requests get a fast 503."""
+        return (not self.running() and self.history.failed(policy)
+                and not self.history.may_start(policy, now))
+
+    def startable(self, policy: FailurePolicy, now: float) -> bool:
+        return self.running() or self.history.may_start(policy, now)
+
+    def describe(self, policy: FailurePolicy, now: float) -> dict[str, Any]:
+        d = self.process.describe()
+        h = self.history
+        retry = h.retry_at(policy)
+        d.update(engine=self.slot_id, in_flight=self.in_flight, vram_mb=self.vram_mb,
+                 retired=self.retired, crashes=self.crashes,
+                 failures={"consecutive": h.consecutive, "failed": h.failed(policy),
+                           "retry_in_s": round(max(0.0, retry - now), 1) if retry else 0.0,
+                           "last_error": h.last_error or None})
+        return d
+
+
+class Lease:
+    """The right to send one request to one engine; release it when the answer is relayed."""
+
+    def __init__(self, manager: EngineManager, record: EngineRecord) -> None:
+        self._manager = manager
+        self.record = record
+        self.process = record.process
+        self.client = record.process.client
+        self.released = False
+
+    @property
+    def base_url(self) -> str:
+        return self.process.base_url
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._manager.release(self.record)
