@@ -2,7 +2,9 @@
 with scripted raw text (harmony and <think>): what the client gets and what reaches the engine."""
 from __future__ import annotations
 
+import http.client as http_client
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,27 @@ def test_harmony_split_by_lkn_whole_and_streamed(tmp_path: Path, fake_binary: st
     assert usage.completion_tokens_details.reasoning_tokens == 9
     for body in sent(capture):
         assert body["reasoning_format"] == "none"  # the engine must not split for lkn
+
+
+def test_client_gone_mid_split_stream_closes_the_upstream(tmp_path: Path, fake_binary: str,
+                                                         gateway_factory: Any) -> None:
+    gw, _ = setup(tmp_path, fake_binary, gateway_factory, "<think>" + "hmm " * 200,
+                  args='"--fake-token-delay-s", 0.02')
+    conn = http_client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
+                 body=json.dumps({"model": "m", "messages": MSG, "stream": True}))
+    resp = conn.getresponse()
+    seen = [resp.fp.readline() for _ in range(6)]
+    assert any(b'"reasoning_content"' in line for line in seen)
+    resp.close()
+    conn.close()
+    proc = gw.call(gw.manager.processes)[0]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (gw.call(gw.manager.in_flight)
+                                           or "client went away" not in proc.logs.tail(50)):
+        time.sleep(0.05)
+    assert gw.call(gw.manager.in_flight) == 0
+    assert "fake: client went away mid-stream" in proc.logs.tail(50)
 
 
 def test_include_channels_and_separate_thinking_false(tmp_path: Path, fake_binary: str,

@@ -230,10 +230,14 @@ async def scripted(request: web.Request, body: dict) -> web.StreamResponse:
     chunks = [{"role": "assistant", "content": None}] + [
         {"content": text[i:i + ARGS.fake_text_cut]}
         for i in range(0, len(text), ARGS.fake_text_cut)]
-    for delta in chunks:
-        await asyncio.sleep(ARGS.fake_token_delay_s)
-        data = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]}
-        await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+    try:
+        for delta in chunks:
+            await asyncio.sleep(ARGS.fake_token_delay_s)
+            data = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]}
+            await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        print("fake: client went away mid-stream", flush=True)
+        raise
     last = {**base, "choices": [{"index": 0, "finish_reason": "stop", "delta": {}}]}
     await resp.write(f"data: {json.dumps(last)}\n\n".encode())
     if (body.get("stream_options") or {}).get("include_usage"):
