@@ -22,7 +22,7 @@ from .thinking import (LKN_FIELDS, StreamShaper, constrained, engine_body, set_c
                        set_reasoning_tokens, split_message)
 
 if TYPE_CHECKING:
-    from .engines.manager import Lease
+    from .engines.records import Lease
 
 log = logging.getLogger("lkn.thinking")
 HELPER_ERRORS = (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError, KeyError,
