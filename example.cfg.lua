@@ -83,6 +83,9 @@ models = {
                                 -- more wait in lkn's queue, where the scheduler orders them
     args = { "--threads", 2 },  -- extra llama-server arguments for every variant
     env = {},                   -- extra environment for the engine process
+    -- Who separates thinking from the answer: "engine" (llama-server does; the default),
+    -- "lkn" (the engine returns raw text, lkn splits <think> and harmony) or "none" (raw text).
+    reasoning = "engine",
     -- Context variants: lkn counts each request's tokens and starts the smallest variant that
     -- holds prompt + max_tokens; a running larger variant is reused instead of reloading.
     variants = {
@@ -117,5 +120,7 @@ models = {
   --                                -- (weights are backed up in pinned host RAM while asleep)
   --   stop_grace_s = 30,           -- SGLang's default: it drains, then frees GPU memory
   --   -- ctx_size above config.json's maximum: env = { SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN = "1" }
+  --   reasoning_parser = "qwen3",  -- SGLang's --reasoning-parser: then reasoning = "engine";
+  --                                -- without it the default is reasoning = "lkn"
   -- },
 }

@@ -13,8 +13,8 @@ from typing import Any
 
 from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, boolean, choice,
                             env_table, gpu_layers, hf_context_limit, integer, listen_list,
-                            model_file, number, parse_listen, port_range, resolve_model_file, show,
-                            string, strings)
+                            model_file, number, parse_listen, port_range, reasoning_mode,
+                            resolve_model_file, show, string, strings)
 from .errors import ConfigError
 from .luaload import load_lua_tables
 
@@ -70,7 +70,9 @@ class ModelConfig:
     parallel: int = 1
     default_max_tokens: int = 512
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
+    reasoning: str = "engine"
     # SGLang specifics
+    reasoning_parser: str | None = None  # SGLang's --reasoning-parser, for reasoning = "engine"
     python: str | None = None
     tokenizer_path: str | None = None
     mem_fraction_static: float | None = None
@@ -269,6 +271,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     homeostasis = (server.homeostasis if homeo is None else
                    _homeostasis(t.key("homeostasis"), homeo, server.homeostasis))
     sleep = t.get("sleep_when_idle_s", number(0.0), None)
+    reasoning, parser = reasoning_mode(t, engine)
     model = ModelConfig(
         name=name,
         engine=engine,
@@ -281,6 +284,8 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         parallel=t.get("parallel", integer(1), 1),
         default_max_tokens=t.get("default_max_tokens", integer(1), 512),
         homeostasis=homeostasis,
+        reasoning=reasoning,
+        reasoning_parser=parser,
         python=t.get("python", string, None),
         tokenizer_path=t.get("tokenizer_path", string, None),
         mem_fraction_static=t.get("mem_fraction_static", number(0.01, 1.0), None),

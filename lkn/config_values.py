@@ -215,3 +215,23 @@ def allows_longer_context(env: tuple[tuple[str, str], ...]) -> bool:
     """The model's ``env`` (else lkn's own environment, which the engine inherits) opts in."""
     value = dict(env).get(ALLOW_LONGER_CONTEXT, os.environ.get(ALLOW_LONGER_CONTEXT, ""))
     return value.lower() in _TRUE
+
+
+# Who separates thinking from the answer (see lkn/thinking.py): the engine, lkn, or nobody.
+REASONING_MODES = ("engine", "lkn", "none")
+
+
+def reasoning_mode(t: Table, engine: str) -> tuple[str, str | None]:
+    """The default lets whoever can split do it: llama-server always can (its reasoning format
+    is chosen by the chat template), SGLang only with a named ``reasoning_parser``."""
+    parser = t.get("reasoning_parser", string, None)
+    if parser is not None and engine != "sglang":
+        raise ConfigError(f"{t.key('reasoning_parser')}: only SGLang takes a reasoning parser "
+                          f"(llama-server picks its own from the chat template)")
+    default = "lkn" if engine == "sglang" and parser is None else "engine"
+    mode = t.get("reasoning", choice(REASONING_MODES), default)
+    if mode == "engine" and engine == "sglang" and parser is None:
+        raise ConfigError(f"{t.key('reasoning')}: SGLang separates thinking only with a "
+                          f"reasoning_parser (e.g. \"qwen3\", \"deepseek-r1\", \"gpt-oss\"); "
+                          f"set one, or use reasoning = \"lkn\"")
+    return mode, parser

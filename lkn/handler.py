@@ -22,10 +22,12 @@ from .engines.manager import EngineManager
 from .engines.records import Demand, Lease
 from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, LknError, ModelNotFound,
                      UpstreamError)
-from .homeostat import request_overrides, with_reasoning, with_verify_prompt
+from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
+                        without_reasoning)
 from .metrics import Metrics
 from .selector import explicit_answer_budget
 from .sse import DONE, SSEParser, frame, frame_json
+from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt, local_source
 from .validate import VALIDATORS, parse_json_object
 
@@ -178,6 +180,8 @@ class RequestHandler:
         log.info("probe model=%s entropy=%.4f threshold=%.2f mode=%s probe_ms=%.1f",
                  model.name, entropy, settings.threshold, mode, elapsed * 1000)
         if mode != probe_math.ANALYTIC or settings.intervention == "none":
+            if settings.intervention == "reasoning" and route == "chat":
+                body = without_reasoning(body)  # thinking only where the probe asks for it
             return body, lease, model
         headers["x-lkn-intervention"] = settings.intervention
         m.interventions.inc(model.name, settings.intervention)
@@ -201,7 +205,8 @@ class RequestHandler:
         s = self.state.cfg.server
         client = lease.client
         stream = bool(body.get("stream")) and route != "embeddings"
-        payload = client.prepare_body(route, body)
+        thinking = ThinkingRelay(route, body, lease, self.state.session)
+        payload = thinking.prepare(client.prepare_body(route, body))
         url = lease.base_url + client.upstream_path(route)
         timeout = aiohttp.ClientTimeout(
             total=None if stream else s.request_timeout_s, sock_connect=10,
@@ -233,13 +238,14 @@ class RequestHandler:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
-                return web.Response(body=raw, status=upstream.status,
+                return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
-            return await self._relay_stream(request, upstream, lease, headers, started)
+            return await self._relay_stream(request, upstream, lease, headers, started, thinking)
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
-                            started: float) -> web.StreamResponse:
+                            started: float,
+                            thinking: ThinkingRelay | None = None) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -250,7 +256,8 @@ class RequestHandler:
         failure: str | None = None
         model = headers.get("x-lkn-model", "")
         try:
-            async for chunk in upstream.content.iter_any():
+            source = upstream.content.iter_any()
+            async for chunk in thinking.stream(source) if thinking is not None else source:
                 for event in parser.feed(chunk):
                     if event.comment:
                         await resp.write(b": ping\n\n")  # keep proxies and clients patient

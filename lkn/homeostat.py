@@ -3,6 +3,9 @@
 - ``verify_prompt``: a verification instruction as a system message, merged into an existing
   system message or inserted first; for ``/v1/completions`` the prompt is prefixed;
 - ``reasoning``: turn the engine's thinking on and raise the reasoning effort for this request;
+  a FLUID request of such a model gets thinking turned off (``without_reasoning``), so only
+  ANALYTIC requests pay for it. Either way the client gets a clean answer: thinking is split
+  off by the engine or by lkn (``thinking``);
 - ``escalate``: serve the request with another model (decided by the handler, not a rewrite).
 """
 from __future__ import annotations
@@ -42,6 +45,17 @@ def with_reasoning(body: dict[str, Any], effort: str) -> dict[str, Any]:
     kwargs = dict(out.get("chat_template_kwargs") or {})
     kwargs.update(enable_thinking=True, reasoning_effort=effort)
     out["chat_template_kwargs"] = kwargs
+    return out
+
+
+def without_reasoning(body: dict[str, Any]) -> dict[str, Any]:
+    """Thinking off, unless the client asked for it itself."""
+    kwargs = body.get("chat_template_kwargs")
+    if body.get("reasoning_effort") is not None or body.get("reasoning") is not None or (
+            isinstance(kwargs, dict) and "enable_thinking" in kwargs):
+        return body
+    out = copy.deepcopy(body)
+    out["chat_template_kwargs"] = {**(kwargs or {}), "enable_thinking": False}
     return out
 
 

@@ -171,6 +171,15 @@ def count_locally(path: str, kind: str, route: str, body: dict[str, Any]) -> int
     return tok.count_text(str(prompt))
 
 
+def generation_prompt(path: str, kind: str, kwargs: dict[str, Any]) -> str:
+    """What the local chat template writes for a one-message conversation (blocking)."""
+    tok = local_tokenizer(path, kind)
+    if not tok.template:
+        raise ValueError(f"{path} has no chat template")
+    return _render_template(tok.template, [{"role": "user", "content": "Hi"}], bos=tok.bos,
+                            eos=tok.eos, extra=kwargs)
+
+
 LiveCounter = Callable[[], Awaitable[int]]
 
 

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from .errors import BadRequest
+from .validate_formats import check_reasoning_fields, check_response_format
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -69,6 +70,7 @@ def _check_common(body: dict[str, Any]) -> None:
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise BadRequest("'stream_options' must be an object", param="stream_options")
+    check_response_format(body)
 
 
 def validate_chat(body: dict[str, Any]) -> None:
@@ -96,6 +98,7 @@ def validate_chat(body: dict[str, Any]) -> None:
     if top is not None and (not _is_int(top) or top < 0):
         raise BadRequest(f"'top_logprobs' must be a non-negative integer, got {top!r}",
                          param="top_logprobs")
+    check_reasoning_fields(body)
 
 
 def validate_completions(body: dict[str, Any]) -> None:

@@ -137,3 +137,32 @@ def test_check_config_cli_exit_status(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text('models = { { name = "m", ctx_size = "big", model_file = "/x" } }')
     assert main(["check-config", str(bad)]) == 1
     assert 'models[1].ctx_size: must be a positive integer, got "big"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ('', ("engine", None)),
+    ('reasoning = "lkn"', ("lkn", None)),
+    ('engine = "sglang"', ("lkn", None)),
+    ('engine = "sglang", reasoning_parser = "qwen3"', ("engine", "qwen3")),
+    ('engine = "sglang", reasoning_parser = "gpt-oss", reasoning = "none"', ("none", "gpt-oss")),
+])
+def test_reasoning_mode_defaults_to_whoever_can_split(tmp_path: Path, fields: str,
+                                                      expected: tuple[str, str | None]) -> None:
+    cfg = write_config(tmp_path, f'models = {{ {{ name = "m", ctx_size = 512, {MODEL}, '
+                                 f'{fields} }} }}\n')
+    assert (cfg.models[0].reasoning, cfg.models[0].reasoning_parser) == expected
+
+
+@pytest.mark.parametrize("fields, message", [
+    ('reasoning = "model"', 'models[1].reasoning: must be one of engine, lkn, none, got "model"'),
+    ('reasoning_parser = "qwen3"', 'models[1].reasoning_parser: only SGLang takes a reasoning '
+     'parser (llama-server picks its own from the chat template)'),
+    ('engine = "sglang", reasoning = "engine"', 'models[1].reasoning: SGLang separates thinking '
+     'only with a reasoning_parser (e.g. "qwen3", "deepseek-r1", "gpt-oss"); set one, or use '
+     'reasoning = "lkn"'),
+])
+def test_reasoning_config_errors(tmp_path: Path, fields: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, f'models = {{ {{ name = "m", ctx_size = 512, {MODEL}, '
+                               f'{fields} }} }}\n')
+    assert str(info.value) == message

@@ -109,6 +109,17 @@ class EngineClient(ABC):
                     body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
         """Generate ``n_tokens`` with top-k logprobs and the request's own sampling settings."""
 
+    async def opens_think(self, session: aiohttp.ClientSession, base_url: str,
+                          body: dict[str, Any]) -> bool:
+        """Whether the chat template's generation prompt opens a ``<think>`` block (the output
+        then holds only ``</think>``). Unknown is False."""
+        return False
+
+    async def count_text_tokens(self, session: aiohttp.ClientSession, base_url: str,
+                                text: str) -> int | None:
+        """Tokens of a piece of output text (no BOS); None where the engine cannot say."""
+        return None
+
     def normalize_error(self, status: int, raw: bytes) -> dict[str, Any]:
         """The engine's error body as ``{"error": {message, type, param, code, source}}``."""
         try:

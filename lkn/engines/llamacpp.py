@@ -9,6 +9,7 @@ Facts that shape it (llama.cpp as of late 2026):
 """
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
@@ -37,6 +38,10 @@ class LlamaCppEngine(EngineClient):
     # builds: "server is listening on ... - starting the main loop").
     ready_markers = ("model loaded", "listening on http")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._opens_think: dict[str, bool] = {}  # by the template arguments that shape it
+
     def argv(self, port: int) -> list[str]:
         v = self.variant
         argv = [self.model.binary or default_binary(),
@@ -50,6 +55,8 @@ class LlamaCppEngine(EngineClient):
             argv += ["--cache-type-k", v.cache_type, "--cache-type-v", v.cache_type]
         if self.model.embeddings:
             argv.append("--embeddings")
+        if self.model.reasoning != "engine":
+            argv += ["--reasoning-format", "none"]  # raw text: lkn splits, or nobody does
         return argv + list(v.args)
 
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
@@ -89,6 +96,29 @@ class LlamaCppEngine(EngineClient):
             return len(prompt)
         async with session.post(f"{base_url}/tokenize",
                                 json={"content": prompt, "add_special": True,
+                                      "parse_special": True},
+                                timeout=HELPER_TIMEOUT) as resp:
+            return len((await read_json(resp))["tokens"])
+
+    async def opens_think(self, session: aiohttp.ClientSession, base_url: str,
+                          body: dict[str, Any]) -> bool:
+        # The generation prompt depends on the template and its arguments, not on the
+        # conversation: one /apply-template per engine and argument set.
+        payload = {k: body[k] for k in ("chat_template_kwargs", "reasoning_effort") if k in body}
+        key = json.dumps(payload, sort_keys=True)
+        if key not in self._opens_think:
+            payload["messages"] = [{"role": "user", "content": "Hi"}]
+            async with session.post(f"{base_url}/apply-template", json=payload,
+                                    timeout=HELPER_TIMEOUT) as resp:
+                prompt = (await read_json(resp))["prompt"]
+            self._opens_think[key] = isinstance(prompt, str) and \
+                prompt.rstrip().endswith("<think>")
+        return self._opens_think[key]
+
+    async def count_text_tokens(self, session: aiohttp.ClientSession, base_url: str,
+                                text: str) -> int | None:
+        async with session.post(f"{base_url}/tokenize",
+                                json={"content": text, "add_special": False,
                                       "parse_special": True},
                                 timeout=HELPER_TIMEOUT) as resp:
             return len((await read_json(resp))["tokens"])

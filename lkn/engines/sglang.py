@@ -24,11 +24,13 @@ Facts that shape it, checked against the sglang 0.5.23 wheel (paths below are un
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from typing import Any
 
 import aiohttp
 
+from ..tokens import generation_prompt
 from .base import (EngineClient, EngineCrashed, EngineRequestError, ProbeResult, Readiness,
                    read_json)
 
@@ -63,6 +65,7 @@ class SGLangEngine(EngineClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._has_ready: bool | None = None  # learned from the first /ready answer
+        self._opens_think: dict[str, bool] = {}
 
     @property
     def supports_sleep(self) -> bool:  # type: ignore[override]
@@ -82,6 +85,8 @@ class SGLangEngine(EngineClient):
             # engine computes with garbage (srt/model_executor/model_runner_components/
             # load_model_utils.py, srt/utils/torch_memory_saver_adapter.py).
             argv += ["--enable-memory-saver", "--enable-weights-cpu-backup"]
+        if m.reasoning == "engine" and m.reasoning_parser:
+            argv += ["--reasoning-parser", m.reasoning_parser]
         return argv + list(v.args)
 
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
@@ -132,6 +137,31 @@ class SGLangEngine(EngineClient):
         if not isinstance(count, int):
             raise EngineRequestError("SGLang /tokenize answered without a count")
         return count
+
+    async def opens_think(self, session: aiohttp.ClientSession, base_url: str,
+                          body: dict[str, Any]) -> bool:
+        # SGLang renders no template as text over HTTP; the model directory's own template is
+        # what it applies (unless its args name another with --chat-template).
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        key = json.dumps(kwargs, sort_keys=True)
+        if key not in self._opens_think:
+            path = self.model.tokenizer_path or self.variant.model_file
+            try:
+                prompt = await asyncio.to_thread(generation_prompt, path, "hf", kwargs)
+            except Exception as exc:  # missing files or packages, template errors: all "unknown"
+                raise EngineRequestError(f"cannot render the chat template in {path}: "
+                                         f"{exc}") from None
+            self._opens_think[key] = prompt.rstrip().endswith("<think>")
+        return self._opens_think[key]
+
+    async def count_text_tokens(self, session: aiohttp.ClientSession, base_url: str,
+                                text: str) -> int | None:
+        payload = {"model": self.served_model_name(), "prompt": text,
+                   "add_special_tokens": False}
+        async with session.post(f"{base_url}/tokenize", json=payload,
+                                timeout=HELPER_TIMEOUT) as resp:
+            count = (await read_json(resp)).get("count")
+        return count if isinstance(count, int) else None
 
     # ---- probe
     async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,

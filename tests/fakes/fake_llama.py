@@ -20,6 +20,9 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-probe-error        answer requests with max_tokens=1 (the probe) with HTTP 500
   --fake-probe-delay-s S    delay answers to max_tokens=1 requests
   --fake-capture FILE       append every request body received (JSON lines)
+  --fake-text FILE          answer with this file's text (raw, as with --reasoning-format none),
+                            streamed in pieces of --fake-text-cut characters (default 3)
+  --fake-opens-think        the chat template's generation prompt ends with "<think>\n"
   --fake-malformed-logprobs top-logprob entries carry "logprob": null (a broken engine build)
   --fake-drop-reused        close a keep-alive connection when a second /v1 request arrives on
                             it, unanswered (llama-server dropping an idle connection just then)
@@ -59,6 +62,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-probe-error", action="store_true")
     p.add_argument("--fake-probe-delay-s", type=float, default=0.0)
     p.add_argument("--fake-capture", default=None)
+    p.add_argument("--fake-text", default=None)
+    p.add_argument("--fake-text-cut", type=int, default=3)
+    p.add_argument("--fake-opens-think", action="store_true")
     p.add_argument("--fake-malformed-logprobs", action="store_true")
     p.add_argument("--fake-drop-reused", action="store_true")
     args, _unknown = p.parse_known_args()
@@ -106,7 +112,7 @@ async def props(request: web.Request) -> web.Response:
 
 def render(messages: list[dict]) -> str:
     return "".join(f"<|{m.get('role')}|>{m.get('content') or ''}\n" for m in messages) + \
-        "<|assistant|>"
+        "<|assistant|>" + ("<think>\n" if ARGS.fake_opens_think else "")
 
 
 async def apply_template(request: web.Request) -> web.Response:
@@ -149,6 +155,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     chat = request.path.endswith("chat/completions")
     if chat and "messages" not in body:
         return err(400, "'messages' is required", "invalid_request_error")
+    if ARGS.fake_text and chat and body.get("max_tokens") != 1:  # probes get logprobs
+        return await scripted(request, body)
     n = int(body.get("max_tokens") or ARGS.fake_tokens)
     n = min(n, ARGS.fake_tokens)
     if body.get("max_tokens") == 1:
@@ -201,6 +209,40 @@ async def generate(request: web.Request) -> web.StreamResponse:
                                                 "delta": {}} if chat else
                                                {"index": 0, "finish_reason": "stop", "text": ""}]}
     await resp.write(f"data: {json.dumps(last)}\n\n".encode())
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+async def scripted(request: web.Request, body: dict) -> web.StreamResponse:
+    """The --fake-text answer: whole, or streamed cut into pieces (tags cut too)."""
+    with open(ARGS.fake_text, encoding="utf-8") as f:
+        text = f.read()
+    base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model"),
+            "object": "chat.completion.chunk"}
+    usage = {"prompt_tokens": 5, "completion_tokens": len(text.split()),
+             "total_tokens": 5 + len(text.split())}
+    if not body.get("stream"):
+        return web.json_response({**base, "object": "chat.completion", "usage": usage,
+                                  "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                      "role": "assistant", "content": text}}]})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    chunks = [{"role": "assistant", "content": None}] + [
+        {"content": text[i:i + ARGS.fake_text_cut]}
+        for i in range(0, len(text), ARGS.fake_text_cut)]
+    try:
+        for delta in chunks:
+            await asyncio.sleep(ARGS.fake_token_delay_s)
+            data = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]}
+            await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        print("fake: client went away mid-stream", flush=True)
+        raise
+    last = {**base, "choices": [{"index": 0, "finish_reason": "stop", "delta": {}}]}
+    await resp.write(f"data: {json.dumps(last)}\n\n".encode())
+    if (body.get("stream_options") or {}).get("include_usage"):
+        tail = {**base, "choices": [], "usage": usage}
+        await resp.write(f"data: {json.dumps(tail)}\n\n".encode())
     await resp.write(b"data: [DONE]\n\n")
     return resp
 

@@ -29,7 +29,8 @@ decisions themselves are in ``fake_sglang_rules.py``, each naming its source fil
 Fault flags: --fake-load-s, --fake-warmup-s, --fake-health-delay-s, --fake-no-ready,
 --fake-crash-before-ready CODE, --fake-ignore-sigterm, --fake-escaped-child PIDFILE,
 --fake-children PIDFILE (writes the scheduler/detokenizer pids), --fake-capture FILE,
---fake-token-delay-s (per generated token, so a request can be kept in flight).
+--fake-token-delay-s (per generated token, so a request can be kept in flight),
+--fake-text FILE (chat answers are this file's raw text, streamed 3 characters a chunk).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ import fake_sglang_rules as rules
 from fake_sglang_model import (ARGS, CHAT_DEFAULTS, CTX, DERIVED_CTX, NAME, NAMED_TEMPLATE, STATE,
                                capture, chat_logprobs, encode_chat, encode_text, not_serving,
                                openai_error, render, run_tokens, words)
+
 
 def die(reason: str) -> None:
     """managers/scheduler.py ``run_scheduler_process``: an exception in the scheduler sends
@@ -203,6 +205,9 @@ async def openai_generate(request: web.Request) -> web.StreamResponse:
             f"completion to fit within the limit."))
     n = int(max_new or 8)
     out = words(n)
+    if chat and ARGS.fake_text:
+        text = Path(ARGS.fake_text).read_text(encoding="utf-8")
+        out = [text[i:i + 3] for i in range(0, len(text), 3)]
     base = {"id": "cmpl-fake", "created": int(time.time()), "model": NAME}
     usage = {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
     if not body.get("stream"):

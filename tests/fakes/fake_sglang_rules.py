@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None)
     p.add_argument("--chat-template", default=None)
     p.add_argument("--skip-server-warmup", action="store_true")
+    p.add_argument("--reasoning-parser", default=None)
     p.add_argument("--fake-load-s", type=float, default=0.0)
     p.add_argument("--fake-warmup-s", type=float, default=0.0)
     p.add_argument("--fake-health-delay-s", type=float, default=0.0)
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fake-children", default=None)
     p.add_argument("--fake-capture", default=None)
     p.add_argument("--fake-token-delay-s", type=float, default=0.0)
+    p.add_argument("--fake-text", default=None)  # chat answers: this file's text, 3 chars a chunk
     return p
 
 
