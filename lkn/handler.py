@@ -32,6 +32,7 @@ from .tokens import count_prompt, local_source
 from .validate import VALIDATORS, parse_json_object
 
 log = logging.getLogger("lkn.handler")
+RECONNECT_WINDOW_S = 0.5  # a pooled connection the engine closed fails at once, not later
 
 
 @dataclass
@@ -212,9 +213,12 @@ class RequestHandler:
             total=None if stream else s.request_timeout_s, sock_connect=10,
             sock_read=s.stream_idle_timeout_s if stream else None)
         try:
+            sent = time.monotonic()
             try:
                 upstream = await self.state.session.post(url, json=payload, timeout=timeout)
             except aiohttp.ServerDisconnectedError:
+                if time.monotonic() - sent > RECONNECT_WINDOW_S:
+                    raise  # the engine had the request and died on it: never run it twice
                 # The engine closed a pooled keep-alive connection just as it was reused
                 # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
                 # fresh connection.

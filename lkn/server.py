@@ -217,8 +217,13 @@ class Reloader:
                 return False
             if new.server.listen != state.cfg.server.listen:
                 log.warning("reload: listen addresses changed; that takes a restart")
+            try:
+                state.manager.reload(new)
+            except Exception as exc:  # a bug of ours: keep serving, and say so
+                state.last_reload_error = f"internal error applying the config: {exc!r}"
+                log.exception("reload of %s failed while applying it", path)
+                return False
             state.cfg = new
-            state.manager.reload(new)
             state.reloads += 1
             state.last_reload_error = None
             log.info("reloaded %s: %d models (config generation %d)", path, len(new.models),

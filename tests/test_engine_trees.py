@@ -83,7 +83,8 @@ def test_engines_never_outlive_a_sigkilled_lkn(tmp_path: Path, fake_binary: str)
     with lkn_daemon(path, port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as (lkn,
                                                                                         client):
         assert client.chat.completions.create(model="a", messages=MSG).choices
-        [leader] = [p.pid for p in psutil.Process(lkn.pid).children()]
+        [leader] = [p.pid for p in psutil.Process(lkn.pid).children()
+                    if "fake_llama.py" in " ".join(p.cmdline())]
         tree = [leader, int(pidfile.read_text()),
                 *map(int, Path(f"{pidfile}.children").read_text().split())]
         state_files = list((tmp_path / "state").glob("engines-*.json"))

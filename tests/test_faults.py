@@ -82,7 +82,7 @@ def test_a_crashed_engine_restarts_on_demand(tmp_path: Path, fake_binary: str,
                                              gateway_factory: Any) -> None:
     path = tmp_path / "lkn.cfg.lua"
     path.write_text(two_variants(fake_binary, "", tmp=tmp_path).replace(
-        'default_max_tokens = 16,', 'default_max_tokens = 16, args = { "--fake-crash-after-s", 0.5 },'))
+        'default_max_tokens = 16,', 'default_max_tokens = 16, args = { "--fake-crash-after-s", 2 },'))
     gw: Gateway = gateway_factory(load_config(str(path)))
     assert chat(gw, "m").status_code == 200
     deadline = time.monotonic() + 10

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -166,3 +168,20 @@ async def test_the_engines_own_ready_line_wakes_the_health_poll(fake_binary: str
         assert "listening on http://127.0.0.1" in proc.logs.tail(20)
         assert proc._ready_hint.is_set()  # the poll was woken by the line, not by its interval
         await proc.stop()
+
+
+async def test_a_log_that_cannot_be_written_never_breaks_the_engine(fake_binary: str) -> None:
+    """A full disk (here /dev/full) must not leave a crashed engine marked ready."""
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session)
+        proc.logs.path = "/dev/full"
+        await proc.ensure_ready()
+        assert proc.state is State.READY
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while proc.state is State.READY and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert proc.state is State.FAILED and "exited unexpectedly" in proc.last_error
+        assert "starting -> ready" in proc.logs.tail(50)  # the ring kept what the file could not
+        await proc.stop()
+        assert proc.state is State.STOPPED

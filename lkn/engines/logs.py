@@ -7,9 +7,13 @@ before ready is reported with its log tail); the file keeps everything for the o
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import os
 import time
 from typing import IO
+
+log = logging.getLogger("lkn.engine")
 
 
 class LogRing:
@@ -17,19 +21,29 @@ class LogRing:
         self.name = name
         self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
         self._file: IO[str] | None = None
+        self._broken = False
         self.path: str | None = None
         if log_dir:
             safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
             self.path = os.path.join(log_dir, f"{safe}.log")
 
     def append(self, line: str) -> None:
+        """Never raises: the ring sits on every state change of the engine, and a full disk
+        must not leave an engine marked ready with a dead pid."""
         line = line.rstrip("\n")
         self._lines.append(line)
-        if self.path is not None:
+        if self.path is None or self._broken:
+            return
+        try:
             if self._file is None:  # opened while the engine runs, closed when it stops
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8", buffering=1)
             self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+        except (OSError, ValueError) as exc:
+            self._broken = True  # keep the ring; stop copying to the file until the next run
+            log.error("engine log %s: cannot write (%s); keeping the last lines in memory only",
+                      self.path, exc)
+            self.close()
 
     def mark(self, event: str) -> None:
         self.append(f"--- lkn: {event} ---")
@@ -40,5 +54,10 @@ class LogRing:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
+
+    def reopen(self) -> None:
+        """A new run of the engine: try the file again."""
+        self._broken = False

@@ -148,7 +148,9 @@ class EngineManager:
                 old = self._active.get(key)
                 fresh = self._client_factory(model, variant)
                 if old is not None and old.identity == engine_identity(fresh):
-                    old.adopt(model, variant, self._vram(model, variant))
+                    old.adopt(model, variant, self._vram(model, variant),
+                              start_timeout_s=cfg.server.engine_start_timeout_s,
+                              stop_grace_s=cfg.server.stop_grace_s)
                     active[key] = old
                 else:
                     active[key] = self._new_record(model, variant)
@@ -335,6 +337,8 @@ class EngineManager:
                 self._supervise(self._run_start(record), record, "start")
             elif isinstance(action, sched.Stop):
                 record = by_id[action.key]
+                if record.stop_retry_at > now:
+                    continue  # its last stop failed: not again in a tight loop (timer below)
                 record.stopping = True
                 self._supervise(self._run_stop(record, action.reason), record, "stop")
         self._arm_timer(now)
@@ -358,6 +362,7 @@ class EngineManager:
         waiting = {o.key for p in self._pending.values() for o in p.waiter.options}
         due += [r.history.retry_at(self.policy) for r in self.records()
                 if r.slot_id in waiting and not r.running()]
+        due += [r.stop_retry_at for r in self.records()]
         due = [t for t in due if t > now]
         if due:
             self._timer = asyncio.get_running_loop().call_later(min(due) - now + 0.001,
@@ -384,6 +389,9 @@ class EngineManager:
         log.error("engine %s: unexpected error in %s: %r", record.key, what, exc, exc_info=exc)
         self.unexpected.append(f"{record.slot_id} {what}: {exc!r}")
         record.starting = record.stopping = record.releasing = False
+        if what == "stop":
+            record.stop_retry_at = self._clock() + min(
+                self.policy.cap_s, self.policy.base_s * 2 ** min(record.history.consecutive, 8))
         record.history = record_failure(record.history, f"{what} failed: {exc!r}",
                                         self._clock())
         self._fail_waiters_of(record, f"engine {record.key}: {what} failed: {exc!r}")
@@ -408,6 +416,10 @@ class EngineManager:
     async def _run_start(self, record: EngineRecord) -> None:
         proc = record.process
         waking = proc.state is State.ASLEEP
+        if record.retired or self._closing:  # retired between the decision and this task
+            record.starting = False
+            self.kick()
+            return
         try:
             if not waking:
                 self.starts += 1
@@ -485,13 +497,18 @@ class EngineManager:
                         self.in_flight(), drain_s)
         if self._timer is not None:
             self._timer.cancel()
-        await asyncio.gather(*(r.process.stop() for r in self.records()),
-                             return_exceptions=True)
+        stops = await asyncio.gather(*(r.process.stop() for r in self.records()),
+                                     return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for r in self.records():
             r.process.logs.close()
-        if self._registry is not None:
+        failed = [r.key for r, result in zip(self.records(), stops)
+                  if isinstance(result, BaseException)]
+        if failed:  # the state file stays: the next lkn sweeps what could not be stopped
+            log.error("shutdown: could not stop %s: %s", ", ".join(failed),
+                      [str(x) for x in stops if isinstance(x, BaseException)])
+        elif self._registry is not None:
             self._registry.close()
 

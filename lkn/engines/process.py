@@ -95,18 +95,26 @@ Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 StateCallback = Callable[["EngineProcess", "State"], None]
 
 
+def _find_prctl() -> Any:
+    # Looked up here, in lkn: a dlopen in the forked child of a threaded process can deadlock.
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
 def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the forked child
     """In the child, before exec: the kernel SIGKILLs it when lkn dies, however lkn dies."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # lkn died between fork and prctl
         os._exit(1)
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    return functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
+    return functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None
 
 
 class EngineProcess:
@@ -169,11 +177,24 @@ class EngineProcess:
             if self.state is State.ASLEEP:
                 await self._wake()
                 return
-            await self._start()
+            if self._abort:  # a stop() is waiting for the lock: it wins
+                raise EngineStartError("start aborted: lkn is stopping this engine")
+            try:
+                await self._start()
+            except BaseException:
+                self._settle_failed()
+                raise
+
+    def _settle_failed(self) -> None:
+        """Whatever went wrong, a process never stays STARTING or STOPPING with nobody
+        working on it: the manager would count it as busy for good."""
+        if self.state in (State.STARTING, State.STOPPING):
+            self.last_error = self.last_error or "lkn lost track of this engine's start or stop"
+            self._set_state(State.FAILED, "unexpected error")
 
     async def _start(self) -> None:
-        self._abort = False
         self._ready_hint.clear()
+        self.logs.reopen()
         self.port = self._ports.acquire()
         argv = self.client.argv(self.port)
         self.logs.mark("start: " + " ".join(argv))
@@ -273,6 +294,15 @@ class EngineProcess:
                 self._ready_hint.set()
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            await self._watch_exit(proc)
+        except Exception:  # nobody awaits this task: say so, and never stay READY for a corpse
+            log.exception("engine %s: watching the process failed", self.key)
+            if self.proc is proc and self.state in (State.READY, State.ASLEEP):
+                self.last_error = "engine exited; lkn could not clean up after it"
+                self._set_state(State.FAILED, self.last_error)
+
+    async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         code = await _wait_exit(proc)
         async with self._lock:
             if self.proc is not proc or self.state not in (State.READY, State.ASLEEP):
@@ -292,16 +322,23 @@ class EngineProcess:
     async def stop(self) -> None:
         """Stop the engine (aborting a start in progress) and wait until its tree is gone."""
         self._abort = True
-        async with self._lock:
-            if self.proc is None or self.state in (State.STOPPED, State.FAILED):
-                if self.state is State.FAILED:
-                    self._set_state(State.STOPPED, "reset")
-                    self.logs.close()
-                return
-            self._set_state(State.STOPPING)
-            await self._terminate()
-            self._set_state(State.STOPPED)
-            self.logs.close()
+        try:
+            async with self._lock:
+                if self.proc is None or self.state in (State.STOPPED, State.FAILED):
+                    if self.state is State.FAILED:
+                        self._set_state(State.STOPPED, "reset")
+                        self.logs.close()
+                    return
+                self._set_state(State.STOPPING)
+                try:
+                    await self._terminate()
+                except BaseException:
+                    self._settle_failed()
+                    raise
+                self._set_state(State.STOPPED)
+                self.logs.close()
+        finally:
+            self._abort = False
 
     async def _terminate(self) -> None:
         """SIGTERM to the process group, grace, SIGKILL, wait; then kill the rest of the tree."""

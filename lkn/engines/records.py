@@ -58,6 +58,7 @@ class EngineRecord:
         self.starting = False    # a start (or wake) task of the manager is running
         self.stopping = False    # a stop task is running
         self.releasing = False   # memory is being released (sleep): no grants meanwhile
+        self.stop_retry_at = 0.0  # after a stop that failed unexpectedly: not before this
         self.history = FailureHistory()
         self.crashes = 0
 
@@ -71,10 +72,15 @@ class EngineRecord:
         """Unique for the manager's lifetime: the scheduler's name for this engine."""
         return f"{self.key}#{self.id}"
 
-    def adopt(self, model: ModelConfig, variant: VariantConfig, vram_mb: int) -> None:
-        """A reload kept this engine (same identity): take the new spec's other settings."""
+    def adopt(self, model: ModelConfig, variant: VariantConfig, vram_mb: int, *,
+              start_timeout_s: float, stop_grace_s: float) -> None:
+        """A reload kept this engine (same identity): take the new spec's other settings,
+        the process's timeouts included (read at its next start or stop)."""
         self.model, self.variant, self.vram_mb = model, variant, vram_mb
-        self.process.client.model, self.process.client.variant = model, variant
+        client = self.process.client
+        client.model, client.variant = model, variant
+        self.process.start_timeout_s = start_timeout_s
+        self.process.stop_grace_s = client.stop_grace_s(stop_grace_s)
 
     def running(self) -> bool:
         return self.sched_state() is not None
