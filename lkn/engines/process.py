@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
-import functools
 import logging
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from typing import Any, Awaitable, Callable
 
 import aiohttp
-import psutil
 
 from .base import EngineClient
 from .logs import LogRing
+from .proctree import (PortError, PortPool, die_with_parent, kill_survivors, process_tree,
+                       signal_group, wait_exit)
 from .registry import TAG_ENV, EngineRegistry, kill_tree_of
 
 log = logging.getLogger("lkn.engine")
@@ -42,8 +38,6 @@ log = logging.getLogger("lkn.engine")
 HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms ...
 FAST_POLL_S = 0.01    # ... and within ~10 ms during the first second (small models load fast)
 FAST_POLL_WINDOW_S = 1.0
-EXIT_POLL_S = 0.25    # how soon a leader's exit is noticed (see _wait_exit)
-PR_SET_PDEATHSIG = 1
 
 
 class State(enum.Enum):
@@ -59,62 +53,8 @@ class EngineStartError(Exception):
     """The engine did not become ready; the message carries the reason and its log tail."""
 
 
-class PortPool:
-    """Hands out free loopback ports from the configured range, never one of ours twice."""
-
-    def __init__(self, first: int, last: int) -> None:
-        self.first, self.last = first, last
-        self._held: set[int] = set()
-        self._next = first
-
-    def acquire(self) -> int:
-        span = self.last - self.first + 1
-        for i in range(span):
-            port = self.first + (self._next - self.first + i) % span
-            if port in self._held or not _port_free(port):
-                continue
-            self._held.add(port)
-            self._next = port + 1 if port < self.last else self.first
-            return port
-        raise EngineStartError(f"no free port in {self.first}-{self.last}")
-
-    def release(self, port: int) -> None:
-        self._held.discard(port)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 StateCallback = Callable[["EngineProcess", "State"], None]
-
-
-def _find_prctl() -> Any:
-    # Looked up here, in lkn: a dlopen in the forked child of a threaded process can deadlock.
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _find_prctl()
-
-
-def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the forked child
-    """In the child, before exec: the kernel SIGKILLs it when lkn dies, however lkn dies."""
-    _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # lkn died between fork and prctl
-        os._exit(1)
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    return functools.partial(_die_with_parent, os.getpid()) if _PRCTL is not None else None
 
 
 class EngineProcess:
@@ -195,7 +135,11 @@ class EngineProcess:
     async def _start(self) -> None:
         self._ready_hint.clear()
         self.logs.reopen()
-        self.port = self._ports.acquire()
+        try:
+            self.port = self._ports.acquire()
+        except PortError as exc:
+            self.last_error = str(exc)
+            raise EngineStartError(self.last_error) from None
         argv = self.client.argv(self.port)
         self.logs.mark("start: " + " ".join(argv))
         self.started_at = self._clock()
@@ -303,7 +247,7 @@ class EngineProcess:
                 self._set_state(State.FAILED, self.last_error)
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
-        code = await _wait_exit(proc)
+        code = await wait_exit(proc)
         async with self._lock:
             if self.proc is not proc or self.state not in (State.READY, State.ASLEEP):
                 return  # a stop we asked for
@@ -345,23 +289,23 @@ class EngineProcess:
         proc = self.proc
         if proc is None:
             return
-        tree = _process_tree(proc.pid)
+        tree = process_tree(proc.pid)
         if proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            if await _wait_exit(proc, self.stop_grace_s) is None:
+            signal_group(proc.pid, signal.SIGTERM)
+            if await wait_exit(proc, self.stop_grace_s) is None:
                 self.logs.mark(f"no exit {self.stop_grace_s:g}s after SIGTERM: SIGKILL")
-                _signal_group(proc.pid, signal.SIGKILL)
-                await _wait_exit(proc)
+                signal_group(proc.pid, signal.SIGKILL)
+                await wait_exit(proc)
         # Children that left the group (setsid) or outlived the leader: kill them by pid.
-        tree += [p for p in _process_tree(proc.pid) if p not in tree]
-        await asyncio.get_running_loop().run_in_executor(None, _kill_survivors, tree)
+        tree += [p for p in process_tree(proc.pid) if p not in tree]
+        await asyncio.get_running_loop().run_in_executor(None, kill_survivors, tree)
         await self._kill_tree(proc)
         await self._reap()
 
     async def _kill_tree(self, proc: asyncio.subprocess.Process) -> None:
         """After the leader exited: SIGKILL its group and everything carrying its tag."""
         tag = self._tag
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         if tag is not None:
             killed = await asyncio.get_running_loop().run_in_executor(None, kill_tree_of, tag,
                                                                       None)
@@ -421,53 +365,3 @@ class EngineProcess:
                 "start_seconds": (None if self.ready_seconds is None
                                   else round(self.ready_seconds, 3)),
                 "log": self.logs.path}
-
-
-async def _wait_exit(proc: asyncio.subprocess.Process,
-                     timeout: float | None = None) -> int | None:
-    """The leader's exit code once it exited (None after ``timeout``). ``proc.wait()`` alone is
-    not enough: it can also wait for the output pipe to close, which children that still hold
-    it delay forever, so the return code is polled as well."""
-    waiter = asyncio.ensure_future(proc.wait())
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while proc.returncode is None:
-            step = EXIT_POLL_S if deadline is None else min(EXIT_POLL_S,
-                                                            deadline - time.monotonic())
-            if step <= 0:
-                return None
-            await asyncio.wait({waiter}, timeout=step)
-        return proc.returncode
-    finally:
-        if not waiter.done():
-            waiter.cancel()
-
-
-def _process_tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # pragma: no cover - would mean the group is not ours
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _kill_survivors(tree: list[psutil.Process]) -> None:
-    alive = []
-    for p in tree:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                p.kill()
-                alive.append(p)
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
