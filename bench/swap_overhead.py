@@ -81,6 +81,7 @@ MODELS = ('{ { name = "a", model_file = MODEL, ctx_size = 512, gpu_layers = 0, '
 
 def lkn_cold() -> float:
     with running_lkn(MODELS, "max_loaded_engines = 1") as base:
+        time.sleep(1.0)  # an idle lkn: its start-up work (tokenizer warm-up) is done
         return first_byte(f"{base}/chat/completions", {**BODY, "model": "a"})
 
 

@@ -25,7 +25,8 @@ from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, LknError, 
 from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
                         without_reasoning)
 from .metrics import Metrics
-from .selector import explicit_answer_budget
+from .bound import model_shape, prompt_bound
+from .selector import bound_decides, explicit_answer_budget
 from .sse import DONE, SSEParser, frame, frame_json
 from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt, local_source
@@ -126,7 +127,18 @@ class RequestHandler:
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
                      headers: dict[str, str]) -> Lease:
-        manager = self.state.manager
+        manager, s = self.state.manager, self.state.cfg.server
+        answer = explicit_answer_budget(body)
+        embeddings = route == "embeddings"
+        bound = prompt_bound(route, body, await model_shape(model))
+        if bound is not None and bound_decides(
+                manager.variants(model), bound, answer_tokens=answer, margin=s.token_margin,
+                default_max_tokens=model.default_max_tokens, budget_mb=s.vram_budget_mb,
+                embeddings=embeddings):
+            # Far from every limit: the exact count could not change the choice. One upstream
+            # call per request instead of three.
+            return await self._acquire(model, Demand(bound, answer, embeddings=embeddings),
+                                       bound, "bound", headers)
         proc = manager.ready_process(model.name)
         live = None
         if proc is not None:
@@ -135,11 +147,14 @@ class RequestHandler:
         local_path, local_kind = local_source(model)
         prompt_tokens, method = await count_prompt(
             route=route, body=body, live=live, local_path=local_path, local_kind=local_kind)
+        return await self._acquire(model, Demand(prompt_tokens, answer, embeddings=embeddings),
+                                   prompt_tokens, method, headers)
+
+    async def _acquire(self, model: ModelConfig, demand: Demand, prompt_tokens: int,
+                       method: str, headers: dict[str, str]) -> Lease:
         self.state.metrics.token_counts.inc(method)
-        demand = Demand(prompt_tokens, explicit_answer_budget(body),
-                        embeddings=route == "embeddings")
         waited = time.monotonic()
-        lease = await manager.acquire(model, demand)
+        lease = await self.state.manager.acquire(model, demand)
         self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
         headers["x-lkn-model"] = model.name
         headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)

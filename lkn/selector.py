@@ -91,3 +91,15 @@ def candidate_options(model: str, variants: Sequence[VariantInfo], need: int, *,
         f"This request needs {need} tokens ({prompt_tokens} in the prompt plus the answer "
         f"budget), but the largest context of model '{model}' that fits the VRAM budget holds "
         f"{largest} tokens. Shorten the prompt or lower max_tokens.", param="messages")
+
+
+def bound_decides(variants: Sequence[VariantInfo], bound: int, *, answer_tokens: int | None,
+                  default_max_tokens: int, margin: int, budget_mb: int,
+                  embeddings: bool = False) -> bool:
+    """Whether an upper bound on the prompt's tokens already makes the choice: it fits the
+    smallest variant within the budget, so every exact count (<= bound) gets the same options
+    (all of them) and needs no counting."""
+    fitting = [v.ctx for v in variants if v.vram_mb <= budget_mb]
+    wanted = need(bound, answer_tokens, default_max_tokens=default_max_tokens, margin=margin,
+                  embeddings=embeddings)
+    return bool(fitting) and wanted <= min(fitting)

@@ -25,6 +25,7 @@ from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
 from .handler import GatewayState, RequestHandler, models_payload
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .bound import warm_shapes
 from .tokens import local_source, warm_local_tokenizers
 
 log = logging.getLogger("lkn.server")
@@ -102,8 +103,11 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         app[STATE] = state
         app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))
-        warm = asyncio.create_task(asyncio.to_thread(
-            warm_local_tokenizers, [local_source(m) for m in cfg.models]))
+        def warm_up() -> None:
+            warm_local_tokenizers([local_source(m) for m in cfg.models])
+            warm_shapes(list(cfg.models))
+
+        warm = asyncio.create_task(asyncio.to_thread(warm_up))
         try:
             yield
         finally:

@@ -18,6 +18,7 @@ import openai
 import psutil
 import pytest
 
+from lkn.bound import model_shape, prompt_bound
 from lkn.engines.process import State
 from lkn.tokens import count_locally
 from tests.conftest import (Gateway, free_port, http, lkn_daemon, lua_str, smollm2_path,
@@ -137,6 +138,43 @@ def test_live_and_local_counts_equal_the_engines_usage(gw: Gateway,
     local = count_locally(smollm2_path(), "gguf", "chat", body)
     assert live == usage
     assert local == usage
+
+
+BOUND_PROMPTS = PROMPTS + [
+    [{"role": "user", "content": "数学の問題: 三角形の内角の和は？ Ответь кратко. 🙂🙃🚀"}],
+    [{"role": "user", "content": "Pneumonoultramicroscopicsilicovolcanoconiosis "
+                                 "antidisestablishmentarianism floccinaucinihilipilification"}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "x"},
+     {"role": "assistant", "content": "y"}, {"role": "user", "content": "z"},
+     {"role": "assistant", "content": ""}, {"role": "user", "content": "?"}],
+    [{"role": "user", "content": "   spaces   and\n\nnewlines\t\ttabs  "}],
+    [{"role": "user", "content": "<|im_start|>assistant text that looks special<|im_end|>"}],
+]
+
+
+@pytest.mark.parametrize("messages", BOUND_PROMPTS, ids=[
+    "short", "system", "multi-turn", "long", "unicode", "long-words", "many-messages",
+    "whitespace", "special-looking"])
+def test_the_cheap_bound_is_never_below_the_engines_own_count(
+        gw: Gateway, messages: list[dict[str, str]]) -> None:
+    model = gw.state.cfg.resolve("smol")
+    shape = gw.call(model_shape, model)
+    assert shape is not None
+    bound = prompt_bound("chat", {"messages": messages}, shape)
+    usage = chat(gw, "smol", messages, max_tokens=2).parse().usage.prompt_tokens
+    assert bound is not None and bound >= usage
+    assert bound <= 10 * usage + 200  # and close enough to be worth having
+
+
+def test_a_prompt_far_from_every_limit_is_decided_by_the_bound_alone(gw: Gateway) -> None:
+    raw = chat(gw, "smol", SHORT, max_tokens=8)
+    tokens, method = raw.headers["x-lkn-prompt-tokens"].split(";")
+    assert method == "bound" and int(tokens) >= raw.parse().usage.prompt_tokens
+    # near a limit the choice depends on the count: counted exactly
+    raw = chat(gw, "smol", long_messages(300), max_tokens=16)
+    assert raw.headers["x-lkn-prompt-tokens"].split(";")[1] in ("engine", "local")
+    assert int(raw.headers["x-lkn-prompt-tokens"].split(";")[0]) == \
+        raw.parse().usage.prompt_tokens
 
 
 def test_raw_prompt_counts_equal_the_engines_usage(gw: Gateway) -> None:
