@@ -25,6 +25,7 @@ from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
 from .handler import GatewayState, RequestHandler, models_payload
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .notify import Notifier
 from .bound import warm_shapes
 from .tokens import local_source, warm_local_tokenizers
 
@@ -83,6 +84,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
                ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=64 * 1024 * 1024)
+    app[NOTIFIER] = Notifier()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         state_dir = cfg.server.state_dir or default_state_dir()
@@ -209,30 +211,40 @@ class Reloader:
                 return
 
     async def reload(self) -> bool:
-        """Re-read the config file; on any error keep the running config. Returns success."""
+        """Re-read the config file; on any error keep the running config. Returns success.
+        systemd hears RELOADING=1 before and READY=1 after, whatever the outcome."""
         async with self._lock:
+            notifier = self._app[NOTIFIER]
+            notifier.reloading()
+            ok = await self._reload()
             state = self._app[STATE]
-            path = state.cfg.path
-            try:
-                new = await asyncio.to_thread(load_config, path)
-            except Exception as exc:  # a bad file (or an unreadable one) keeps the running config
-                state.last_reload_error = str(exc)
-                log.error("reload of %s failed, keeping the running config: %s", path, exc)
-                return False
-            if new.server.listen != state.cfg.server.listen:
-                log.warning("reload: listen addresses changed; that takes a restart")
-            try:
-                state.manager.reload(new)
-            except Exception as exc:  # a bug of ours: keep serving, and say so
-                state.last_reload_error = f"internal error applying the config: {exc!r}"
-                log.exception("reload of %s failed while applying it", path)
-                return False
-            state.cfg = new
-            state.reloads += 1
-            state.last_reload_error = None
-            log.info("reloaded %s: %d models (config generation %d)", path, len(new.models),
-                     state.manager.generation)
-            return True
+            notifier.ready(f"config generation {state.manager.generation}" if ok else
+                           f"reload failed, running config kept: {state.last_reload_error}")
+            return ok
+
+    async def _reload(self) -> bool:
+        state = self._app[STATE]
+        path = state.cfg.path
+        try:
+            new = await asyncio.to_thread(load_config, path)
+        except Exception as exc:  # a bad file (or an unreadable one) keeps the running config
+            state.last_reload_error = str(exc)
+            log.error("reload of %s failed, keeping the running config: %s", path, exc)
+            return False
+        if new.server.listen != state.cfg.server.listen:
+            log.warning("reload: listen addresses changed; that takes a restart")
+        try:
+            state.manager.reload(new)
+        except Exception as exc:  # a bug of ours: keep serving, and say so
+            state.last_reload_error = f"internal error applying the config: {exc!r}"
+            log.exception("reload of %s failed while applying it", path)
+            return False
+        state.cfg = new
+        state.reloads += 1
+        state.last_reload_error = None
+        log.info("reloaded %s: %d models (config generation %d)", path, len(new.models),
+                 state.manager.generation)
+        return True
 
     async def close(self) -> None:
         if self._task is not None:
@@ -242,6 +254,7 @@ class Reloader:
 
 
 RELOADER = web.AppKey("lkn_reloader", Reloader)
+NOTIFIER = web.AppKey("lkn_notifier", Notifier)
 
 
 async def reload_config(app: web.Application) -> bool:
@@ -270,8 +283,13 @@ async def serve(cfg: Config, *, listen: list[str] | None = None,
             loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)
         if on_started is not None:
             on_started(app)
+        notifier = app[NOTIFIER]
+        notifier.ready(f"serving {len(cfg.models)} models")
+        watchdog = asyncio.create_task(notifier.watchdog())
         await stop.wait()
         log.info("shutting down: draining in-flight requests, then stopping engines")
+        notifier.stopping()
+        watchdog.cancel()
     finally:
         if install_signals:
             loop = asyncio.get_running_loop()

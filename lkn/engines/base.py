@@ -71,7 +71,9 @@ class EngineClient(ABC):
         """The child's argv; never run through a shell."""
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # systemd's notify socket and watchdog are lkn's, not the engine's
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env.update(dict(self.model.env))
         return env
 
