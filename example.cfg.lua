@@ -39,6 +39,11 @@ server = {
   -- demand after a backoff (1, 2, 4 ... s, capped); after max_start_failures in a row the
   -- variant is FAILED: a fast 503 with its last log lines and Retry-After, and one more try
   -- every failed_start_cooldown_s. A successful start or a reload that changes it clears it.
+  -- Stop an engine after this long without a request (0 = never); a model may set its own
+  -- idle_unload_s. The next request starts it again. (SGLang engines with sleep_when_idle_s
+  -- release their memory instead.)
+  idle_unload_s = 0,
+
   restart_backoff_s = 1,
   restart_backoff_max_s = 30,
   max_start_failures = 5,

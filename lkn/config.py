@@ -78,6 +78,9 @@ class ModelConfig:
     mem_fraction_static: float | None = None
     health_timeout_s: float = 20.0
     sleep_when_idle_s: float | None = None
+    # Stop the engine (llama-server) after this long without a request; 0 = never. None:
+    # the server's idle_unload_s.
+    idle_unload_s: float | None = None
     # None: the server's stop_grace_s, raised to what the engine needs (EngineClient)
     stop_grace_s: float | None = None
 
@@ -112,6 +115,7 @@ class ServerConfig:
     max_start_failures: int = 5
     failed_start_cooldown_s: float = 60.0
     state_dir: str | None = None  # None: $STATE_DIRECTORY (systemd) or ~/.local/state/lkn
+    idle_unload_s: float = 0.0    # models' default: stop engines idle this long (0 = never)
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
 
 
@@ -179,6 +183,7 @@ def _server(value: Any) -> ServerConfig:
         failed_start_cooldown_s=t.get("failed_start_cooldown_s", number(0.0),
                                       d.failed_start_cooldown_s),
         state_dir=t.get("state_dir", string, d.state_dir),
+        idle_unload_s=t.get("idle_unload_s", number(0.0), d.idle_unload_s),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:
@@ -291,6 +296,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         mem_fraction_static=t.get("mem_fraction_static", number(0.01, 1.0), None),
         health_timeout_s=t.get("health_timeout_s", number(0.001), 20.0),
         sleep_when_idle_s=sleep,
+        idle_unload_s=t.get("idle_unload_s", number(0.0), server.idle_unload_s),
         stop_grace_s=t.get("stop_grace_s", number(0.0), None),
     )
     t.finish()

@@ -302,3 +302,24 @@ def test_json_error_from_engine_after_lkn_validation(gw: Gateway) -> None:
     assert r.status_code == 400
     assert r.headers["x-lkn-error-source"] == "engine"
     assert "logprobs" in r.json()["error"]["message"]
+
+
+def test_an_idle_engine_unloads_itself_and_the_next_request_starts_it(
+        tmp_path: Path, gateway_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="lkn.manager")
+    gw: Gateway = gateway_factory(write_config(tmp_path, f"""
+server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))}, idle_unload_s = 1 }}
+models = {{ {{ name = "smol", model_file = {lua_str(smollm2_path())}, gpu_layers = 0,
+              ctx_size = 512, default_max_tokens = 8, args = {{ "--threads", 1 }} }} }}
+"""))
+    assert chat(gw, "smol", SHORT, max_tokens=2).parse().choices
+    proc = gw.call(gw.manager.ready_process, "smol")
+    pid = proc.pid
+    deadline = time.monotonic() + 15
+    while proc.state is not State.STOPPED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.state is State.STOPPED
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "stopping smol@512 (idle for 1s)" in caplog.text
+    assert chat(gw, "smol", SHORT, max_tokens=2).parse().choices  # started again
+    assert gw.call(gw.manager.ready_process, "smol").pid != pid

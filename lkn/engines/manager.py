@@ -463,8 +463,17 @@ class EngineManager:
         self._retired = keep
 
     async def sleep_idle(self) -> None:
-        """Put engines whose model sleeps when idle to sleep (release GPU memory, keep running)."""
+        """Idle engines give their memory back: engines that can sleep (SGLang with
+        ``sleep_when_idle_s``) release it and keep running; others with ``idle_unload_s`` stop,
+        counted from their last finished request. The next request starts or wakes them."""
         now = self._clock()
+        for record in list(self._active.values()):
+            unload = record.model.idle_unload_s
+            if (unload and not record.process.client.supports_sleep
+                    and record.sched_state() == sched.READY and not record.in_flight
+                    and now - max(record.last_used, record.history.ready_at or 0.0) >= unload):
+                record.stopping = True
+                self._supervise(self._run_stop(record, f"idle for {unload:g}s"), record, "stop")
         for record in list(self._active.values()):
             model, proc = record.model, record.process
             if (model.sleep_when_idle_s is None or not proc.client.supports_sleep
