@@ -22,6 +22,8 @@ server = {
   stop_grace_s = 10,             -- SIGTERM -> this long -> SIGKILL
   engine_port_range = { 39100, 39199 },  -- engines listen on 127.0.0.1 ports from here
   log_dir = "logs",              -- one log file per engine variant (relative: to the cwd)
+  log_max_mb = 50,               -- an engine's log rotates past this size (<name>.log.1 ...)
+  log_keep = 3,                  -- rotated files kept per engine
 
   -- Scheduling. Engines run side by side while their VRAM estimates fit the budget; to start
   -- another, idle engines are stopped (least recently used first). max_loaded_engines caps

@@ -116,6 +116,8 @@ class ServerConfig:
     failed_start_cooldown_s: float = 60.0
     state_dir: str | None = None  # None: $STATE_DIRECTORY (systemd) or ~/.local/state/lkn
     idle_unload_s: float = 0.0    # models' default: stop engines idle this long (0 = never)
+    log_max_mb: float = 50.0      # an engine's log file rotates past this size (0: never)
+    log_keep: int = 3             # rotated engine log files kept
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
 
 
@@ -184,6 +186,8 @@ def _server(value: Any) -> ServerConfig:
                                       d.failed_start_cooldown_s),
         state_dir=t.get("state_dir", string, d.state_dir),
         idle_unload_s=t.get("idle_unload_s", number(0.0), d.idle_unload_s),
+        log_max_mb=t.get("log_max_mb", number(0.0), d.log_max_mb),
+        log_keep=t.get("log_keep", integer(0), d.log_keep),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:

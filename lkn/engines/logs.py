@@ -17,11 +17,14 @@ log = logging.getLogger("lkn.engine")
 
 
 class LogRing:
-    def __init__(self, name: str, *, max_lines: int = 400, log_dir: str | None = None) -> None:
+    def __init__(self, name: str, *, max_lines: int = 400, log_dir: str | None = None,
+                 max_bytes: int = 0, keep: int = 3) -> None:
         self.name = name
         self._lines: collections.deque[str] = collections.deque(maxlen=max_lines)
         self._file: IO[str] | None = None
         self._broken = False
+        self.max_bytes = max_bytes  # rotate the file past this size (0: never)
+        self.keep = keep            # rotated files kept: NAME.log.1 … NAME.log.KEEP
         self.path: str | None = None
         if log_dir:
             safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
@@ -39,6 +42,8 @@ class LogRing:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8", buffering=1)
             self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            if self.max_bytes and self._file.tell() >= self.max_bytes:
+                self._rotate()
         except (OSError, ValueError) as exc:
             self._broken = True  # keep the ring; stop copying to the file until the next run
             log.error("engine log %s: cannot write (%s); keeping the last lines in memory only",
@@ -57,6 +62,18 @@ class LogRing:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+    def _rotate(self) -> None:
+        """NAME.log -> NAME.log.1 -> … -> NAME.log.KEEP (the oldest is dropped)."""
+        assert self.path is not None
+        self.close()
+        for i in range(self.keep, 0, -1):
+            older = f"{self.path}.{i}"
+            newer = self.path if i == 1 else f"{self.path}.{i - 1}"
+            if os.path.exists(newer):
+                os.replace(newer, older)
+        if self.keep <= 0:
+            os.unlink(self.path)
 
     def reopen(self) -> None:
         """A new run of the engine: try the file again."""

@@ -114,7 +114,8 @@ class EngineManager:
                              start_timeout_s=s.engine_start_timeout_s,
                              stop_grace_s=s.stop_grace_s, log_dir=s.log_dir,
                              on_change=on_change, registry=self._registry, clock=self._clock,
-                             **kwargs)
+                             log_max_bytes=int(s.log_max_mb * 1024 * 1024),
+                             log_keep=s.log_keep, **kwargs)
 
     def _vram(self, model: ModelConfig, variant: VariantConfig) -> int:
         s = self.cfg.server

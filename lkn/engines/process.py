@@ -63,6 +63,7 @@ class EngineProcess:
                  on_change: StateCallback | None = None,
                  spawn: Spawn = asyncio.create_subprocess_exec,
                  registry: EngineRegistry | None = None,
+                 log_max_bytes: int = 0, log_keep: int = 3,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.key = client.key
@@ -71,7 +72,7 @@ class EngineProcess:
         self.start_timeout_s = start_timeout_s
         # SGLang drains for up to ~20 s on SIGTERM: each engine kind may need more grace.
         self.stop_grace_s = client.stop_grace_s(stop_grace_s)
-        self.logs = LogRing(self.key, log_dir=log_dir)
+        self.logs = LogRing(self.key, log_dir=log_dir, max_bytes=log_max_bytes, keep=log_keep)
         self._on_change = on_change
         self._spawn = spawn
         self._registry = registry
