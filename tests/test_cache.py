@@ -240,3 +240,11 @@ def test_server_cache_is_every_models_default_and_a_model_overrides_it() -> None
                                            CacheConfig(False, 5, 64)]
     assert build_config({"models": [{"name": "a", "model_file": "/x", "ctx_size": 8}]}
                         ).models[0].cache.enabled is False
+
+
+def test_the_demo_caches_every_model() -> None:
+    from lkn.config import load_config
+    from tests.conftest import ROOT
+    demo = load_config(str(ROOT / "example.cfg.lua"))
+    assert all(m.cache.enabled for m in demo.models)
+    assert demo.server.cache == CacheConfig(True, 600, 64)
