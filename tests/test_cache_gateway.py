@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from lkn.server import reload_config
@@ -165,6 +166,21 @@ def test_failed_answers_are_not_stored_and_uncached_models_say_nothing(
     assert len(engine_requests(capture)) == 3
 
 
+def test_a_stream_the_engine_cut_is_not_stored(tmp_path: Path, fake_binary: str,
+                                                capture: Path, gateway_factory: Any) -> None:
+    gw = gateway_factory(write_config(tmp_path, lua(fake_binary, capture,
+                                                    args='"--fake-cut-stream"')))
+    client = gw.client()
+    for _ in range(2):
+        with client.chat.completions.with_streaming_response.create(
+                model="fake", messages=MSG, temperature=0, stream=True) as resp:
+            assert resp.headers["x-lkn-cache"] == "miss"
+            with pytest.raises(openai.APIError):
+                list(resp.parse())
+    assert len(engine_requests(capture)) == 2
+    assert metric(gw, "lkn_cache_entries", model="fake") == 0
+
+
 def test_completions_are_cached_too(gw: Gateway, capture: Path) -> None:
     client = gw.client()
     first = client.completions.with_raw_response.create(model="fake", prompt="a b",
@@ -202,3 +218,35 @@ def test_reload_that_changes_the_model_drops_its_entries(
     assert len(engine_requests(capture)) == 2
     health = http("GET", gw.base_url + "/health").json()
     assert health["cache"][0]["model"] == "fake" and health["cache"][0]["entries"] == 1
+
+
+@pytest.mark.engine
+def test_real_llama_server_stream_is_stored_and_replayed(tmp_path: Path,
+                                                         gateway_factory: Any) -> None:
+    from tests.conftest import smollm2_path
+    lua_text = f"""
+server = {{ stop_grace_s = 5, log_dir = {lua_str(str(tmp_path / 'logs'))} }}
+models = {{
+  {{ name = "smol", model_file = {lua_str(smollm2_path())}, gpu_layers = 0, ctx_size = 512,
+    args = {{ "--threads", 1 }}, cache = {{ enabled = true }} }},
+}}
+"""
+    client = gateway_factory(write_config(tmp_path, lua_text)).client()
+    ask = {"model": "smol", "messages": [{"role": "user", "content": "Name a color."}],
+           "temperature": 0, "max_tokens": 12}
+
+    def streamed(**kw: Any) -> tuple[str, str, Any]:
+        with client.chat.completions.with_streaming_response.create(**ask, stream=True,
+                                                                    **kw) as resp:
+            chunks = list(resp.parse())
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            return resp.headers["x-lkn-cache"], text, chunks[-1].usage
+
+    cache, text, _ = streamed(stream_options={"include_usage": True})
+    assert cache == "miss" and text
+    again, replayed, usage = streamed(stream_options={"include_usage": True})
+    assert (again, replayed) == ("hit", text) and usage is not None
+    whole = client.chat.completions.with_raw_response.create(**ask)
+    assert whole.headers["x-lkn-cache"] == "hit"
+    assert whole.parse().choices[0].message.content == text
+    assert whole.parse().usage.completion_tokens == usage.completion_tokens  # type: ignore[union-attr]
