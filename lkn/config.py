@@ -18,9 +18,9 @@ from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, 
 from .errors import ConfigError
 from .luaload import load_lua_tables
 
-__all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelConfig", "ServerConfig",
-           "VariantConfig", "load_config", "build_config", "parse_listen", "resolve_model_file",
-           "summary"]
+__all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelConfig",
+           "ServerConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
+           "resolve_model_file", "summary"]
 
 ENGINES = ("llamacpp", "sglang")
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")

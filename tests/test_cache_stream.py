@@ -114,11 +114,10 @@ def test_replay_is_an_openai_stream_that_accumulates_to_the_answer(include_usage
 
 
 def test_replay_of_tool_calls_and_completions_round_trips() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     tools = {**ANSWER, "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
                                     "message": {"role": "assistant", "content": None,
-                                                "tool_calls": [{"id": "c1", "type": "function",
-                                                                "function": {"name": "f",
-                                                                             "arguments": "{}"}}]}}]}
+                                                "tool_calls": [call]}}]}
     again = accumulate(b"".join(replay(tools, include_usage=True)))
     assert again is not None
     assert again["choices"][0]["message"]["tool_calls"] == [
