@@ -9,7 +9,6 @@ response: a 200 JSON answer, or a stream that ended with ``[DONE]`` and no error
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any, AsyncIterator, Mapping
 
 from aiohttp import web
@@ -20,7 +19,6 @@ from .config import HomeostasisConfig, ModelConfig
 from .errors import BadRequest
 from .metrics import Metrics
 
-log = logging.getLogger("lkn.cache")
 CACHE_HEADER = "x-lkn-cache"
 __all__ = ["BYPASS", "CACHE_HEADER", "CacheTicket", "HIT", "MISS", "cache_opt_out"]
 
@@ -72,8 +70,7 @@ class CacheTicket:
     def hit(self) -> bool:
         return self.lookup.result == HIT
 
-    async def answer(self, request: web.Request, headers: dict[str, str],
-                     now: float) -> web.StreamResponse:
+    def answer(self, headers: dict[str, str], now: float) -> web.Response:
         """Answer a hit from the cache."""
         entry = self.lookup.entry
         assert entry is not None
@@ -82,14 +79,11 @@ class CacheTicket:
         if not self._stream:
             return web.Response(body=entry.answer, content_type="application/json",
                                 headers=headers)
-        resp = web.StreamResponse(status=200, headers={
-            **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        await resp.write(b"".join(replay(json.loads(entry.answer),
-                                         include_usage=self._include_usage)))
-        await resp.write_eof()
-        return resp
+        # The whole stream is known: one body with a length, no chunked transfer.
+        return web.Response(body=b"".join(replay(json.loads(entry.answer),
+                                                 include_usage=self._include_usage)),
+                            headers={**headers, "Content-Type": "text/event-stream",
+                                     "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def tee(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass a miss's relayed stream through, assembling the answer it spells."""

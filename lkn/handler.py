@@ -89,7 +89,7 @@ class RequestHandler:
                                                route, model, body, settings, cache_off, headers)
                 if self._cache is not None and self._cache.hit:
                     status = 200
-                    return await self._cache.answer(request, headers, time.monotonic())
+                    return self._cache.answer(headers, time.monotonic())
             lease = await self._lease(model, route, self._sized_body(route, body, settings),
                                       headers)
             try:
