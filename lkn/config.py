@@ -18,9 +18,9 @@ from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, 
 from .errors import ConfigError
 from .luaload import load_lua_tables
 
-__all__ = ["Config", "ConfigError", "HomeostasisConfig", "ModelConfig", "ServerConfig",
-           "VariantConfig", "load_config", "build_config", "parse_listen", "resolve_model_file",
-           "summary"]
+__all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelConfig",
+           "ServerConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
+           "resolve_model_file", "summary"]
 
 ENGINES = ("llamacpp", "sglang")
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
@@ -48,6 +48,14 @@ class HomeostasisConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The response cache of one model (see cache.py): off unless a config turns it on."""
+    enabled: bool = False
+    ttl_s: float = 600.0
+    max_mb: float = 64.0
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     ctx_size: int
     model_file: str
@@ -70,6 +78,7 @@ class ModelConfig:
     parallel: int = 1
     default_max_tokens: int = 512
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     reasoning: str = "engine"
     # SGLang specifics
     reasoning_parser: str | None = None  # SGLang's --reasoning-parser, for reasoning = "engine"
@@ -119,6 +128,7 @@ class ServerConfig:
     log_max_mb: float = 50.0      # an engine's log file rotates past this size (0: never)
     log_keep: int = 3             # rotated engine log files kept
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # every model's default
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,17 @@ def _homeostasis(path: str, value: Any, base: HomeostasisConfig) -> HomeostasisC
         probe_timeout_s=t.get("probe_timeout_s", number(0.001), base.probe_timeout_s),
         probe_tokens=t.get("probe_tokens", integer(1), base.probe_tokens),
         probe_aggregate=t.get("probe_aggregate", choice(PROBE_AGGREGATES), base.probe_aggregate),
+    )
+    t.finish()
+    return result
+
+
+def _cache(path: str, value: Any, base: CacheConfig) -> CacheConfig:
+    t = Table(path, value)
+    result = CacheConfig(
+        enabled=t.get("enabled", boolean, base.enabled),
+        ttl_s=t.get("ttl_s", number(0.001), base.ttl_s),
+        max_mb=t.get("max_mb", number(0.001), base.max_mb),
     )
     t.finish()
     return result
@@ -192,6 +213,9 @@ def _server(value: Any) -> ServerConfig:
     homeo = t.raw("homeostasis")
     if homeo is not None:
         cfg = replace(cfg, homeostasis=_homeostasis("server.homeostasis", homeo, d.homeostasis))
+    cache = t.raw("cache")
+    if cache is not None:
+        cfg = replace(cfg, cache=_cache("server.cache", cache, d.cache))
     t.finish()
     return cfg
 
@@ -279,6 +303,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     homeo = t.raw("homeostasis")
     homeostasis = (server.homeostasis if homeo is None else
                    _homeostasis(t.key("homeostasis"), homeo, server.homeostasis))
+    cache = t.raw("cache")
     sleep = t.get("sleep_when_idle_s", number(0.0), None)
     reasoning, parser = reasoning_mode(t, engine)
     model = ModelConfig(
@@ -293,6 +318,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         parallel=t.get("parallel", integer(1), 1),
         default_max_tokens=t.get("default_max_tokens", integer(1), 512),
         homeostasis=homeostasis,
+        cache=server.cache if cache is None else _cache(t.key("cache"), cache, server.cache),
         reasoning=reasoning,
         reasoning_parser=parser,
         python=t.get("python", string, None),

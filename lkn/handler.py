@@ -16,6 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from . import probe as probe_math
+from .cache import ResponseCache
+from .cache_http import CacheTicket, cache_opt_out
 from .config import Config, HomeostasisConfig, ModelConfig
 from .engines.base import EngineRequestError
 from .engines.manager import EngineManager
@@ -45,9 +47,12 @@ class GatewayState:
     started: float
     last_reload_error: str | None = None
     reloads: int = 0
+    cache: ResponseCache | None = None
 
 
 class RequestHandler:
+    _cache: CacheTicket | None = None  # this request's response cache ticket, if any
+
     def __init__(self, state: GatewayState) -> None:
         self.state = state
 
@@ -70,7 +75,7 @@ class RequestHandler:
         try:
             body = parse_json_object(await request.read())
             VALIDATORS[route](body)
-            lkn_field = body.pop("lkn", None)
+            lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
             model = self._resolve(self.state.cfg, body["model"])
             label = model.name
             if route == "embeddings" and not model.embeddings:
@@ -80,6 +85,12 @@ class RequestHandler:
                                          request.headers.get("x-lkn-mode"))
             if route == "embeddings":
                 settings = HomeostasisConfig(mode="passthrough")
+            if self.state.cache is not None:
+                self._cache = CacheTicket.open(self.state.cache, self.state.metrics, request,
+                                               route, model, body, settings, cache_off, headers)
+                if self._cache is not None and self._cache.hit:
+                    status = 200
+                    return self._cache.answer(headers, time.monotonic())
             lease = await self._lease(model, route, self._sized_body(route, body, settings),
                                       headers)
             try:
@@ -91,6 +102,8 @@ class RequestHandler:
                     headers["x-lkn-mode"] = probe_math.PASSTHROUGH
                 response = await self._forward(request, route, body, lease, headers, started)
                 status = response.status
+                if self._cache is not None:
+                    self._cache.settle(response)
                 return response
             finally:
                 lease.release()
@@ -276,7 +289,10 @@ class RequestHandler:
         model = headers.get("x-lkn-model", "")
         try:
             source = upstream.content.iter_any()
-            async for chunk in thinking.stream(source) if thinking is not None else source:
+            relayed = thinking.stream(source) if thinking is not None else source
+            if self._cache is not None:
+                relayed = self._cache.tee(relayed)
+            async for chunk in relayed:
                 for event in parser.feed(chunk):
                     if event.comment:
                         await resp.write(b": ping\n\n")  # keep proxies and clients patient

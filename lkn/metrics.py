@@ -99,8 +99,29 @@ class LiveCollector(Collector):
                                   "sleep not counted)", value=snap["starts"])
         yield CounterMetricFamily("lkn_engine_start_failures", "Engine starts that failed",
                                   value=snap["start_failures"])
+        yield from _cache_metrics(snap.get("cache", []), snap.get("cache_dropped", {}))
         yield GaugeMetricFamily("lkn_config_generation", "Config generation (1 at start, +1 "
                                 "per reload)", value=snap["generation"])
+
+
+def _cache_metrics(stores: list[dict[str, Any]], dropped: dict[str, int]) -> Iterable[Metric]:
+    held = GaugeMetricFamily("lkn_cache_bytes", "Bytes the response cache holds (answers, keys "
+                             "and a fixed overhead per entry)", labels=["model"])
+    entries = GaugeMetricFamily("lkn_cache_entries", "Answers in the response cache",
+                                labels=["model"])
+    evictions = CounterMetricFamily("lkn_cache_evictions", "Cache entries removed: size (LRU), "
+                                    "ttl (expired) or reload (the model's config changed)",
+                                    labels=["model", "reason"])
+    for s in stores:
+        held.add_metric([s["model"]], s["bytes"])
+        entries.add_metric([s["model"]], s["entries"])
+        for reason, n in s["evictions"].items():
+            evictions.add_metric([s["model"], reason], n)
+    for model, n in dropped.items():
+        evictions.add_metric([model, "reload"], n)
+    yield held
+    yield entries
+    yield evictions
 
 
 class Metrics:
@@ -123,6 +144,9 @@ class Metrics:
                                        LATENCY, ("model",))
         self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
                                      "applied", ("model", "intervention"))
+        self.cache_requests = Counter(r, "lkn_cache_requests_total", "Response cache lookups "
+                                      "by model and result (hit, miss, bypass)",
+                                      ("model", "result"))
         self.token_counts = Counter(r, "lkn_token_count_total", "Prompt token counts by method",
                                     ("method",))
 

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from .cache import ResponseCache
 from .config import Config, load_config, parse_listen
 from .engines.manager import EngineManager
 from .engines.registry import EngineRegistry, default_state_dir, sweep_stale
@@ -100,7 +101,8 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
                                            keepalive_timeout=KEEPALIVE_S))
         manager = manager_factory(cfg, session, registry=EngineRegistry(state_dir))
         state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
-                             started=time.monotonic())
+                             started=time.monotonic(),
+                             cache=ResponseCache(cfg, clock=time.monotonic))
         state.metrics.watch(lambda: _live(state))
         app[STATE] = state
         app[RELOADER] = Reloader(app)
@@ -153,7 +155,8 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
                                              "generation": st.manager.generation,
                                              "reloads": st.reloads,
                                              "last_reload_error": st.last_reload_error},
-                                  "unexpected_errors": list(st.manager.unexpected)})
+                                  "unexpected_errors": list(st.manager.unexpected),
+                                  "cache": st.cache.describe() if st.cache else []})
 
     async def metrics(request: web.Request) -> web.Response:
         st = app[STATE]
@@ -175,7 +178,9 @@ def _live(state: GatewayState) -> dict[str, Any]:
     m = state.manager
     return {"engines": m.describe(), "in_flight": m.in_flight(), "queued": m.queued(),
             "starts": m.starts, "start_failures": m.start_failures,
-            "generation": m.generation}
+            "generation": m.generation,
+            "cache": state.cache.describe() if state.cache else [],
+            "cache_dropped": dict(state.cache.dropped) if state.cache else {}}
 
 
 async def _housekeeping(state: GatewayState) -> None:
@@ -240,6 +245,10 @@ class Reloader:
             log.exception("reload of %s failed while applying it", path)
             return False
         state.cfg = new
+        if state.cache is not None:
+            for model, n in state.cache.configure(new).items():
+                log.info("reload: dropped %d cached answers of model %s (its config "
+                         "changed, it was removed or its cache turned off)", n, model)
         state.reloads += 1
         state.last_reload_error = None
         log.info("reloaded %s: %d models (config generation %d)", path, len(new.models),
