@@ -48,7 +48,7 @@ COMPONENTS = (
     ("rest of the handler (parse, validate, resolve)", ("lkn/handler.py", "lkn/server.py")),
     ("aiohttp server: read requests, write answers", ("web_protocol.py", "web_response.py",
                                                       "http_writer.py", "http_parser.py")),
-    ("aiohttp client: read the engine's answers", ("client_proto.py", "client_reqrep.py",
+    ("aiohttp client: send to and read from the engine", ("client_proto.py", "client_reqrep.py",
                                                    "streams.py")),
 )
 
