@@ -63,9 +63,15 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
 
 
 def lkn_config(tmp: str, port: int, cache_lua: str) -> str:
-    model_file = os.path.join(tmp, "fast.gguf")  # any existing file: the fake never reads it
-    with open(model_file, "wb") as f:
-        f.write(b"not a gguf")
+    # The fake never reads the model, but lkn reads its chat template (the prompt bound that
+    # spares counting calls) and tokenizer: the real SmolLM2 GGUF, as a deployment would have.
+    try:
+        from _lkn import smollm2
+        model_file = smollm2()
+    except SystemExit:
+        model_file = os.path.join(tmp, "fast.gguf")  # any file: then lkn counts every prompt
+        with open(model_file, "wb") as f:
+            f.write(b"not a gguf")
 
     # parallel = 16: as many engine slots as connections, so lkn forwards all 16 at once as
     # the engine row serves them (with 1 slot lkn would queue 15 and measure its queue).

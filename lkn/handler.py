@@ -52,6 +52,7 @@ class GatewayState:
 
 class RequestHandler:
     _cache: CacheTicket | None = None  # this request's response cache ticket, if any
+    client_gone = False  # the client left mid-stream (counted as 499)
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
@@ -101,8 +102,8 @@ class RequestHandler:
                 elif route != "embeddings":
                     headers["x-lkn-mode"] = probe_math.PASSTHROUGH
                 response = await self._forward(request, route, body, lease, headers, started)
-                status = response.status
-                if self._cache is not None:
+                status = 499 if self.client_gone else response.status
+                if self._cache is not None and not self.client_gone:
                     self._cache.settle(response)
                 return response
             finally:
@@ -311,12 +312,16 @@ class RequestHandler:
                     await resp.write(frame(DONE))
                 elif event.data:
                     await resp.write(frame(lease.client.normalize_stream_data(event.data)))
-        except (ConnectionResetError, asyncio.CancelledError):
-            # The client went away: closing the upstream makes the engine stop generating. First:
-            # aiohttp's ClientConnectionResetError (a write to a gone client) is a ClientError
-            # too, and must not be taken for the engine breaking off.
-            upstream.close()
+        except asyncio.CancelledError:
+            upstream.close()  # the client went away: the engine stops generating for nobody
             raise
+        except ConnectionResetError:
+            # A write to a gone client. First: aiohttp's ClientConnectionResetError is a
+            # ClientError too, and must not be taken for the engine breaking off. Returned, not
+            # raised: aiohttp would log every disconnect as an internal error with a traceback.
+            upstream.close()
+            self.client_gone = True
+            return resp
         except asyncio.TimeoutError:
             failure = (f"engine {lease.process.key} sent nothing for "
                        f"{self.state.cfg.server.stream_idle_timeout_s:g}s")

@@ -289,7 +289,9 @@ async def test_a_client_gone_mid_stream_is_not_taken_for_an_engine_failure(
     cfg = build_config({"models": [{"name": "a", "model_file": "/x", "ctx_size": 8}]})
     state = GatewayState(cfg=cfg, manager=None, session=None, metrics=Metrics(),  # type: ignore[arg-type]
                          started=time.monotonic())
-    with pytest.raises(ConnectionResetError):
-        await RequestHandler(state)._relay_stream(None, Upstream(), Lease(), {},  # type: ignore[arg-type]
-                                                  time.monotonic())
+    handler = RequestHandler(state)
+    await handler._relay_stream(None, Upstream(), Lease(), {},  # type: ignore[arg-type]
+                                time.monotonic())
+    assert handler.client_gone  # counted as 499, not as an engine error
     assert Upstream.closed  # the engine stops generating for nobody
+    assert len(writes) == 1  # no error event written after the client left

@@ -114,7 +114,8 @@ def test_api_keys(gw: Gateway) -> None:
 
 @pytest.mark.parametrize("gw", [{"args": '"--fake-tokens", 200, "--fake-token-delay-s", 0.05'}],
                          indirect=True)
-def test_client_disconnect_closes_upstream_and_releases(gw: Gateway) -> None:
+def test_client_disconnect_closes_upstream_and_releases(
+        gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
     conn = http_client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
     conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
                   body=json.dumps({"model": "fake", "messages": MSG, "stream": True}))
@@ -134,6 +135,8 @@ def test_client_disconnect_closes_upstream_and_releases(gw: Gateway) -> None:
     assert "fake: client went away mid-stream" in proc.logs.tail(50)
     metrics = http("GET", gw.base_url + "/metrics").text
     assert 'lkn_requests_total{model="fake",route="chat",status="499"} 1' in metrics
+    # a disconnect is the client's business: no internal-error traceback in the log
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 @pytest.mark.parametrize("gw", [{"server": "max_queue_per_model = 1, queue_timeout_s = 30",
