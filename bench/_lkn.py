@@ -31,6 +31,24 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def child(argv: list[str], log: str, env: dict[str, str] | None = None
+          ) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
 def running_lkn(models_lua: str, server_lua: str = "") -> Iterator[str]:
     """Yield the base URL (``.../v1``) of an lkn serving ``models_lua`` (``MODEL`` is replaced
     by the SmolLM2 path)."""
@@ -41,17 +59,8 @@ def running_lkn(models_lua: str, server_lua: str = "") -> Iterator[str]:
             f.write(f'server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = "{tmp}", '
                     f'{server_lua} }}\n')
             f.write("models = " + models_lua.replace("MODEL", repr(smollm2())) + "\n")
-        log = open(os.path.join(tmp, "lkn.log"), "w")
-        proc = subprocess.Popen([sys.executable, "-m", "lkn", "serve", "--config", cfg],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        argv = [sys.executable, "-m", "lkn", "serve", "--config", cfg]
+        with child(argv, os.path.join(tmp, "lkn.log")) as proc:
             if wait_until_up(f"127.0.0.1:{port}", 60, lambda: proc.poll() is None) is None:
                 raise RuntimeError("lkn did not start")
             yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _lkn import ROOT, free_port  # noqa: E402
+from _lkn import ROOT, child, free_port  # noqa: E402
 
 sys.path.insert(0, ROOT)
 from lkn.__main__ import wait_until_up  # noqa: E402
@@ -30,24 +29,6 @@ def wrapper(tmp: str) -> str:
         f.write(f'#!/bin/sh\nexec "{sys.executable}" "{ENGINE}" "$@"\n')
     os.chmod(path, 0o755)
     return path
-
-
-@contextlib.contextmanager
-def child(argv: list[str], log: str, env: dict[str, str] | None = None
-          ) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, **(env or {})})
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def wait_http(url: str, timeout_s: float = 30) -> None:

@@ -38,17 +38,6 @@ def explicit_answer_budget(body: dict[str, Any]) -> int | None:
     return None
 
 
-def answer_budget(body: dict[str, Any], default_max_tokens: int) -> int:
-    explicit = explicit_answer_budget(body)
-    return default_max_tokens if explicit is None else explicit
-
-
-def needed_tokens(prompt_tokens: int, body: dict[str, Any], *, default_max_tokens: int,
-                  margin: int) -> int:
-    return need(prompt_tokens, explicit_answer_budget(body),
-                default_max_tokens=default_max_tokens, margin=margin)
-
-
 def need(prompt_tokens: int, answer_tokens: int | None, *, default_max_tokens: int, margin: int,
          embeddings: bool = False) -> int:
     """Context a request needs: prompt + answer budget (none for embeddings) + margin."""

@@ -5,7 +5,7 @@ import pytest
 
 from lkn.errors import ContextLengthExceeded
 from lkn.scheduler import Option
-from lkn.selector import (VariantInfo, answer_budget, candidate_options, needed_tokens,
+from lkn.selector import (VariantInfo, candidate_options, explicit_answer_budget, need,
                           options_for)
 
 VARIANTS = [VariantInfo("m@512", 512, 400), VariantInfo("m@2048", 2048, 700),
@@ -19,11 +19,15 @@ VARIANTS = [VariantInfo("m@512", 512, 400), VariantInfo("m@2048", 2048, 700),
     ({"max_tokens": None}, 256, 256),
 ])
 def test_answer_budget(body: dict, default: int, expected: int) -> None:
-    assert answer_budget(body, default) == expected
+    explicit = explicit_answer_budget(body)
+    assert (default if explicit is None else explicit) == expected
+    assert need(0, explicit, default_max_tokens=default, margin=0) == expected
 
 
 def test_needed_tokens_adds_prompt_answer_and_margin() -> None:
-    assert needed_tokens(30, {"max_tokens": 100}, default_max_tokens=256, margin=16) == 146
+    assert need(30, explicit_answer_budget({"max_tokens": 100}), default_max_tokens=256,
+                margin=16) == 146
+    assert need(30, None, default_max_tokens=256, margin=16, embeddings=True) == 46
 
 
 @pytest.mark.parametrize("need, budget, keys", [

@@ -34,7 +34,7 @@ from ..vram import variant_vram_mb
 from .base import EngineClient
 from .gpu import GpuMonitor
 from .process import EngineProcess, EngineStartError, PortPool, Spawn, State, StateCallback
-from .records import Demand, EngineRecord, Lease, engine_identity
+from .records import Demand, EngineRecord, Lease, engine_identity, variant_key
 from .registry import EngineRegistry
 
 log = logging.getLogger("lkn.manager")
@@ -101,7 +101,7 @@ class EngineManager:
         self.unexpected: collections.deque[str] = collections.deque(maxlen=50)
         # Recent engine state changes (monotonic time, engine, state): for /health and tests.
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)
-        self._active = {f"{m.name}@{v.ctx_size}": self._new_record(m, v)
+        self._active = {variant_key(m, v): self._new_record(m, v)
                         for m in cfg.models for v in m.variants}
 
     # ------------------------------------------------------------------ records
@@ -122,8 +122,9 @@ class EngineManager:
         return variant_vram_mb(model, variant, overhead_mb=s.vram_overhead_mb,
                                budget_mb=s.vram_budget_mb)
 
-    def _new_record(self, model: ModelConfig, variant: VariantConfig) -> EngineRecord:
-        client = self._client_factory(model, variant)
+    def _new_record(self, model: ModelConfig, variant: VariantConfig,
+                    client: EngineClient | None = None) -> EngineRecord:
+        client = client or self._client_factory(model, variant)
         holder: list[EngineRecord] = []
         process = self._process_factory(
             client, lambda proc, old: self._on_state(holder[0], old) if holder else None)
@@ -145,7 +146,7 @@ class EngineManager:
         active: dict[str, EngineRecord] = {}
         for model in cfg.models:
             for variant in model.variants:
-                key = f"{model.name}@{variant.ctx_size}"
+                key = variant_key(model, variant)
                 old = self._active.get(key)
                 fresh = self._client_factory(model, variant)
                 if old is not None and old.identity == engine_identity(fresh):
@@ -154,7 +155,7 @@ class EngineManager:
                               stop_grace_s=cfg.server.stop_grace_s)
                     active[key] = old
                 else:
-                    active[key] = self._new_record(model, variant)
+                    active[key] = self._new_record(model, variant, fresh)
         for key, old in self._active.items():
             if active.get(key) is not old:
                 old.retired = True
@@ -191,7 +192,7 @@ class EngineManager:
 
     # ------------------------------------------------------------------ queries
     def _records_of(self, model: ModelConfig) -> list[EngineRecord]:
-        return [self._active[f"{model.name}@{v.ctx_size}"] for v in model.variants]
+        return [self._active[variant_key(model, v)] for v in model.variants]
 
     def variants(self, model: ModelConfig) -> list[VariantInfo]:
         return [VariantInfo(r.slot_id, r.variant.ctx_size, r.vram_mb)
@@ -390,11 +391,10 @@ class EngineManager:
         log.error("engine %s: unexpected error in %s: %r", record.key, what, exc, exc_info=exc)
         self.unexpected.append(f"{record.slot_id} {what}: {exc!r}")
         record.starting = record.stopping = record.releasing = False
-        if what == "stop":
-            record.stop_retry_at = self._clock() + min(
-                self.policy.cap_s, self.policy.base_s * 2 ** min(record.history.consecutive, 8))
         record.history = record_failure(record.history, f"{what} failed: {exc!r}",
                                         self._clock())
+        if what == "stop":  # the same backoff a failed start waits for
+            record.stop_retry_at = record.history.retry_at(self.policy)
         self._fail_waiters_of(record, f"engine {record.key}: {what} failed: {exc!r}")
         self.kick()
 
@@ -426,7 +426,6 @@ class EngineManager:
                 self.starts += 1
             await proc.ensure_ready()
         except EngineStartError as exc:
-            record.starting = False
             if record.retired or self._closing:
                 return  # stopped on purpose; nobody waits for it
             if not waking:  # a failed wake was already counted as a crash (_on_state)

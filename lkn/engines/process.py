@@ -172,8 +172,7 @@ class EngineProcess:
                 "start cancelled" if isinstance(exc, asyncio.CancelledError) else
                 f"start failed: {exc!r}")
             await self._terminate()
-            tail = self.logs.tail(15)
-            self.last_error = f"{reason}; engine log tail:\n{tail}" if tail else reason
+            self.last_error = self._with_log_tail(reason)
             self._set_state(State.FAILED, reason)
             self.logs.close()
             if isinstance(exc, asyncio.CancelledError):
@@ -254,12 +253,9 @@ class EngineProcess:
                 return  # a stop we asked for
             # The engine crashed. Its children may live on and hold VRAM (and the output pipe):
             # kill the tree. The manager restarts it on demand, with backoff.
-            self.last_error = f"engine exited unexpectedly with code {code}"
             await self._kill_tree(proc)
             await self._reap()
-            tail = self.logs.tail(15)
-            if tail:
-                self.last_error += f"; engine log tail:\n{tail}"
+            self.last_error = self._with_log_tail(f"engine exited unexpectedly with code {code}")
             self._set_state(State.FAILED, f"exited unexpectedly with code {code}")
             self.logs.close()
 
@@ -308,8 +304,7 @@ class EngineProcess:
         tag = self._tag
         signal_group(proc.pid, signal.SIGKILL)
         if tag is not None:
-            killed = await asyncio.get_running_loop().run_in_executor(None, kill_tree_of, tag,
-                                                                      None)
+            killed = await asyncio.get_running_loop().run_in_executor(None, kill_tree_of, tag)
             if killed:
                 self.logs.mark(f"killed {len(killed)} leftover processes of the engine: {killed}")
 
@@ -351,12 +346,16 @@ class EngineProcess:
             raise EngineStartError(self.last_error) from None
         self._set_state(State.READY, "memory resumed")
 
+    def _with_log_tail(self, reason: str) -> str:
+        """``reason`` followed by the engine's last output lines, for errors people read."""
+        tail = self.logs.tail(15)
+        return f"{reason}; engine log tail:\n{tail}" if tail else reason
+
     async def _fail_running(self, reason: str) -> None:
         """A running engine that can no longer be trusted: kill its tree, mark it FAILED (the
         manager counts it as a crash and restarts it on demand)."""
         await self._terminate()
-        tail = self.logs.tail(15)
-        self.last_error = f"{reason}; engine log tail:\n{tail}" if tail else reason
+        self.last_error = self._with_log_tail(reason)
         self._set_state(State.FAILED, reason)
         self.logs.close()
 

@@ -27,6 +27,11 @@ _SCHED_STATE = {State.STARTING: sched.STARTING, State.READY: sched.READY,
                 State.STOPPING: sched.STOPPING, State.ASLEEP: sched.ASLEEP}
 
 
+def variant_key(model: ModelConfig, variant: VariantConfig) -> str:
+    """A variant's name, for people and for the running config's table: ``model@ctx``."""
+    return f"{model.name}@{variant.ctx_size}"
+
+
 def engine_identity(client: EngineClient) -> str:
     """What a running engine was started from: its command line (port left out), its own
     environment and its health settings. A reload restarts an engine only if this changed."""
@@ -65,7 +70,7 @@ class EngineRecord:
     @property
     def key(self) -> str:
         """The variant's name, for people: ``model@ctx``. Not unique across reloads."""
-        return f"{self.model.name}@{self.variant.ctx_size}"
+        return variant_key(self.model, self.variant)
 
     @property
     def slot_id(self) -> str:

@@ -21,7 +21,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 from typing import Any, Iterable
 
 import psutil
@@ -120,11 +119,8 @@ def tagged(tags: Iterable[str]) -> list[psutil.Process]:
     return out
 
 
-def kill_tree_of(tag: str, pgid: int | None) -> list[int]:
-    """SIGKILL an engine's process group and every process that carries its tag."""
-    if pgid is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+def kill_tree_of(tag: str) -> list[int]:
+    """SIGKILL every process that carries an engine's tag (its group is the caller's)."""
     return kill_all(tagged([tag]))
 
 
