@@ -222,7 +222,8 @@ def http(method: str, url: str, content: bytes | str | None = None,
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return HttpResult(resp.status, resp.headers, resp.read())
     except urllib.error.HTTPError as exc:
-        return HttpResult(exc.code, exc.headers, exc.read())
+        with exc:  # it holds the connection: closed here, not by the garbage collector later
+            return HttpResult(exc.code, exc.headers, exc.read())
 
 
 @contextlib.contextmanager
