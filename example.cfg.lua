@@ -20,7 +20,8 @@ server = {
   stream_idle_timeout_s = 300,   -- silence allowed between two streamed events
   engine_start_timeout_s = 120,  -- from spawn until the engine's health check passes
   stop_grace_s = 10,             -- SIGTERM -> this long -> SIGKILL
-  engine_port_range = { 39100, 39199 },  -- engines listen on 127.0.0.1 ports from here
+  engine_port_range = { 20100, 20199 },  -- engines listen on 127.0.0.1 ports from here (keep
+                                         -- it below the OS's ephemeral range, 32768+ on Linux)
   log_dir = "logs",              -- one log file per engine variant (relative: to the cwd)
   log_max_mb = 50,               -- an engine's log rotates past this size (<name>.log.1 ...)
   log_keep = 3,                  -- rotated files kept per engine

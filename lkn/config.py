@@ -106,7 +106,9 @@ class ServerConfig:
     stream_idle_timeout_s: float = 300.0
     engine_start_timeout_s: float = 120.0
     stop_grace_s: float = 10.0
-    port_range: tuple[int, int] = (39100, 39899)
+    # Below Linux's ephemeral range (32768-60999): there an outgoing connection of lkn's own can
+    # take an engine's port between the check that it is free and the engine's bind.
+    port_range: tuple[int, int] = (20100, 20899)
     log_dir: str = "logs"
     max_loaded_engines: int = 0
     vram_budget_mb: int = 8192

@@ -280,7 +280,7 @@ def test_sigterm_to_lkn_leaves_no_engine_behind(tmp_path: Path) -> None:
     cfg = tmp_path / "c.lua"
     cfg.write_text(f"""
 server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = {lua_str(str(tmp_path))},
-           engine_port_range = {{ 39700, 39799 }} }}
+           engine_port_range = {{ 20700, 20799 }} }}
 models = {{ {{ name = "smol", model_file = {lua_str(smollm2_path())}, ctx_size = 512,
               gpu_layers = 0, args = {{ "--threads", 1 }} }} }}
 """)
