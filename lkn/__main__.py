@@ -1,4 +1,5 @@
-"""lkn's command line: ``serve``, ``check-config`` and ``status``."""
+"""lkn's command line: ``serve``, ``check-config``, ``status`` and the operator's commands
+(``ps``, ``load``, ``unload``, ``logs``, ``reload``: see cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,10 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from .config import load_config, parse_listen, summary
+from . import cli
+from .config import load_config, missing_model_files, parse_listen, summary
 from .errors import ConfigError
+from .inflight import REQUEST_ID
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,13 +40,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Every error of the file at once; with ``--strict`` missing model files fail too (one
+    ``missing: model@ctx: path`` line each, for scripts)."""
     try:
         cfg = load_config(args.file)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{args.file}: {len(exc.errors)} error{'s' if len(exc.errors) > 1 else ''}",
+              file=sys.stderr)
         return 1
     print(summary(cfg))
-    print("config OK")
+    missing = missing_model_files(cfg)
+    for line in missing:
+        print(f"missing: {line}", file=sys.stderr)
+    if missing and args.strict:
+        print(f"{args.file}: {len(missing)} model files missing", file=sys.stderr)
+        return 1
+    print("config OK" + (f" ({len(missing)} model files missing)" if missing else ""))
     return 0
 
 
@@ -69,9 +83,13 @@ def wait_until_up(address: str, timeout_s: float,
 
 
 def _status(args: argparse.Namespace) -> int:
-    data = wait_until_up(args.address, args.wait)
-    if data is None:
+    if wait_until_up(args.address, args.wait) is None:
         print(f"lkn is not answering on {health_url(args.address)}", file=sys.stderr)
+        return 1
+    try:
+        data = cli.call(args.address, "GET", "/status", timeout=30)
+    except cli.CommandFailed as exc:
+        print(f"lkn status: {exc}", file=sys.stderr)
         return 1
     config = data.get("config", {})
     print(f"lkn on {args.address}: up {data['uptime_s']}s, {data['in_flight']} in flight, "
@@ -109,16 +127,28 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_serve)
     p = sub.add_parser("check-config", help="validate a config file and print a summary")
     p.add_argument("file")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when a model file is missing")
     p.set_defaults(func=_check)
     p = sub.add_parser("status", help="show a running lkn's engines")
     p.add_argument("address", nargs="?", default="127.0.0.1:8080")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for lkn to answer (e.g. right after a start)")
     p.set_defaults(func=_status)
+    cli.register(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+                        format="%(asctime)s %(levelname)s %(name)s%(request_id)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_with_request_id)
+    return int(args.func(args))
+
+
+def _with_request_id(record: logging.LogRecord) -> bool:
+    """Log lines written while a request is served carry its id: ``lkn.handler [req-…]: …``."""
+    rid = REQUEST_ID.get()
+    record.request_id = f" [{rid}]" if rid else ""
+    return True
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, boolean, choice,
-                            env_table, gpu_layers, hf_context_limit, integer, listen_list,
-                            model_file, number, parse_listen, port_range, reasoning_mode,
-                            resolve_model_file, show, string, strings)
+                            collecting, env_table, gpu_layers, hf_context_limit, integer,
+                            listen_list, model_file, number, origins, parse_listen, port_range,
+                            reasoning_mode, report, resolve_model_file, show, string,
+                            strings)
 from .errors import ConfigError
 from .luaload import load_lua_tables
 
 __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelConfig",
            "ServerConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
-           "resolve_model_file", "summary"]
+           "missing_model_files", "resolve_model_file", "summary"]
 
 ENGINES = ("llamacpp", "sglang")
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
@@ -92,6 +93,8 @@ class ModelConfig:
     idle_unload_s: float | None = None
     # None: the server's stop_grace_s, raised to what the engine needs (EngineClient)
     stop_grace_s: float | None = None
+    pinned: bool = False          # never evicted, never unloaded for idleness
+    loading_events: bool = False  # stream start/swap progress as reasoning_content deltas
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -129,6 +132,9 @@ class ServerConfig:
     idle_unload_s: float = 0.0    # models' default: stop engines idle this long (0 = never)
     log_max_mb: float = 50.0      # an engine's log file rotates past this size (0: never)
     log_keep: int = 3             # rotated engine log files kept
+    admin_keys: tuple[str, ...] = ()   # /admin and /status; none: the admin API is loopback-only
+    preload: tuple[str, ...] = ()      # models started at boot and after every reload
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call lkn ("*": any)
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # every model's default
 
@@ -211,6 +217,9 @@ def _server(value: Any) -> ServerConfig:
         idle_unload_s=t.get("idle_unload_s", number(0.0), d.idle_unload_s),
         log_max_mb=t.get("log_max_mb", number(0.0), d.log_max_mb),
         log_keep=t.get("log_keep", integer(0), d.log_keep),
+        admin_keys=t.get("admin_keys", strings, d.admin_keys),
+        preload=t.get("preload", strings, d.preload),
+        cors_origins=t.get("cors_origins", origins, d.cors_origins),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:
@@ -224,12 +233,8 @@ def _server(value: Any) -> ServerConfig:
 
 def _variant(path: str, value: Any, model: _ModelDefaults) -> VariantConfig:
     t = Table(path, value)
-    ctx = t.get("ctx_size", integer(1), model.ctx_size)
-    if ctx is None:
-        raise ConfigError(f"{t.key('ctx_size')}: must be a positive integer, got nil")
-    file = t.get("model_file", model_file, model.model_file)
-    if file is None:
-        raise ConfigError(f"{t.key('model_file')}: must be a non-empty string, got nil")
+    ctx = t.required("ctx_size", integer(1), model.ctx_size, "a positive integer")
+    file = t.required("model_file", model_file, model.model_file, "a non-empty string")
     variant = VariantConfig(
         ctx_size=ctx,
         model_file=file,
@@ -268,9 +273,7 @@ class _ModelDefaults:
 
 def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     t = Table(path, value)
-    name = t.get("name", string, None)
-    if name is None:
-        raise ConfigError(f"{t.key('name')}: must be a non-empty string, got nil")
+    name = t.required("name", string, None, "a non-empty string")
     engine = t.get("engine", choice(ENGINES), "llamacpp")
     defaults = _ModelDefaults(
         ctx_size=t.get("ctx_size", integer(1), None),
@@ -281,27 +284,12 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         vram_mb=t.get("vram_mb", integer(1), None),
     )
     model_args = t.get("args", strings, ())
-    raw_variants = t.raw("variants")
-    variants: tuple[VariantConfig, ...]
-    if raw_variants is None:
-        paths = [path]
-        variants = (_variant(path, {}, defaults),)
-    else:
-        if not isinstance(raw_variants, list) or not raw_variants:
-            raise ConfigError(f"{t.key('variants')}: must be a non-empty list of tables, "
-                              f"got {show(raw_variants)}")
-        paths = [f"{t.key('variants')}[{i}]" for i in range(1, len(raw_variants) + 1)]
-        variants = tuple(_variant(p, v, defaults) for p, v in zip(paths, raw_variants))
     env = t.get("env", env_table, ())
-    if engine == "sglang":
-        for variant_path, variant in zip(paths, variants):
-            _check_sglang_context(variant_path, variant, env)
-    sizes = [v.ctx_size for v in variants]
-    if len(set(sizes)) != len(sizes):
-        raise ConfigError(f"{t.key('variants')}: two variants share ctx_size "
-                          f"{show(sorted(s for s in sizes if sizes.count(s) > 1)[0])}")
-    variants = tuple(sorted((replace(v, args=model_args + v.args) for v in variants),
-                            key=lambda v: v.ctx_size))
+    try:
+        variants = _variants(t, path, engine, defaults, model_args, env)
+    except ConfigError as exc:  # the rest of the model is still checked
+        report(exc)
+        variants = ()
     homeo = t.raw("homeostasis")
     homeostasis = (server.homeostasis if homeo is None else
                    _homeostasis(t.key("homeostasis"), homeo, server.homeostasis))
@@ -330,31 +318,102 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         sleep_when_idle_s=sleep,
         idle_unload_s=t.get("idle_unload_s", number(0.0), server.idle_unload_s),
         stop_grace_s=t.get("stop_grace_s", number(0.0), None),
+        pinned=t.get("pinned", boolean, False),
+        loading_events=t.get("loading_events", boolean, False),
     )
     t.finish()
+    if not variants:
+        raise _Reported(f"{path}: has errors")
     return model
 
 
+class _Reported(ConfigError):
+    """A table that cannot be built; its errors were already collected."""
+
+
+def _variants(t: Table, path: str, engine: str, defaults: _ModelDefaults,
+              model_args: tuple[str, ...], env: tuple[tuple[str, str], ...]
+              ) -> tuple[VariantConfig, ...]:
+    raw_variants = t.raw("variants")
+    variants: tuple[VariantConfig, ...]
+    if raw_variants is None:
+        paths = [path]
+        variants = (_variant(path, {}, defaults),)
+    else:
+        if not isinstance(raw_variants, list) or not raw_variants:
+            raise ConfigError(f"{t.key('variants')}: must be a non-empty list of tables, "
+                              f"got {show(raw_variants)}")
+        paths = [f"{t.key('variants')}[{i}]" for i in range(1, len(raw_variants) + 1)]
+        variants = tuple(_variant(p, v, defaults) for p, v in zip(paths, raw_variants))
+    if engine == "sglang":
+        for variant_path, variant in zip(paths, variants):
+            _check_sglang_context(variant_path, variant, env)
+    sizes = [v.ctx_size for v in variants]
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"{t.key('variants')}: two variants share ctx_size "
+                          f"{show(sorted(s for s in sizes if sizes.count(s) > 1)[0])}")
+    return tuple(sorted((replace(v, args=model_args + v.args) for v in variants),
+                        key=lambda v: v.ctx_size))
+
+
 def build_config(tables: dict[str, Any], path: str = "") -> Config:
-    server = _server(tables.get("server"))
-    raw_models = tables.get("models")
-    if not isinstance(raw_models, list) or not raw_models:
-        raise ConfigError(f"models: must be a non-empty list of model tables, "
+    """Check the whole file, then raise one ConfigError listing every error (its ``errors``)."""
+    with collecting() as errors:
+        try:
+            server = _server(tables.get("server"))
+        except ConfigError as exc:
+            errors.append(str(exc))
+            server = ServerConfig()
+        raw_models = tables.get("models")
+        if not isinstance(raw_models, list) or not raw_models:
+            errors.append(f"models: must be a non-empty list of model tables, "
                           f"got {show(raw_models)}")
-    models = tuple(_model(f"models[{i}]", m, server) for i, m in enumerate(raw_models, 1))
+            raw_models = []
+        models: list[tuple[int, ModelConfig]] = []
+        for i, raw in enumerate(raw_models, 1):
+            try:
+                models.append((i, _model(f"models[{i}]", raw, server)))
+            except _Reported:
+                pass
+            except ConfigError as exc:  # this model cannot be built; check the others
+                errors.append(str(exc))
     seen: dict[str, str] = {}
-    for i, model in enumerate(models, 1):
+    for i, model in models:
         for n in model.names:
             if n in seen:
-                raise ConfigError(f"models[{i}]: name or alias {show(n)} is already used by "
-                                  f"{seen[n]}")
-            seen[n] = f"models[{i}]"
-    for i, model in enumerate(models, 1):
+                errors.append(f"models[{i}]: name or alias {show(n)} is already used by "
+                              f"{seen[n]}")
+            seen.setdefault(n, f"models[{i}]")
+    for i, model in models:
         target = model.homeostasis.escalate_to
         if target is not None and target not in seen:
-            raise ConfigError(f"models[{i}].homeostasis.escalate_to: no such model, "
-                              f"got {show(target)}")
-    return Config(server=server, models=models, path=path)
+            errors.append(f"models[{i}].homeostasis.escalate_to: no such model, "
+                          f"got {show(target)}")
+    for j, name in enumerate(server.preload, 1):
+        if name not in seen:
+            errors.append(f"server.preload[{j}]: no such model, got {show(name)}")
+    if errors:
+        raise ConfigError.listing(_first_per_key(errors))
+    return Config(server=server, models=tuple(m for _, m in models), path=path)
+
+
+def _first_per_key(errors: list[str]) -> list[str]:
+    """One error per key path: a value that failed its check is not reported again as missing
+    by a table that needed it."""
+    out: list[str] = []
+    keys: set[str] = set()
+    for e in errors:
+        key = e.split(":", 1)[0]
+        if key not in keys:
+            keys.add(key)
+            out.append(e)
+    return out
+
+
+def missing_model_files(cfg: Config) -> list[str]:
+    """``model@ctx: path`` for every variant whose model file does not exist."""
+    return [f"{m.name}@{v.ctx_size}: {v.model_file}" for m in cfg.models for v in m.variants
+            if not os.path.exists(v.model_file)]
 
 
 def load_config(path: str) -> Config:

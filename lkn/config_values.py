@@ -3,14 +3,40 @@ converted, or raises ConfigError naming the path and the bad value
 (``models[2].ctx_size: must be a positive integer, got "big"``)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import ipaddress
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import ConfigError
+
+# While a whole file is checked, errors of single values are collected here (the value falls
+# back to its default and the check goes on), so that one run reports every error at once.
+_COLLECTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "lkn_config_errors", default=None)
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[str]]:
+    errors: list[str] = []
+    token = _COLLECTED.set(errors)
+    try:
+        yield errors
+    finally:
+        _COLLECTED.reset(token)
+
+
+def report(exc: ConfigError) -> None:
+    """Collect ``exc`` when a whole file is being checked, else raise it."""
+    errors = _COLLECTED.get()
+    if errors is None:
+        raise exc
+    errors.append(str(exc))
+
 
 def show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
@@ -38,15 +64,32 @@ class Table:
         return self.value.get(name)
 
     def get(self, name: str, check: Callable[[str, Any], Any], default: Any) -> Any:
+        """The checked value, or ``default`` when absent (or invalid, with the error
+        collected: see ``collecting``)."""
         value = self.raw(name)
         if value is None:
+            return default
+        try:
+            return check(self.key(name), value)
+        except ConfigError as exc:
+            report(exc)
+            return default
+
+    def required(self, name: str, check: Callable[[str, Any], Any], default: Any,
+                 what: str) -> Any:
+        """Like ``get``, but a value that is absent (with no default) or invalid raises: the
+        table it belongs to cannot be built without it."""
+        value = self.raw(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{self.key(name)}: must be {what}, got nil")
             return default
         return check(self.key(name), value)
 
     def finish(self) -> None:
-        unknown = [k for k in self.value if k not in self.seen]
-        if unknown:
-            raise ConfigError(f"{self.key(str(unknown[0]))}: unknown key")
+        for k in self.value:
+            if k not in self.seen:
+                report(ConfigError(f"{self.key(str(k))}: unknown key"))
 
 
 def integer(minimum: int) -> Callable[[str, Any], int]:
@@ -100,6 +143,18 @@ def strings(path: str, value: Any) -> tuple[str, ...]:
             item = str(item)  # engine args such as { "--threads", 2 } are natural in Lua
         out.append(string(f"{path}[{i}]", item))
     return tuple(out)
+
+
+def origins(path: str, value: Any) -> tuple[str, ...]:
+    """Browser origins for CORS: ``"*"`` or ``scheme://host[:port]``."""
+    out = strings(path, value)
+    for i, origin in enumerate(out, 1):
+        scheme, sep, rest = origin.partition("://")
+        if origin != "*" and (not sep or scheme not in ("http", "https") or not rest
+                              or "/" in rest):
+            raise ConfigError(f"{path}[{i}]: must be \"*\" or an origin like "
+                              f"\"https://app.example:8443\" (no path), got {show(origin)}")
+    return out
 
 
 def env_table(path: str, value: Any) -> tuple[tuple[str, str], ...]:

@@ -6,9 +6,11 @@ The tree::
     ├── BadRequest                400 invalid_request_error
     │   └── ContextLengthExceeded 400 invalid_request_error / context_length_exceeded
     ├── Unauthorized              401 authentication_error
+    ├── Forbidden                 403 permission_error (the admin API off loopback, no keys)
     ├── ModelNotFound             404 invalid_request_error / model_not_found
     ├── QueueFull                 429 rate_limit_error (Retry-After)
     ├── EngineUnavailable         503 engine_unavailable (start failed, crashed, shutting down)
+    ├── Cancelled                 503 server_error / request_cancelled (by an operator)
     ├── UpstreamError             502 upstream_error (engine unreachable or broke mid-answer)
     └── GatewayTimeout            504 timeout
 
@@ -69,6 +71,12 @@ class Unauthorized(LknError):
     code = "invalid_api_key"
 
 
+class Forbidden(LknError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class ModelNotFound(LknError):
     status = 404
     type = "invalid_request_error"
@@ -96,6 +104,14 @@ class UpstreamError(LknError):
     should_retry = False
 
 
+class Cancelled(LknError):
+    """An operator cancelled the request (``POST /admin/requests/{id}/cancel``)."""
+    status = 503
+    type = "server_error"
+    code = "request_cancelled"
+    should_retry = False
+
+
 class GatewayTimeout(LknError):
     status = 504
     type = "timeout"
@@ -104,4 +120,17 @@ class GatewayTimeout(LknError):
 
 
 class ConfigError(Exception):
-    """A configuration problem; the message names the key path and the bad value."""
+    """A configuration problem; the message names the key path and the bad value. ``errors``
+    lists every problem found (a whole file is checked before it is refused)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errors = [message]
+
+    @classmethod
+    def listing(cls, errors: list[str]) -> ConfigError:
+        if len(errors) == 1:
+            return cls(errors[0])
+        exc = cls(f"{len(errors)} errors: " + "; ".join(errors))
+        exc.errors = list(errors)
+        return exc

@@ -7,9 +7,10 @@ intervene if needed -> forward -> relay the answer (streams event by event) -> r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -22,8 +23,12 @@ from .config import Config, HomeostasisConfig, ModelConfig
 from .engines.base import EngineRequestError
 from .engines.manager import EngineManager
 from .engines.records import Demand, Lease
-from .errors import (ERROR_SOURCE_HEADER, BadRequest, GatewayTimeout, LknError, ModelNotFound,
-                     UpstreamError)
+from .errors import (ERROR_SOURCE_HEADER, BadRequest, Cancelled, GatewayTimeout, LknError,
+                     ModelNotFound, UpstreamError)
+from .events import EventBus
+from .inflight import InFlight
+from .loading import LoadingFeedback, sse_headers
+from .traffic import Finished, TrafficStats
 from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
                         without_reasoning)
 from .metrics import Metrics
@@ -48,14 +53,30 @@ class GatewayState:
     last_reload_error: str | None = None
     reloads: int = 0
     cache: ResponseCache | None = None
+    bus: EventBus = field(default_factory=EventBus)
+    traffic: TrafficStats = field(default_factory=TrafficStats)
+    inflight: InFlight = field(default_factory=InFlight)
+
+
+STATE = web.AppKey("lkn_state", GatewayState)
 
 
 class RequestHandler:
     _cache: CacheTicket | None = None  # this request's response cache ticket, if any
     client_gone = False  # the client left mid-stream (counted as 499)
+    _loading: LoadingFeedback | None = None
+    completion_tokens: int | None = None  # from the engine's usage, when it reported one
+    ttft_s: float | None = None           # time to the first streamed event
 
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: GatewayState, request_id: str = "") -> None:
         self.state = state
+        self.request_id = request_id
+
+    @property
+    def _early(self) -> web.StreamResponse | None:
+        """A stream whose SSE headers went out while it waited for an engine: the answer
+        continues on it, and errors become error events."""
+        return self._loading.response if self._loading is not None else None
 
     # ------------------------------------------------------------------ routes
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -72,13 +93,17 @@ class RequestHandler:
         started = time.monotonic()
         label = "unknown"  # metrics never carry unvalidated client input as a label
         status = 500
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = {"x-request-id": self.request_id}
+        entry = self.state.inflight.add(self.request_id, route)
         try:
             body = parse_json_object(await request.read())
             VALIDATORS[route](body)
             lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
             model = self._resolve(self.state.cfg, body["model"])
-            label = model.name
+            label = entry.model = model.name
+            if body.get("stream") and route != "embeddings":
+                self._loading = LoadingFeedback(request, route, model, self.state.manager,
+                                                headers)
             if route == "embeddings" and not model.embeddings:
                 raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
                                  f"embeddings = true in its config)", param="model")
@@ -102,6 +127,8 @@ class RequestHandler:
                 elif route != "embeddings":
                     headers["x-lkn-mode"] = probe_math.PASSTHROUGH
                 response = await self._forward(request, route, body, lease, headers, started)
+                if self._early is not None and response is not self._early:
+                    response = await self._late_error(response)  # an engine error, say
                 status = 499 if self.client_gone else response.status
                 if self._cache is not None and not self.client_gone:
                     self._cache.settle(response)
@@ -110,18 +137,76 @@ class RequestHandler:
                 lease.release()
         except LknError as exc:
             status = exc.status
-            raise
-        except (asyncio.CancelledError, ConnectionResetError):
+            if self._early is None:
+                raise
+            return await self._error_event(exc)  # the headers went out while it waited
+        except (asyncio.CancelledError, ConnectionResetError) as gone:
             status = 499  # the client went away (nginx's code for it)
-            raise
+            if not entry.cancelled:
+                if isinstance(gone, ConnectionResetError) and self._early is not None:
+                    return self._early  # quietly: aiohttp would log a traceback
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # an operator's cancel: answer the client with an error
+            exc = Cancelled(f"request {self.request_id} was cancelled by an operator")
+            status = exc.status
+            if self._early is None:
+                raise exc from None
+            return await self._error_event(exc)
         finally:
-            elapsed = time.monotonic() - started
-            m = self.state.metrics
-            m.requests.inc(label, route, str(status))
-            m.request_seconds.observe(elapsed, label, route)
-            log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
-                     request.path, label, status, headers.get("x-lkn-variant", "-"),
-                     headers.get("x-lkn-mode", "-"), elapsed * 1000)
+            self.state.inflight.remove(entry)
+            self._finished(request, route, label, status, headers, time.monotonic() - started)
+
+    def _finished(self, request: web.Request, route: str, label: str, status: int,
+                  headers: dict[str, str], elapsed: float) -> None:
+        m, st = self.state.metrics, self.state
+        m.requests.inc(label, route, str(status))
+        m.request_seconds.observe(elapsed, label, route)
+        log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
+                 request.path, label, status, headers.get("x-lkn-variant", "-"),
+                 headers.get("x-lkn-mode", "-"), elapsed * 1000)
+        if label == "unknown":
+            return  # not a configured model: no statistics for arbitrary names
+        ok = status < 400
+        st.traffic.record(label, Finished(time.monotonic(), elapsed, ok,
+                                          self.completion_tokens))
+        prompt = headers.get("x-lkn-prompt-tokens", "")
+        tokens, _, method = prompt.partition(";")
+        st.bus.publish("request", id=self.request_id, model=label, route=route,
+                       variant=int(headers["x-lkn-variant"]) if "x-lkn-variant" in headers
+                       else None,
+                       prompt_tokens=int(tokens) if tokens.isdigit() else None,
+                       counted_by=method or None, mode=headers.get("x-lkn-mode"),
+                       entropy=float(headers["x-lkn-entropy"]) if "x-lkn-entropy" in headers
+                       else None,
+                       intervention=headers.get("x-lkn-intervention"),
+                       escalated_from=headers.get("x-lkn-escalated-from"),
+                       cache=headers.get("x-lkn-cache"), status=status,
+                       latency_ms=round(elapsed * 1000, 1),
+                       ttft_ms=round(self.ttft_s * 1000, 1) if self.ttft_s is not None
+                       else None,
+                       completion_tokens=self.completion_tokens)
+
+    async def _error_event(self, exc: LknError) -> web.StreamResponse:
+        """An error after the SSE headers went out: an error event, then the end."""
+        assert self._early is not None
+        body = exc.body()
+        body["error"]["request_id"] = self.request_id
+        with contextlib.suppress(ConnectionResetError):
+            await self._early.write(frame_json(body))
+            await self._early.write_eof()
+        return self._early
+
+    async def _late_error(self, response: web.StreamResponse) -> web.StreamResponse:
+        """The engine answered with an error status after lkn had sent its SSE headers."""
+        assert self._early is not None
+        raw = response.body if isinstance(response, web.Response) else None
+        with contextlib.suppress(ConnectionResetError):
+            await self._early.write(b"data: " + (raw if isinstance(raw, bytes) else b"{}")
+                                    + b"\n\n")
+            await self._early.write_eof()
+        return self._early
 
     def _resolve(self, cfg: Config, name: str) -> ModelConfig:
         model = cfg.resolve(name)
@@ -167,12 +252,16 @@ class RequestHandler:
     async def _acquire(self, model: ModelConfig, demand: Demand, prompt_tokens: int,
                        method: str, headers: dict[str, str]) -> Lease:
         self.state.metrics.token_counts.inc(method)
-        waited = time.monotonic()
-        lease = await self.state.manager.acquire(model, demand)
-        self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
-        headers["x-lkn-model"] = model.name
-        headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)
+        headers["x-lkn-model"] = model.name  # known before the wait: loading streams carry it
         headers["x-lkn-prompt-tokens"] = f"{prompt_tokens};{method}"
+        waited = time.monotonic()
+        acquiring = self.state.manager.acquire(model, demand)
+        if self._loading is None:
+            lease = await acquiring
+        else:  # a stream: keep the client informed while it waits for a start or a swap
+            lease = await self._loading.wait(acquiring)
+        self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
+        headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)
         return lease
 
     # ------------------------------------------------------------------ homeostat
@@ -279,10 +368,10 @@ class RequestHandler:
                             lease: Lease, headers: dict[str, str],
                             started: float,
                             thinking: ThinkingRelay | None = None) -> web.StreamResponse:
-        resp = web.StreamResponse(status=200, headers={
-            **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
+        resp = self._early
+        if resp is None:
+            resp = web.StreamResponse(status=200, headers=sse_headers(headers))
+            await resp.prepare(request)
         parser = SSEParser()
         saw_done = False
         first = True
@@ -304,7 +393,8 @@ class RequestHandler:
                         continue
                     if first:
                         first = False
-                        self.state.metrics.ttft_seconds.observe(time.monotonic() - started, model)
+                        self.ttft_s = time.monotonic() - started
+                        self.state.metrics.ttft_seconds.observe(self.ttft_s, model)
                     await resp.write(frame(lease.client.normalize_stream_data(event.data or "")))
             for event in parser.flush():
                 if event.data == DONE:

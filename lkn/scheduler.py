@@ -19,7 +19,8 @@ Policy, in order:
    requests for a ready model are thus served before a swap.
 3. **Starts and evictions**, overdue waiter first, then FIFO: join an engine already starting;
    else the smallest variant that fits the VRAM budget (and ``max_engines``) now; else evict idle
-   engines, least recently used first, never one with requests in flight, never one starting.
+   engines, least recently used first, never one with requests in flight, never one starting,
+   never a pinned one.
    Stopped memory is only reused once the stop has finished (stopping engines still count).
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Slot:
     last_used: float = 0.0
     retired: bool = False  # its config changed or vanished (reload): drain, then stop
     capacity: int = 1      # requests it answers at once; more wait in lkn's queue, not the engine's
+    pinned: bool = False   # never evicted to make room for another engine
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Start:
 class Stop:
     key: str
     reason: str = "evict"
+    for_key: str = field(default="", compare=False)  # an eviction: the engine it makes room for
 
 
 Action = Grant | Start | Stop
@@ -111,7 +114,8 @@ class _Board:
         # An asleep engine holds (almost) no memory and no engine slot: evicting it frees nothing.
         candidates = sorted(
             (s for s in self.slots.values()
-             if s.key != option.key and s.state == READY and (include_busy or s.in_flight == 0)),
+             if s.key != option.key and s.state == READY and not s.pinned
+             and (include_busy or s.in_flight == 0)),
             key=lambda s: s.last_used)
         plan: list[Slot] = []
         freed_mb = freed_count = 0
@@ -207,7 +211,7 @@ def _start_for(w: Waiter, board: _Board) -> None:
             continue
         if plan:
             for slot in plan:
-                board.actions.append(Stop(slot.key))
+                board.actions.append(Stop(slot.key, for_key=option.key))
                 board.slots[slot.key] = replace(slot, state=STOPPING)
             return  # start once the memory is really free
         board.actions.append(Start(option.key))

@@ -10,82 +10,150 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
+from . import admin
+from .bound import warm_shapes
 from .cache import ResponseCache
 from .config import Config, load_config, parse_listen
+from .engines import operations
 from .engines.manager import EngineManager
 from .engines.registry import EngineRegistry, default_state_dir, sweep_stale
-from .errors import BadRequest, LknError, ModelNotFound, Unauthorized
-from .handler import GatewayState, RequestHandler, models_payload
+from .errors import BadRequest, Forbidden, LknError, ModelNotFound, Unauthorized
+from .events import EventBus
+from .handler import STATE, GatewayState, RequestHandler, models_payload
+from .inflight import REQUEST_ID, request_id
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .notify import Notifier
-from .bound import warm_shapes
 from .tokens import local_source, warm_local_tokenizers
 
 log = logging.getLogger("lkn.server")
 
-STATE = web.AppKey("lkn_state", GatewayState)
-OPEN_PATHS = ("/health", "/metrics")
+OPEN_PATHS = ("/health", "/ready", "/metrics")
 KEEPALIVE_S = 4.0
 
 
-def _error_response(exc: LknError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+@dataclass
+class Lifecycle:
+    listening: bool = False  # every configured listener is bound (serve())
+    stopping: bool = False
+
+
+def _error_response(exc: LknError, rid: str = "") -> web.Response:
+    body = exc.body()
+    if rid:
+        body["error"]["request_id"] = rid
+    return web.json_response(body, status=exc.status, headers=exc.headers())
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request,
+                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                ) -> web.StreamResponse:
+    """Every request has an id (the client's ``x-request-id`` or a new one): echoed in the
+    response, in lkn's error bodies and in every log line written while it is served."""
+    rid = request_id(request.headers.get("x-request-id"))
+    token = REQUEST_ID.set(rid)
+    try:
+        response = await handler(request)
+    finally:
+        REQUEST_ID.reset(token)
+    if not response.prepared:
+        response.headers["x-request-id"] = rid
+    return response
 
 
 @web.middleware
 async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                             ) -> web.StreamResponse:
+    rid = REQUEST_ID.get()
     try:
         return await handler(request)
     except LknError as exc:
-        return _error_response(exc)
+        return _error_response(exc, rid)
     except web.HTTPException as exc:
         if exc.status == 404:
             return _error_response(ModelNotFound(f"no route {request.method} {request.path}",
-                                                 code="not_found"))
+                                                 code="not_found"), rid)
         if exc.status == 405:
             err = BadRequest(f"method {request.method} is not allowed on {request.path}",
                              code="method_not_allowed")
             err.status = 405
-            return _error_response(err)
+            return _error_response(err, rid)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:  # a bug of ours: log it, answer in OpenAI shape, keep serving
         log.exception("internal error on %s %s", request.method, request.path)
         return _error_response(LknError(f"internal error in lkn: {exc.__class__.__name__}: "
-                                        f"{exc}"))
+                                        f"{exc}"), rid)
+
+
+def _token(request: web.Request) -> str:
+    given = request.headers.get("Authorization", "")
+    if given.lower().startswith("bearer "):
+        return given[7:].strip()
+    return request.headers.get("x-api-key", "")
+
+
+def _matches(token: str, keys: tuple[str, ...]) -> bool:
+    return any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
+
+
+def is_loopback(remote: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 @web.middleware
 async def auth_middleware(request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
-    keys = request.app[STATE].cfg.server.api_keys
-    if keys and request.path not in OPEN_PATHS:
-        given = request.headers.get("Authorization", "")
-        token = given[7:].strip() if given.lower().startswith("bearer ") else \
-            request.headers.get("x-api-key", "")
-        if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-            raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
+    """Client keys (``api_keys``) guard the OpenAI routes; admin keys (``admin_keys``) guard
+    ``/admin/`` and ``/status``. Without admin keys ``/admin/`` answers loopback only and
+    ``/status`` is guarded like the OpenAI routes. Health, readiness, metrics and CORS
+    preflights are open."""
+    s = request.app[STATE].cfg.server
+    path = request.path
+    if path in OPEN_PATHS or path.startswith("/health/") or (
+            request.method == "OPTIONS" and s.cors_origins):
+        return await handler(request)
+    if admin.is_admin_path(path) and s.admin_keys:
+        if not _matches(_token(request), s.admin_keys):
+            raise Unauthorized("invalid or missing admin key: send 'Authorization: Bearer "
+                               "<admin key>' (server.admin_keys)")
+        return await handler(request)
+    if path.startswith("/admin/") and not is_loopback(request.remote):
+        raise Forbidden("the admin API answers only on loopback when server.admin_keys is "
+                        "not set")
+    if s.api_keys and not path.startswith("/admin/") and not _matches(_token(request),
+                                                                      s.api_keys):
+        raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
 
 
 def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = EngineManager
                ) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+    app = web.Application(middlewares=[request_id_middleware, errors_middleware,
+                                       auth_middleware],
                           client_max_size=64 * 1024 * 1024)
     app[NOTIFIER] = Notifier()
+    app[LIFECYCLE] = Lifecycle()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         state_dir = cfg.server.state_dir or default_state_dir()
@@ -99,14 +167,16 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
             # llama-server closes idle keep-alive connections after 5 s: drop ours sooner.
             connector=aiohttp.TCPConnector(limit=0, force_close=False,
                                            keepalive_timeout=KEEPALIVE_S))
-        manager = manager_factory(cfg, session, registry=EngineRegistry(state_dir))
+        bus = EventBus()
+        manager = manager_factory(cfg, session, registry=EngineRegistry(state_dir), events=bus)
         state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
                              started=time.monotonic(),
-                             cache=ResponseCache(cfg, clock=time.monotonic))
+                             cache=ResponseCache(cfg, clock=time.monotonic), bus=bus)
         state.metrics.watch(lambda: _live(state))
         app[STATE] = state
         app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))
+        app[RELOADER].preloads = operations.preload(manager)
         def warm_up() -> None:
             warm_local_tokenizers([local_source(m) for m in cfg.models])
             warm_shapes(list(cfg.models))
@@ -115,7 +185,10 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         try:
             yield
         finally:
+            for task in app[RELOADER].preloads:
+                task.cancel()
             housekeeping.cancel()
+            app[LIFECYCLE].stopping = True
             await asyncio.gather(warm, return_exceptions=True)  # a thread: it ends by itself
             await app[RELOADER].close()
             await manager.shutdown(state.cfg.server.shutdown_drain_s)
@@ -123,17 +196,17 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
 
     app.cleanup_ctx.append(resources)
 
-    def handler() -> RequestHandler:
-        return RequestHandler(app[STATE])
+    def handler(request: web.Request) -> RequestHandler:
+        return RequestHandler(app[STATE], REQUEST_ID.get())
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        return await handler().chat(request)
+        return await handler(request).chat(request)
 
     async def completions(request: web.Request) -> web.StreamResponse:
-        return await handler().completions(request)
+        return await handler(request).completions(request)
 
     async def embeddings(request: web.Request) -> web.StreamResponse:
-        return await handler().embeddings(request)
+        return await handler(request).embeddings(request)
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response(models_payload(app[STATE]))
@@ -146,17 +219,32 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         raise ModelNotFound(f"The model '{name}' does not exist", param="model")
 
     async def health(request: web.Request) -> web.Response:
+        """Liveness, cheap: no pids, ports or log tails (those are in /status)."""
         st = app[STATE]
-        return web.json_response({"status": "ok", "engines": st.manager.describe(),
+        return web.json_response({"status": "ok",
+                                  "uptime_s": round(time.monotonic() - st.started, 1),
                                   "queued": st.manager.queued(),
                                   "in_flight": st.manager.in_flight(),
-                                  "uptime_s": round(time.monotonic() - st.started, 1),
-                                  "config": {"path": st.cfg.path,
-                                             "generation": st.manager.generation,
+                                  "config": {"generation": st.manager.generation,
                                              "reloads": st.reloads,
-                                             "last_reload_error": st.last_reload_error},
-                                  "unexpected_errors": list(st.manager.unexpected),
-                                  "cache": st.cache.describe() if st.cache else []})
+                                             "last_reload_error": st.last_reload_error}})
+
+    async def health_model(request: web.Request) -> web.Response:
+        st = app[STATE]
+        model = st.cfg.resolve(request.match_info["name"])
+        if model is None:
+            raise ModelNotFound(f"The model '{request.match_info['name']}' does not exist",
+                                param="model")
+        payload = health_of_model(st, model.name)
+        return web.json_response(payload, status=503 if payload["status"] == "failed" else 200)
+
+    async def ready(request: web.Request) -> web.Response:
+        life = app[LIFECYCLE]
+        reason = ("shutting down" if life.stopping else
+                  None if life.listening else "listeners not bound yet")
+        return web.json_response({"ready": reason is None, "reason": reason,
+                                  "config_generation": app[STATE].manager.generation},
+                                 status=200 if reason is None else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         st = app[STATE]
@@ -170,8 +258,40 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model_one)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/{name:.+}", health_model)
+    app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    admin.add_routes(app, lambda: app[RELOADER])
+    if cfg.server.cors_origins:
+        _cors(app, cfg.server.cors_origins)
     return app
+
+
+def _cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    """Browser clients from these origins may call every route (preflights answered by
+    aiohttp-cors; lkn's own headers exposed). Changing the origins takes a restart."""
+    import aiohttp_cors
+
+    options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers="*",
+                                           allow_headers="*", allow_methods="*")
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        cors.add(route)
+
+
+def health_of_model(state: GatewayState, name: str) -> dict[str, Any]:
+    """One model: ``ready`` (an engine answers now), ``asleep``, ``starting``, ``idle`` (no
+    engine running; the next request starts one) or ``failed`` (every variant is FAILED and
+    waits out its cooldown: requests get a fast 503)."""
+    engines = [e for e in state.manager.describe() if e["model"] == name]
+    states = {e["state"] for e in engines if not e["retired"]}
+    failed = all(r.refusing(state.manager.policy, time.monotonic())
+                 for r in state.manager.records() if r.model.name == name and not r.retired)
+    status = next((s for s in ("ready", "asleep", "starting") if s in states),
+                  "failed" if failed else "idle")
+    return {"model": name, "status": status,
+            "engines": [{"engine": e["engine"], "ctx": e["ctx_size"], "state": e["state"],
+                         "in_flight": e["in_flight"]} for e in engines]}
 
 
 def _live(state: GatewayState) -> dict[str, Any]:
@@ -201,6 +321,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._again = False
         self._task: asyncio.Task[None] | None = None
+        self.preloads: list[asyncio.Task[None]] = []
 
     def request(self) -> None:
         if self._task is not None and not self._task.done():
@@ -235,6 +356,8 @@ class Reloader:
         except Exception as exc:  # a bad file (or an unreadable one) keeps the running config
             state.last_reload_error = str(exc)
             log.error("reload of %s failed, keeping the running config: %s", path, exc)
+            state.bus.publish("reload", ok=False, generation=state.manager.generation,
+                              error=str(exc))
             return False
         if new.server.listen != state.cfg.server.listen:
             log.warning("reload: listen addresses changed; that takes a restart")
@@ -251,8 +374,12 @@ class Reloader:
                          "changed, it was removed or its cache turned off)", n, model)
         state.reloads += 1
         state.last_reload_error = None
+        state.traffic.forget({m.name for m in new.models})
         log.info("reloaded %s: %d models (config generation %d)", path, len(new.models),
                  state.manager.generation)
+        state.bus.publish("reload", ok=True, generation=state.manager.generation)
+        self.preloads = [t for t in self.preloads if not t.done()]
+        self.preloads += operations.preload(state.manager)
         return True
 
     async def close(self) -> None:
@@ -264,6 +391,7 @@ class Reloader:
 
 RELOADER = web.AppKey("lkn_reloader", Reloader)
 NOTIFIER = web.AppKey("lkn_notifier", Notifier)
+LIFECYCLE = web.AppKey("lkn_lifecycle", Lifecycle)
 
 
 async def reload_config(app: web.Application) -> bool:
@@ -290,6 +418,7 @@ async def serve(cfg: Config, *, listen: list[str] | None = None,
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)
+        app[LIFECYCLE].listening = True
         if on_started is not None:
             on_started(app)
         notifier = app[NOTIFIER]
@@ -297,6 +426,7 @@ async def serve(cfg: Config, *, listen: list[str] | None = None,
         watchdog = asyncio.create_task(notifier.watchdog())
         await stop.wait()
         log.info("shutting down: draining in-flight requests, then stopping engines")
+        app[LIFECYCLE].stopping = True
         notifier.stopping()
         watchdog.cancel()
     finally:

@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 def engine_state(port: int) -> str:
-    health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health"))
+    health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status"))
     return str(health["engines"][0]["state"]) if health.get("engines") else "none"
 
 
@@ -131,7 +131,7 @@ models = {{ {{ name = "sg", engine = "sglang", python = {json.dumps(args.python)
         t0 = time.monotonic()
         r = client.chat.completions.create(model="sg", messages=msg, max_tokens=32)
         rows.append(("first request incl. start (s)", f"{time.monotonic() - t0:.1f}"))
-        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health"))
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status"))
         rows.append(("engine state", health["engines"][0]["state"]))
         rows.append(("chat answer", repr((r.choices[0].message.content or "")[:60])))
         rows.append(("VRAM running (MiB)", str(gpu_used_mb())))

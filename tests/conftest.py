@@ -226,6 +226,16 @@ def http(method: str, url: str, content: bytes | str | None = None,
             return HttpResult(exc.code, exc.headers, exc.read())
 
 
+def read_until(resp: Any, wanted: bytes, limit: int = 60) -> list[bytes]:
+    """Lines of a raw HTTP stream up to the first one containing ``wanted`` (a cold start
+    sends loading comments first)."""
+    seen = [resp.fp.readline()]
+    while wanted not in seen[-1] and len(seen) < limit and seen[-1]:
+        seen.append(resp.fp.readline())
+    assert wanted in seen[-1], seen
+    return seen
+
+
 @contextlib.contextmanager
 def lkn_daemon(config: Path, port: int, **popen: Any) -> Iterator[tuple[Any, Any]]:
     """``python -m lkn serve`` as a real daemon; yields (process, openai client) once it

@@ -216,7 +216,7 @@ def test_reload_that_changes_the_model_drops_its_entries(
     assert r.headers["x-lkn-cache"] == "miss" and r.parse().choices[0].message.content == \
         " w0 w1 w2"
     assert len(engine_requests(capture)) == 2
-    health = http("GET", gw.base_url + "/health").json()
+    health = http("GET", gw.base_url + "/status").json()
     assert health["cache"][0]["model"] == "fake" and health["cache"][0]["entries"] == 1
 
 

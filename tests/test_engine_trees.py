@@ -66,7 +66,7 @@ def test_a_leader_crash_leaves_no_member_of_its_tree(tmp_path: Path, fake_binary
     deadline = time.monotonic() + 10
     while gw.call(gw.manager.ready_process, "a") is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    [engine] = http("GET", gw.base_url + "/health").json()["engines"]
+    [engine] = http("GET", gw.base_url + "/status").json()["engines"]
     assert engine["state"] == "failed" and engine["crashes"] == 1
     assert client.chat.completions.create(model="a", messages=MSG).choices  # restarted
     assert gw.call(gw.manager.ready_process, "a").pid != leader
@@ -159,7 +159,7 @@ def test_reload_storm_under_streaming_load_answers_everything(tmp_path: Path,
         assert results and set(results) == {"ok"}, [r for r in results if r != "ok"][:5]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            health = http("GET", f"http://127.0.0.1:{port}/health").json()
+            health = http("GET", f"http://127.0.0.1:{port}/status").json()
             if health["in_flight"] == 0 and health["queued"] == 0:
                 break
             time.sleep(0.1)

@@ -66,7 +66,7 @@ def test_a_failing_variant_never_blocks_a_healthy_one_and_becomes_failed(
     assert failed.status_code == 503 and 1 <= int(failed.headers["retry-after"]) <= 30
     assert "FAILED" in failed.json()["error"]["message"]
     assert "out of memory" in failed.json()["error"]["message"]
-    engines = {e["key"]: e for e in http("GET", gw.base_url + "/health").json()["engines"]}
+    engines = {e["key"]: e for e in http("GET", gw.base_url + "/status").json()["engines"]}
     assert engines["m@2048"]["failures"]["failed"] is True
     assert engines["m@2048"]["failures"]["consecutive"] == 3
     assert engines["m@512"]["state"] == "ready"
@@ -88,7 +88,7 @@ def test_a_crashed_engine_restarts_on_demand(tmp_path: Path, fake_binary: str,
     deadline = time.monotonic() + 10
     while gw.call(gw.manager.ready_process, "m") is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    [engine] = [e for e in http("GET", gw.base_url + "/health").json()["engines"]
+    [engine] = [e for e in http("GET", gw.base_url + "/status").json()["engines"]
                 if e["key"] == "m@512"]
     assert engine["state"] == "failed" and engine["crashes"] == 1
     assert "exited unexpectedly with code 77" in engine["last_error"]
@@ -196,7 +196,7 @@ def test_a_reload_that_changes_health_settings_restarts_the_engine(
     assert gw.call(reload_config, gw.app) is True
     assert chat(gw, "a").status_code == 200
     assert gw.call(gw.manager.ready_process, "a").pid != pid
-    health = http("GET", gw.base_url + "/health").json()
+    health = http("GET", gw.base_url + "/status").json()
     assert health["config"]["generation"] == 2 and health["config"]["last_reload_error"] is None
 
 

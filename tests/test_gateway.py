@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import Gateway, HttpResult, http, lua_str, write_config
+from tests.conftest import Gateway, HttpResult, http, lua_str, read_until, write_config
 
 MSG = [{"role": "user", "content": "hello there"}]
 
@@ -55,6 +55,7 @@ def test_sdk_raises_its_own_error_classes(gw: Gateway) -> None:
 
 def test_chat_stream_relays_events_with_headers(gw: Gateway) -> None:
     client = gw.client()
+    client.chat.completions.create(model="f", messages=MSG)  # the engine runs: no loading
     with client.chat.completions.with_streaming_response.create(
             model="f", messages=MSG, stream=True) as resp:
         assert resp.headers["x-accel-buffering"] == "no"
@@ -120,8 +121,7 @@ def test_client_disconnect_closes_upstream_and_releases(
     conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
                   body=json.dumps({"model": "fake", "messages": MSG, "stream": True}))
     resp = conn.getresponse()
-    seen = [resp.fp.readline() for _ in range(6)]
-    assert any(line.startswith(b"data:") for line in seen)
+    read_until(resp, b"data:")
     assert gw.call(gw.manager.in_flight) == 1
     resp.close()
     conn.close()
@@ -168,7 +168,7 @@ def test_models_list_health_and_metrics(gw: Gateway) -> None:
     client.chat.completions.create(model="fake", messages=MSG)
     assert all(m.loaded for m in client.models.list().data)  # type: ignore[attr-defined]
     assert client.models.retrieve("f").id == "f"
-    health = http("GET", gw.base_url + "/health").json()
+    health = http("GET", gw.base_url + "/status").json()
     assert health["engines"][0]["state"] == "ready" and health["engines"][0]["key"] == "fake@4096"
     metrics = http("GET", gw.base_url + "/metrics").text
     assert 'lkn_requests_total{model="fake",route="chat",status="200"} 1' in metrics

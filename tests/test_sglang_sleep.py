@@ -30,7 +30,7 @@ def test_idle_engine_releases_memory_and_resumes(gw: Gateway) -> None:
     assert proc.state is State.ASLEEP and "memory released" in proc.logs.tail(20)
     slots = gw.call(lambda: [r.slot() for r in gw.manager.records() if r.running()])
     assert [(s.model, s.ctx, s.state) for s in slots] == [("sg", 4096, "asleep")]
-    health = http("GET", gw.base_url + "/health").json()
+    health = http("GET", gw.base_url + "/status").json()
     assert health["engines"][0]["state"] == "asleep"
     r = client.chat.completions.create(model="sg", messages=MSG, max_tokens=2)
     # the same answer as before the sleep: the weights were backed up, not lost

@@ -14,7 +14,7 @@ import pytest
 from lkn.config import ModelConfig, VariantConfig
 from lkn.engines.llamacpp import LlamaCppEngine
 from lkn.engines.sglang import SGLangEngine
-from tests.conftest import FAKE_SGLANG, Gateway, http, lua_str, make_wrapper, write_config
+from tests.conftest import FAKE_SGLANG, Gateway, http, lua_str, make_wrapper, read_until, write_config
 from tests.fakes.hf_model import make_hf_model_dir
 
 MSG = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -86,8 +86,7 @@ def test_client_gone_mid_split_stream_closes_the_upstream(tmp_path: Path, fake_b
     conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
                  body=json.dumps({"model": "m", "messages": MSG, "stream": True}))
     resp = conn.getresponse()
-    seen = [resp.fp.readline() for _ in range(6)]
-    assert any(b'"reasoning_content"' in line for line in seen)
+    read_until(resp, b'"reasoning_content"')
     resp.close()
     conn.close()
     proc = gw.call(gw.manager.processes)[0]

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import IO
+from typing import IO, Callable
 
 log = logging.getLogger("lkn.engine")
 
@@ -26,6 +26,8 @@ class LogRing:
         self.max_bytes = max_bytes  # rotate the file past this size (0: never)
         self.keep = keep            # rotated files kept: NAME.log.1 … NAME.log.KEEP
         self.path: str | None = None
+        # Called with every new line (the admin API's follow mode); must not block or raise.
+        self.listeners: set[Callable[[str], None]] = set()
         if log_dir:
             safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
             self.path = os.path.join(log_dir, f"{safe}.log")
@@ -35,6 +37,9 @@ class LogRing:
         must not leave an engine marked ready with a dead pid."""
         line = line.rstrip("\n")
         self._lines.append(line)
+        for listener in list(self.listeners):
+            with contextlib.suppress(Exception):  # a reader's problem is not the engine's
+                listener(line)
         if self.path is None or self._broken:
             return
         try:

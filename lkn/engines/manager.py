@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
 import logging
 import math
@@ -27,7 +28,9 @@ import aiohttp
 
 from .. import scheduler as sched
 from ..config import Config, ModelConfig, VariantConfig
-from ..errors import EngineUnavailable, GatewayTimeout, LknError, ModelNotFound, QueueFull
+from ..errors import (BadRequest, EngineUnavailable, GatewayTimeout, LknError, ModelNotFound,
+                      QueueFull)
+from ..events import EventBus
 from ..failures import FailurePolicy, record_failure, record_ready
 from ..selector import VariantInfo, options_for
 from ..vram import variant_vram_mb
@@ -74,8 +77,10 @@ class EngineManager:
                  process_factory: ProcessFactory | None = None,
                  gpu: GpuMonitor | None = None, spawn: Spawn | None = None,
                  registry: EngineRegistry | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 events: EventBus | None = None) -> None:
         self.cfg = cfg
+        self.bus = events or EventBus()
         self._session = session
         self._client_factory = client_factory
         self._gpu = gpu or GpuMonitor()
@@ -91,6 +96,7 @@ class EngineManager:
         self._pending: dict[int, _Pending] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._decide_scheduled = False
+        self._watchers: list[asyncio.Future[None]] = []  # woken after every decision
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.generation = 1
@@ -233,6 +239,11 @@ class EngineManager:
                               default_max_tokens=model.default_max_tokens,
                               margin=s.token_margin, budget_mb=s.vram_budget_mb,
                               embeddings=demand.embeddings)
+        if demand.ctx is not None:  # an operator's load of one variant
+            options = tuple(o for o in options if o.ctx == demand.ctx)
+            if not options:
+                raise BadRequest(f"model '{model.name}' has no variant with context "
+                                 f"{demand.ctx} that fits the VRAM budget", param="ctx")
         by_id = {r.slot_id: r for r in self._records_of(model)}
         usable = tuple(o for o in options if not by_id[o.key].refusing(self.policy, now))
         if usable:
@@ -287,6 +298,70 @@ class EngineManager:
         record.last_used = self._clock()
         self._kick()
 
+    # ------------------------------------------------------------------ operator hooks
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Wait until ``done()`` holds, checked after every decision (every engine event);
+        GatewayTimeout after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise GatewayTimeout(f"{what} did not finish within {timeout_s:g}s")
+            watcher: asyncio.Future[None] = loop.create_future()
+            self._watchers.append(watcher)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(watcher, remaining)
+
+    def mark_unloading(self, model: ModelConfig) -> list[EngineRecord]:
+        """No more grants to the model's running engines; each stops once idle."""
+        records = [r for r in self._records_of(model) if r.running()]
+        for r in records:
+            r.unloading = True
+        self._kick()
+        return records
+
+    def force_stop(self, record: EngineRecord, reason: str) -> None:
+        """Stop now, in-flight requests or not (their streams end with an error event)."""
+        if record.stopping or not record.running():
+            return
+        record.stopping = True
+        self._supervise(self._run_stop(record, reason), record, "stop")
+
+    async def sleep_engine(self, record: EngineRecord) -> None:
+        """Release the engine's memory once its in-flight requests are done (no new grants
+        meanwhile); the next request wakes it."""
+        record.releasing = True
+        try:
+            await self.wait_until(lambda: not record.in_flight, self.cfg.server.request_timeout_s,
+                                  f"draining {record.key}")
+        except BaseException:
+            record.releasing = False
+            self._kick()
+            raise
+        await self._sleep(record)
+
+    def waiting_on(self, model_name: str) -> str:
+        """What a request for the model waits for, for people: an engine starting, or a
+        place in the queue."""
+        for r in self.records():
+            if r.model.name == model_name and r.sched_state() == sched.STARTING:
+                return f"loading {r.key}"
+        for r in self.records():
+            if r.model.name == model_name and r.sched_state() == sched.STOPPING:
+                return f"waiting for {r.key} to stop"
+        return f"queued for {model_name}"
+
+    def unload_candidates(self, min_idle_s: float = 60.0) -> list[dict[str, Any]]:
+        """Ready engines, not pinned, idle for ``min_idle_s`` or more: longest idle first."""
+        now = self._clock()
+        out = [{"engine": r.slot_id, "key": r.key, "idle_s": round(now - r.last_used, 1),
+                "vram_mb": r.vram_mb}
+               for r in self._active.values()
+               if r.sched_state() == sched.READY and not r.in_flight and not r.model.pinned
+               and now - r.last_used >= min_idle_s]
+        return sorted(out, key=lambda d: -d["idle_s"])
+
     # ------------------------------------------------------------------ decisions
     def kick(self) -> None:
         """Re-run the scheduler soon (after an event the manager cannot see, e.g. time)."""
@@ -297,11 +372,22 @@ class EngineManager:
         if self._decide_scheduled:
             return
         self._decide_scheduled = True
-        asyncio.get_running_loop().call_soon(self._decide)
+        # A fresh context: the decision (and the start and stop tasks it creates) belongs to no
+        # request, whatever request's event triggered it (request ids in log lines).
+        asyncio.get_running_loop().call_soon(self._decide, context=contextvars.Context())
 
     def _on_state(self, record: EngineRecord, old: State) -> None:
         proc = record.process
         self.events.append((self._clock(), record.key, proc.state.value))
+        if proc.state in (State.STOPPED, State.FAILED):
+            record.unloading = False  # unloaded: the next request may start it again
+        self.bus.publish("engine", engine=record.slot_id, key=record.key,
+                         model=record.model.name, ctx=record.variant.ctx_size,
+                         state=proc.state.value, previous=old.value,
+                         reason=(record.stop_reason if proc.state in (State.STOPPING,
+                                                                       State.STOPPED)
+                                 else proc.last_error if proc.state is State.FAILED else ""),
+                         vram_mb=record.vram_mb)
         if proc.state is State.FAILED and old in (State.READY, State.ASLEEP):
             record.crashes += 1
             record.history = record_failure(record.history, proc.last_error, self._clock())
@@ -341,9 +427,18 @@ class EngineManager:
                 record = by_id[action.key]
                 if record.stop_retry_at > now:
                     continue  # its last stop failed: not again in a tight loop (timer below)
+                reason = "unload" if record.unloading else action.reason
+                if action.for_key in by_id:
+                    self.bus.publish("swap", stopped=record.slot_id, stopped_key=record.key,
+                                     for_engine=action.for_key, for_key=by_id[action.for_key].key)
+                    reason = f"evicted for {by_id[action.for_key].key}"
                 record.stopping = True
-                self._supervise(self._run_stop(record, action.reason), record, "stop")
+                self._supervise(self._run_stop(record, reason), record, "stop")
         self._arm_timer(now)
+        watchers, self._watchers = self._watchers, []
+        for w in watchers:
+            if not w.done():
+                w.set_result(None)
 
     def _expire(self, now: float) -> None:
         for wid, p in list(self._pending.items()):
@@ -445,6 +540,7 @@ class EngineManager:
     async def _run_stop(self, record: EngineRecord, reason: str) -> None:
         try:
             log.info("stopping %s (%s)", record.key, reason)
+            record.stop_reason = reason
             before = await self._gpu.used_mb()
             await record.process.stop()
             await self._gpu.wait_released(before, record.vram_mb)
@@ -469,7 +565,7 @@ class EngineManager:
         now = self._clock()
         for record in list(self._active.values()):
             unload = record.model.idle_unload_s
-            if (unload and not record.process.client.supports_sleep
+            if (unload and not record.model.pinned and not record.process.client.supports_sleep
                     and record.sched_state() == sched.READY and not record.in_flight
                     and now - max(record.last_used, record.history.ready_at or 0.0) >= unload):
                 record.stopping = True
@@ -480,15 +576,20 @@ class EngineManager:
                     or record.sched_state() != sched.READY or record.in_flight
                     or now - record.last_used < model.sleep_when_idle_s):
                 continue
-            # Marked before the await: no request is granted to it while it releases memory.
-            record.releasing = True
             try:
-                await proc.sleep()
+                await self._sleep(record)
             except Exception as exc:
                 log.warning("could not put %s to sleep: %s", record.key, exc)
-            finally:
-                record.releasing = False
         self.kick()
+
+    async def _sleep(self, record: EngineRecord) -> None:
+        # Marked before the await: no request is granted to it while it releases memory.
+        record.releasing = True
+        try:
+            await record.process.sleep()
+        finally:
+            record.releasing = False
+            self.kick()
 
     # ------------------------------------------------------------------ shutdown
     async def shutdown(self, drain_s: float) -> None:

@@ -46,6 +46,7 @@ class Demand:
     prompt_tokens: int
     answer_tokens: int | None  # max_tokens / max_completion_tokens as sent, None if absent
     embeddings: bool = False
+    ctx: int | None = None  # only this variant (an operator's load)
 
 
 class EngineRecord:
@@ -60,6 +61,8 @@ class EngineRecord:
         self.in_flight = 0
         self.last_used = 0.0
         self.retired = False
+        self.unloading = False   # an operator unloads it: no grants, stopped once idle
+        self.stop_reason = ""    # why the current or last stop was made (events, logs)
         self.starting = False    # a start (or wake) task of the manager is running
         self.stopping = False    # a stop task is running
         self.releasing = False   # memory is being released (sleep): no grants meanwhile
@@ -102,8 +105,9 @@ class EngineRecord:
         if state is None:
             return None  # stopped or failed: holds nothing
         return sched.Slot(self.slot_id, self.model.name, self.variant.ctx_size, self.vram_mb,
-                          state, self.in_flight, self.last_used, self.retired,
-                          capacity=self.model.parallel)
+                          state, self.in_flight, self.last_used,
+                          self.retired or self.unloading, capacity=self.model.parallel,
+                          pinned=self.model.pinned and not self.retired)
 
     def refusing(self, policy: FailurePolicy, now: float) -> bool:
         """FAILED and not due for its next try: requests get a fast 503."""
@@ -117,8 +121,11 @@ class EngineRecord:
         d = self.process.describe()
         h = self.history
         retry = h.retry_at(policy)
-        d.update(engine=self.slot_id, in_flight=self.in_flight, vram_mb=self.vram_mb,
-                 retired=self.retired, crashes=self.crashes,
+        idle = (round(now - self.last_used, 1) if self.last_used and not self.in_flight
+                and self.process.state in (State.READY, State.ASLEEP) else None)
+        d.update(engine=self.slot_id, model=self.model.name, in_flight=self.in_flight,
+                 vram_mb=self.vram_mb, retired=self.retired, unloading=self.unloading,
+                 pinned=self.model.pinned, idle_s=idle, crashes=self.crashes,
                  failures={"consecutive": h.consecutive, "failed": h.failed(policy),
                            "retry_in_s": round(max(0.0, retry - now), 1) if retry else 0.0,
                            "last_error": h.last_error or None})

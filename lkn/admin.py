@@ -1,0 +1,276 @@
+"""The admin API (``/admin/…``) and the traffic status (``/status``), for operators, the CLI
+(``lkn ps``, ``lkn load`` …) and the dashboard.
+
+Guarded by ``server.admin_keys`` (sent like client keys: ``Authorization: Bearer <key>``); when
+none are set, ``/admin/`` answers only on loopback and ``/status`` is guarded like the OpenAI
+routes (see server.py's ``auth_middleware``).
+
+Routes::
+
+    POST /admin/models/{name}/load     ?ctx=N   start (or swap in) the model; waits until ready
+    POST /admin/models/{name}/unload   ?force=1 stop its engines (after in-flight work, or now)
+    POST /admin/models/{name}/sleep             release memory, keep running (SGLang)
+    POST /admin/models/{name}/wake
+    POST /admin/reload                          like SIGHUP; the outcome and any config error
+    GET  /admin/engines/{engine}/logs  ?lines=N&follow=1   the engine's output (SSE to follow)
+    POST /admin/requests/{id}/cancel
+    GET  /admin/events                 ?history=N   SSE: engine states, swaps, requests, reloads
+    GET  /status                       ?window=S    traffic and engines (JSON)
+    GET  /status/{model}               ?window=S
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .engines import operations
+from .engines.records import EngineRecord
+from .errors import BadRequest, ModelNotFound
+from .handler import STATE, GatewayState
+from .loading import sse_headers
+from .traffic import DEFAULT_WINDOWS
+
+if TYPE_CHECKING:
+    from .server import Reloader
+
+KEEPALIVE_S = 15.0
+
+
+class NotFound(ModelNotFound):
+    code = "not_found"
+
+
+def _query_number(request: web.Request, name: str, default: float | None, *,
+                  low: float, high: float) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # nan fails too
+        raise BadRequest(f"query parameter {name} must be a number in [{low:g}, {high:g}], "
+                         f"got {raw!r}", param=name)
+    return value
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+# ------------------------------------------------------------------ status
+
+def status_payload(state: GatewayState, window_s: float | None = None) -> dict[str, Any]:
+    m = state.manager
+    now = time.monotonic()
+    engines = m.describe()
+    windows = DEFAULT_WINDOWS + ((window_s,) if window_s and window_s not in DEFAULT_WINDOWS
+                                 else ())
+    models = {model.name: _model_status(state, model.name, engines, now, windows)
+              for model in state.cfg.models}
+    running = [e for e in engines if e["state"] in ("starting", "ready", "stopping")]
+    return {"uptime_s": round(now - state.started, 1),
+            "config": {"path": state.cfg.path, "generation": m.generation,
+                       "reloads": state.reloads, "last_reload_error": state.last_reload_error},
+            "vram": {"budget_mb": state.cfg.server.vram_budget_mb,
+                     "estimated_mb": sum(e["vram_mb"] for e in running)},
+            "queued": m.queued(), "in_flight": m.in_flight(),
+            "engines": engines, "models": models,
+            "unload_candidates": m.unload_candidates(),
+            "requests": state.inflight.describe(),
+            "unexpected_errors": list(m.unexpected),
+            "cache": state.cache.describe() if state.cache else []}
+
+
+def _model_status(state: GatewayState, name: str, engines: list[dict[str, Any]], now: float,
+                  windows: tuple[float, ...]) -> dict[str, Any]:
+    mine = [e for e in engines if e["model"] == name]
+    busy = any(e["in_flight"] for e in mine) or any(
+        r["model"] == name for r in state.inflight.describe())
+    loaded = any(e["state"] in ("ready", "asleep", "starting") for e in mine)
+    last = state.traffic.last_used(name)
+    return {"state": "active" if busy else "idle" if loaded else "unloaded",
+            "engines": [e["engine"] for e in mine],
+            "last_used_s_ago": round(now - last, 1) if last is not None else None,
+            "traffic": state.traffic.windows(name, now, windows)}
+
+
+async def status(request: web.Request) -> web.Response:
+    state = _state(request)
+    window = _query_number(request, "window", None, low=1, high=state.traffic.keep_s)
+    return web.json_response(status_payload(state, window))
+
+
+async def status_model(request: web.Request) -> web.Response:
+    state = _state(request)
+    model = state.cfg.resolve(request.match_info["name"])
+    if model is None:
+        raise ModelNotFound(f"The model '{request.match_info['name']}' does not exist",
+                            param="model")
+    window = _query_number(request, "window", None, low=1, high=state.traffic.keep_s)
+    payload = status_payload(state, window)
+    return web.json_response({"model": model.name, **payload["models"][model.name],
+                              "engine_details": [e for e in payload["engines"]
+                                                 if e["model"] == model.name]})
+
+
+# ------------------------------------------------------------------ models
+
+async def load(request: web.Request) -> web.Response:
+    state = _state(request)
+    ctx = _query_number(request, "ctx", None, low=1, high=10**9)
+    return web.json_response(await operations.load(
+        state.manager, request.match_info["name"], int(ctx) if ctx else None))
+
+
+async def unload(request: web.Request) -> web.Response:
+    state = _state(request)
+    return web.json_response(await operations.unload(
+        state.manager, request.match_info["name"], force=_flag(request, "force"),
+        timeout_s=state.cfg.server.request_timeout_s + state.cfg.server.stop_grace_s))
+
+
+async def sleep(request: web.Request) -> web.Response:
+    return web.json_response(await operations.sleep(_state(request).manager,
+                                                    request.match_info["name"]))
+
+
+async def wake(request: web.Request) -> web.Response:
+    return web.json_response(await operations.wake(_state(request).manager,
+                                                   request.match_info["name"]))
+
+
+# ------------------------------------------------------------------ reload, cancel
+
+class ConfigRejected(BadRequest):
+    code = "config_error"
+
+
+def reload_route(reloader: Callable[[], Reloader]) -> Callable[[web.Request],
+                                                               Awaitable[web.Response]]:
+    async def reload(request: web.Request) -> web.Response:
+        state = _state(request)
+        if not await reloader().reload():
+            raise ConfigRejected(f"reload failed, the running config is kept: "
+                                 f"{state.last_reload_error}")
+        return web.json_response({"ok": True, "generation": state.manager.generation,
+                                  "models": [m.name for m in state.cfg.models]})
+    return reload
+
+
+async def cancel(request: web.Request) -> web.Response:
+    rid = request.match_info["id"]
+    count = _state(request).inflight.cancel(rid)
+    if not count:
+        raise NotFound(f"no request with id {rid!r} is in flight")
+    return web.json_response({"id": rid, "cancelled": count})
+
+
+# ------------------------------------------------------------------ logs and events
+
+def _record(state: GatewayState, name: str) -> EngineRecord:
+    """An engine by its id (``model@ctx#n``), its variant (``model@ctx``: the newest engine of
+    it) or its model's name (when the model has one variant, or one running)."""
+    records = sorted(state.manager.records(), key=lambda r: r.id)
+    for r in records:
+        if r.slot_id == name:
+            return r
+    same = [r for r in records if r.key == name]
+    if same:
+        return same[-1]
+    mine = [r for r in records if r.model.name == name]
+    running = [r for r in mine if r.running()]
+    if len({r.key for r in mine}) == 1 or len(running) == 1:
+        return (running or mine)[-1]
+    if mine:
+        raise BadRequest(f"model {name!r} has several engines; name one of "
+                         f"{', '.join(sorted({r.key for r in mine}))}", param="engine")
+    known = ", ".join(sorted({r.key for r in records}))
+    raise NotFound(f"no engine {name!r}; engines: {known}")
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    record = _record(state, request.match_info["engine"])
+    lines = int(_query_number(request, "lines", 100, low=0, high=10_000) or 0)
+    ring = record.process.logs
+    tail = ring.tail(lines).splitlines() if lines else []
+    if not _flag(request, "follow"):
+        return web.json_response({"engine": record.slot_id, "key": record.key,
+                                  "file": ring.path, "lines": tail})
+    resp = web.StreamResponse(headers=sse_headers({}))
+    await resp.prepare(request)
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+
+    def on_line(line: str) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(line)
+
+    ring.listeners.add(on_line)
+    try:
+        for line in tail:
+            await resp.write(_data({"engine": record.slot_id, "line": line}))
+        while True:
+            try:
+                line = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            await resp.write(_data({"engine": record.slot_id, "line": line}))
+    except ConnectionResetError:
+        return resp
+    finally:
+        ring.listeners.discard(on_line)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    history = int(_query_number(request, "history", 0, low=0, high=10_000) or 0)
+    resp = web.StreamResponse(headers=sse_headers({}))
+    await resp.prepare(request)
+    with state.bus.subscribe() as sub:
+        try:
+            for event in state.bus.recent(limit=history) if history else []:
+                await resp.write(_data(event))
+            while True:
+                event = await sub.get(KEEPALIVE_S)
+                await resp.write(b": keep-alive\n\n" if event is None else _data(event))
+        except ConnectionResetError:
+            return resp
+
+
+def _data(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+# ------------------------------------------------------------------ wiring
+
+def _state(request: web.Request) -> GatewayState:
+    return request.app[STATE]
+
+
+def add_routes(app: web.Application, reloader: Callable[[], Reloader]) -> None:
+    r = app.router
+    r.add_get("/status", status)
+    r.add_get("/status/{name:.+}", status_model)
+    r.add_post("/admin/models/{name}/load", load)
+    r.add_post("/admin/models/{name}/unload", unload)
+    r.add_post("/admin/models/{name}/sleep", sleep)
+    r.add_post("/admin/models/{name}/wake", wake)
+    r.add_post("/admin/reload", reload_route(reloader))
+    r.add_get("/admin/engines/{engine}/logs", logs)
+    r.add_post("/admin/requests/{id}/cancel", cancel)
+    r.add_get("/admin/events", events)
+
+
+def is_admin_path(path: str) -> bool:
+    return path.startswith("/admin/") or path == "/status" or path.startswith("/status/")
+
+
+__all__ = ["add_routes", "is_admin_path", "status_payload"]

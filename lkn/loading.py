@@ -1,0 +1,81 @@
+"""Loading feedback: a streaming request that waits for an engine start or a swap gets its SSE
+headers at once and a comment every few seconds (``: loading smollm2@2048, 12 s``), so proxies
+(nginx, Cloudflare) and clients see progress instead of a silent connection they cut.
+
+A model with ``loading_events = true`` sends the progress as ``reasoning_content`` deltas of the
+chat stream instead (llama-swap's ``sendLoadingState``): clients that show reasoning show it.
+Off by default: it changes the answer's reasoning.
+
+Only waits longer than ``GRACE_S`` do this: a request served by a ready engine answers exactly as
+it would without lkn. Once the headers are out, an error is an error event (the handler's job).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from typing import Any, Awaitable, TypeVar
+
+from aiohttp import web
+
+from .config import ModelConfig
+from .engines.manager import EngineManager
+
+T = TypeVar("T")
+GRACE_S = 0.05      # a ready engine grants within this; only longer waits send headers early
+INTERVAL_S = 3.0    # between two progress messages
+
+
+def sse_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The headers of every event stream lkn relays."""
+    return {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"}
+
+
+class LoadingFeedback:
+    def __init__(self, request: web.Request, route: str, model: ModelConfig,
+                 manager: EngineManager, headers: dict[str, str]) -> None:
+        self._request = request
+        self._route = route
+        self._model = model
+        self._manager = manager
+        self._headers = headers
+        self._id = f"chatcmpl-lkn-loading-{uuid.uuid4().hex[:12]}"
+        self.response: web.StreamResponse | None = None  # prepared once the wait got long
+
+    async def wait(self, acquiring: Awaitable[T]) -> T:
+        """Await ``acquiring`` (the engine lease), sending progress while it takes long. The
+        lease request is cancelled if the client goes away or this task is cancelled."""
+        task = asyncio.ensure_future(acquiring)
+        started = time.monotonic()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=GRACE_S)
+            while not done:
+                await self._progress(time.monotonic() - started)
+                done, _ = await asyncio.wait({task}, timeout=INTERVAL_S)
+            return task.result()
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+
+    async def _progress(self, waited: float) -> None:
+        what = f"{self._manager.waiting_on(self._model.name)}, {waited:.0f} s"
+        if self.response is None:
+            self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers))
+            await self.response.prepare(self._request)
+        if self._model.loading_events and self._route == "chat":
+            await self.response.write(b"data: " + json.dumps(self._chunk(what + "\n")).encode()
+                                      + b"\n\n")
+        else:
+            await self.response.write(f": {what}\n\n".encode())
+
+    def _chunk(self, text: str) -> dict[str, Any]:
+        return {"id": self._id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self._model.name,
+                "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                   "reasoning_content": text},
+                             "finish_reason": None}]}
