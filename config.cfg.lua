@@ -5,6 +5,9 @@
 server = {
   listen = { "127.0.0.1:8080", "[::1]:8080" },
   api_keys = {},                 -- e.g. { "sk-team-a", "sk-team-b" }
+  admin_keys = {},               -- /admin and /status; empty: the admin API is loopback-only
+  preload = { "smollm2" },       -- started at boot and after each reload
+  idle_unload_s = 1800,          -- an engine idle for 30 min gives its VRAM back
   request_timeout_s = 600,
   stream_idle_timeout_s = 300,
   engine_start_timeout_s = 180,

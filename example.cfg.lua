@@ -16,6 +16,14 @@ server = {
   -- "Authorization: Bearer <key>" (or "x-api-key: <key>"). /health and /metrics stay open.
   api_keys = {},
 
+  -- Keys for the admin API (/admin/..., /status, `lkn ps`, `lkn load` ...; the CLI reads
+  -- LKN_ADMIN_KEY). Separate from client keys. Empty: /admin answers only on loopback.
+  admin_keys = {},
+  -- Models started at boot and after every reload (their smallest variant), in the background.
+  preload = {},
+  -- Browser origins allowed to call lkn (CORS), e.g. { "https://chat.example" } or { "*" }.
+  cors_origins = {},
+
   request_timeout_s = 600,       -- a whole non-streaming answer
   stream_idle_timeout_s = 300,   -- silence allowed between two streamed events
   engine_start_timeout_s = 120,  -- from spawn until the engine's health check passes
@@ -99,6 +107,9 @@ models = {
     -- Who separates thinking from the answer: "engine" (llama-server does; the default),
     -- "lkn" (the engine returns raw text, lkn splits <think> and harmony) or "none" (raw text).
     reasoning = "engine",
+    pinned = false,             -- true: never evicted by the scheduler, never idle-unloaded
+    loading_events = false,     -- true: a stream waiting for a start gets the progress as
+                                -- reasoning_content deltas (default: SSE comments only)
     -- Context variants: lkn counts each request's tokens and starts the smallest variant that
     -- holds prompt + max_tokens; a running larger variant is reused instead of reloading.
     variants = {

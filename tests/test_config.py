@@ -69,6 +69,11 @@ def test_model_validation_names_key_path_and_value(tmp_path: Path, models: str,
      'server.homeostasis.mode: must be one of homeostatic, passthrough, got "always"'),
     ('api_keys = "secret"', 'server.api_keys: must be a list of strings, got "secret"'),
     ('listne = {}', 'server.listne: unknown key'),
+    ('preload = { "ghost" }', 'server.preload[1]: no such model, got "ghost"'),
+    ('cors_origins = { "https://app.example/x" }',
+     'server.cors_origins[1]: must be "*" or an origin like "https://app.example:8443" '
+     '(no path), got "https://app.example/x"'),
+    ('admin_keys = "k"', 'server.admin_keys: must be a list of strings, got "k"'),
 ])
 def test_server_validation_names_key_path_and_value(tmp_path: Path, server: str,
                                                     message: str) -> None:
@@ -166,3 +171,29 @@ def test_reasoning_config_errors(tmp_path: Path, fields: str, message: str) -> N
         write_config(tmp_path, f'models = {{ {{ name = "m", ctx_size = 512, {MODEL}, '
                                f'{fields} }} }}\n')
     assert str(info.value) == message
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    lua = (f'server = {{ vram_budget_mb = 0, typo = 1 }}\n'
+           f'models = {{ {{ name = "m", ctx_size = 512, parallel = 0, {MODEL} }},\n'
+           f'            {{ name = "m", ctx_size = "x", {MODEL} }},\n'
+           f'            {{ name = "n", ctx_size = 512, pinned = "yes", {MODEL} }} }}\n')
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, lua)
+    assert info.value.errors == [
+        "server.vram_budget_mb: must be a positive integer, got 0",
+        "server.typo: unknown key",
+        "models[1].parallel: must be a positive integer, got 0",
+        'models[2].ctx_size: must be a positive integer, got "x"',
+        'models[3].pinned: must be true or false, got "yes"']
+    assert str(info.value).startswith("5 errors: server.vram_budget_mb")
+
+
+def test_operations_settings(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, f"""
+server = {{ admin_keys = {{ "a1" }}, preload = {{ "m" }}, cors_origins = {{ "*" }} }}
+models = {{ {{ name = "m", ctx_size = 512, pinned = true, loading_events = true, {MODEL} }} }}
+""")
+    assert (cfg.server.admin_keys, cfg.server.preload, cfg.server.cors_origins) == (
+        ("a1",), ("m",), ("*",))
+    assert cfg.models[0].pinned and cfg.models[0].loading_events

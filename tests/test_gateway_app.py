@@ -103,3 +103,62 @@ async def test_metrics_keep_every_digit_and_escape_labels(client: TestClient) ->
     assert samples[("lkn_config_generation", ())] == 1
     assert samples[("lkn_queued", ())] == 0
     assert any(name == "process_resident_memory_bytes" for name, _ in samples)
+
+
+async def test_every_answer_carries_a_request_id(client: TestClient) -> None:
+    r = await client.post("/v1/chat/completions", data=b"{not json",
+                          headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert (await r.json())["error"]["request_id"] == "abc-123"
+    made = await client.get("/v1/models", headers={"x-request-id": "bad id with spaces"})
+    assert made.headers["x-request-id"].startswith("req-")
+    other = await client.get("/v1/models")
+    assert other.headers["x-request-id"] != made.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("remote, allowed", [
+    ("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.5", False), ("192.168.1.2", False), ("::ffff:10.0.0.5", False), ("", False),
+    ("fe80::1%eth0", False)])
+async def test_without_admin_keys_the_admin_api_is_loopback_only(
+        tmp_path: Path, remote: str, allowed: bool) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from lkn.errors import Forbidden
+    from lkn.server import auth_middleware
+
+    app = create_app(write_config(tmp_path, LUA))
+    app[STATE] = type("S", (), {"cfg": write_config(tmp_path, LUA)})()  # only cfg is read
+    request = make_mocked_request("POST", "/admin/reload", app=app).clone(remote=remote)
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    if allowed:
+        assert (await auth_middleware(request, ok)).status == 200
+    else:
+        with pytest.raises(Forbidden):
+            await auth_middleware(request, ok)
+
+
+async def test_cors_preflight_and_exposed_headers(tmp_path: Path, aiohttp_client: Any) -> None:
+    lua = LUA.replace('log_dir = "logs"', 'log_dir = "logs", cors_origins = { "https://app.example" }')
+    c = await aiohttp_client(create_app(write_config(tmp_path, lua)))
+    pre = await c.options("/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status == 200
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    other = await c.options("/v1/chat/completions", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert other.status == 403
+    r = await c.get("/v1/models", headers={**AUTH, "Origin": "https://app.example"})
+    assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "x-request-id" in r.headers["Access-Control-Expose-Headers"].lower()
+
+
+async def test_no_cors_headers_without_configured_origins(client: TestClient) -> None:
+    r = await client.get("/v1/models", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers

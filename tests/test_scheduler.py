@@ -13,9 +13,9 @@ C = Option("c@1024", 1024, 2000)
 
 
 def slot(option: Option, state: str = READY, in_flight: int = 0, last_used: float = 0.0,
-         retired: bool = False, capacity: int = 4) -> Slot:
+         retired: bool = False, capacity: int = 4, pinned: bool = False) -> Slot:
     return Slot(option.key, option.key.split("@")[0], option.ctx, option.vram_mb, state,
-                in_flight, last_used, retired, capacity)
+                in_flight, last_used, retired, capacity, pinned)
 
 
 def waiter(i: int, *options: Option, arrived: float = 0.0) -> Waiter:
@@ -38,6 +38,13 @@ CASES = [
      [slot(A512)], [waiter(1, C)], 8000, 0, 0.0, [Start("c@1024")]),
     ("does not fit: evict the idle engine first, start later",
      [slot(A2048)], [waiter(1, B)], 8000, 0, 0.0, [Stop("a@2048")]),
+    ("a pinned engine is never evicted: the unpinned one goes, even if used more recently",
+     [slot(A512, pinned=True, last_used=1.0), slot(C, last_used=5.0)], [waiter(1, B)],
+     8000, 2, 9.0, [Stop("c@1024")]),
+    ("only pinned engines stand in the way: the request waits (nothing is stopped)",
+     [slot(A2048, pinned=True)], [waiter(1, B)], 8000, 0, 9.0, []),
+    ("a retired pinned engine still stops once idle (its config changed)",
+     [slot(A2048, pinned=True, retired=True)], [], 8000, 0, 0.0, [Stop("a@2048", "retired")]),
     ("never evicts an engine with requests in flight",
      [slot(A2048, in_flight=1)], [waiter(1, B)], 8000, 0, 0.0, []),
     ("eviction order is least recently used first",
@@ -99,6 +106,12 @@ def test_decide(name: str, slots: list[Slot], waiters: list[Waiter], budget: int
                 max_engines: int, now: float, expected: list[object]) -> None:
     assert decide(slots, waiters, budget_mb=budget, max_engines=max_engines, max_wait_s=30.0,
                   now=now) == expected
+
+
+def test_an_eviction_names_the_engine_it_makes_room_for() -> None:
+    [stop] = decide([slot(A2048)], [waiter(1, B)], budget_mb=8000, max_engines=0,
+                    max_wait_s=30.0, now=0.0)
+    assert isinstance(stop, Stop) and (stop.key, stop.for_key) == ("a@2048", "b@1024")
 
 
 def test_an_overdue_waiter_blocks_even_when_it_is_not_first_in_line() -> None:

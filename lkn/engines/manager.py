@@ -218,10 +218,10 @@ class EngineManager:
         return [r.process for r in self.records() if r.process.state is not State.STOPPED]
 
     def describe(self) -> list[dict[str, Any]]:
+        """Every configured variant (stopped ones too), and retired engines until they are
+        gone."""
         now = self._clock()
-        return [r.describe(self.policy, now) for r in sorted(self.records(), key=lambda r: r.id)
-                if r.running() or r.retired or r.history.consecutive
-                or r.process.state is not State.STOPPED]
+        return [r.describe(self.policy, now) for r in sorted(self.records(), key=lambda r: r.id)]
 
     def queued(self) -> int:
         return len(self._pending)

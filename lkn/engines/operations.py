@@ -55,7 +55,8 @@ async def load(manager: EngineManager, name: str, ctx: int | None = None,
     if ctx is not None and ctx not in [v.ctx_size for v in model.variants]:
         raise BadRequest(f"model '{model.name}' has no variant with context {ctx}; it has "
                          f"{', '.join(str(v.ctx_size) for v in model.variants)}", param="ctx")
-    lease = await manager.acquire(model, Demand(0, None, ctx=ctx), timeout_s=timeout_s)
+    # No tokens at all: every variant holds it, the smallest that fits comes first.
+    lease = await manager.acquire(model, Demand(0, 0, ctx=ctx), timeout_s=timeout_s)
     lease.release()
     return _brief(lease.record)
 
