@@ -16,14 +16,14 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Awaitable
 
 from aiohttp import web
 
 from .config import ModelConfig
 from .engines.manager import EngineManager
+from .engines.records import Lease
 
-T = TypeVar("T")
 GRACE_S = 0.05      # a ready engine grants within this; only longer waits send headers early
 INTERVAL_S = 3.0    # between two progress messages
 
@@ -45,9 +45,10 @@ class LoadingFeedback:
         self._id = f"chatcmpl-lkn-loading-{uuid.uuid4().hex[:12]}"
         self.response: web.StreamResponse | None = None  # prepared once the wait got long
 
-    async def wait(self, acquiring: Awaitable[T]) -> T:
-        """Await ``acquiring`` (the engine lease), sending progress while it takes long. The
-        lease request is cancelled if the client goes away or this task is cancelled."""
+    async def wait(self, acquiring: Awaitable[Lease]) -> Lease:
+        """Await ``acquiring`` (the engine lease), sending progress while it takes long. If
+        the client goes away or this task is cancelled, the lease request is cancelled, and a
+        lease granted at that very moment is given back."""
         task = asyncio.ensure_future(acquiring)
         started = time.monotonic()
         try:
@@ -59,7 +60,7 @@ class LoadingFeedback:
         except BaseException:
             task.cancel()
             with contextlib.suppress(BaseException):
-                await task
+                (await task).release()
             raise
 
     async def _progress(self, waited: float) -> None:

@@ -125,9 +125,9 @@ async def auth_middleware(request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
     """Client keys (``api_keys``) guard the OpenAI routes; admin keys (``admin_keys``) guard
-    ``/admin/`` and ``/status``. Without admin keys ``/admin/`` answers loopback only and
-    ``/status`` is guarded like the OpenAI routes. Health, readiness, metrics and CORS
-    preflights are open."""
+    ``/admin/`` and ``/status``. Without admin keys ``/admin/`` answers loopback only, and
+    ``/status`` answers loopback, else is guarded like the OpenAI routes. Health, readiness,
+    metrics and CORS preflights are open."""
     s = request.app[STATE].cfg.server
     path = request.path
     if path in OPEN_PATHS or path.startswith("/health/") or (
@@ -138,11 +138,11 @@ async def auth_middleware(request: web.Request,
             raise Unauthorized("invalid or missing admin key: send 'Authorization: Bearer "
                                "<admin key>' (server.admin_keys)")
         return await handler(request)
-    if path.startswith("/admin/") and not is_loopback(request.remote):
+    local = admin.is_admin_path(path) and is_loopback(request.remote)
+    if path.startswith("/admin/") and not local:
         raise Forbidden("the admin API answers only on loopback when server.admin_keys is "
                         "not set")
-    if s.api_keys and not path.startswith("/admin/") and not _matches(_token(request),
-                                                                      s.api_keys):
+    if s.api_keys and not local and not _matches(_token(request), s.api_keys):
         raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
 

@@ -245,8 +245,10 @@ def test_events_stream_engine_changes_and_finished_requests(make_gw: Any) -> Non
     conn.close()
     history = http_client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
     history.request("GET", "/admin/events?history=2")
-    first = read_until(history.getresponse(), b"data: ")[-1]
+    past = history.getresponse()
+    first = read_until(past, b"data: ")[-1]
     assert json.loads(first[6:])["type"] == "engine"
+    past.close()
     history.close()
 
 

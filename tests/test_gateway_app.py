@@ -162,3 +162,29 @@ async def test_cors_preflight_and_exposed_headers(tmp_path: Path, aiohttp_client
 async def test_no_cors_headers_without_configured_origins(client: TestClient) -> None:
     r = await client.get("/v1/models", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in r.headers
+
+
+@pytest.mark.parametrize("remote, token, status", [
+    ("127.0.0.1", "", 200), ("10.0.0.5", "", 401), ("10.0.0.5", "k-1", 200)])
+async def test_status_without_admin_keys_is_open_on_loopback_only(
+        tmp_path: Path, remote: str, token: str, status: int) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from lkn.errors import Unauthorized
+    from lkn.server import auth_middleware
+
+    app = create_app(write_config(tmp_path, LUA))
+    app[STATE] = type("S", (), {"cfg": write_config(tmp_path, LUA)})()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = make_mocked_request("GET", "/status", headers=headers, app=app).clone(
+        remote=remote)
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    if status == 200:
+        assert (await auth_middleware(request, ok)).status == 200
+    else:
+        with pytest.raises(Unauthorized):
+            await auth_middleware(request, ok)

@@ -108,6 +108,8 @@ def preload(manager: EngineManager) -> list[asyncio.Task[None]]:
             log.info("preloaded %s", loaded["key"])
         except LknError as exc:
             log.error("preload of model '%s' failed: %s", name, exc.message)
+        except Exception:  # never an unretrieved task exception
+            log.exception("preload of model '%s' failed", name)
 
     return [asyncio.create_task(one(name), name=f"lkn preload {name}")
             for name in manager.cfg.server.preload]
