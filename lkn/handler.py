@@ -7,6 +7,7 @@ intervene if needed -> forward -> relay the answer (streams event by event) -> r
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from . import fastjson
 from . import probe as probe_math
 from .cache import ResponseCache
 from .cache_http import CacheTicket, cache_opt_out
@@ -29,9 +31,11 @@ from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
 from .metrics import Metrics
 from .bound import model_shape, prompt_bound
 from .selector import bound_decides, explicit_answer_budget
-from .sse import DONE, SSEParser, frame, frame_json
+from .sse import frame_json
+from .stream_relay import StreamRelay
 from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt, local_source
+from .usage import read_usage, usage_of_answer
 from .validate import VALIDATORS, parse_json_object
 
 log = logging.getLogger("lkn.handler")
@@ -237,21 +241,26 @@ class RequestHandler:
         stream = bool(body.get("stream")) and route != "embeddings"
         thinking = ThinkingRelay(route, body, lease, self.state.session)
         payload = thinking.prepare(client.prepare_body(route, body))
+        strip_usage = stream and not wants_usage(payload)
+        if strip_usage:  # the engine's usage feeds the metrics; the client did not ask for it
+            payload["stream_options"] = {**(payload.get("stream_options") or {}),
+                                         "include_usage": True}
         url = lease.base_url + client.upstream_path(route)
-        timeout = aiohttp.ClientTimeout(
-            total=None if stream else s.request_timeout_s, sock_connect=10,
-            sock_read=s.stream_idle_timeout_s if stream else None)
+        timeout = _timeout(stream, s.request_timeout_s, s.stream_idle_timeout_s)
+        data = fastjson.dumps(payload)
         try:
             sent = time.monotonic()
             try:
-                upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+                upstream = await self.state.session.post(url, data=data, headers=JSON_BODY,
+                                                         timeout=timeout)
             except aiohttp.ServerDisconnectedError:
                 if time.monotonic() - sent > RECONNECT_WINDOW_S:
                     raise  # the engine had the request and died on it: never run it twice
                 # The engine closed a pooled keep-alive connection just as it was reused
                 # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
                 # fresh connection.
-                upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+                upstream = await self.state.session.post(url, data=data, headers=JSON_BODY,
+                                                         timeout=timeout)
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -271,47 +280,49 @@ class RequestHandler:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
+                self._observe_answer(headers, raw, time.monotonic() - sent)
                 return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
-            return await self._relay_stream(request, upstream, lease, headers, started, thinking)
+            return await self._relay_stream(request, upstream, lease, headers, started, thinking,
+                                            strip_usage=strip_usage)
+
+    def _observe_answer(self, headers: dict[str, str], raw: bytes, wall_s: float) -> None:
+        try:
+            usage, timings = usage_of_answer(fastjson.loads(raw))
+        except ValueError:
+            return
+        self.state.metrics.observe_usage(headers.get("x-lkn-model", ""),
+                                         read_usage(usage, timings, wall_s))
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
                             started: float,
-                            thinking: ThinkingRelay | None = None) -> web.StreamResponse:
+                            thinking: ThinkingRelay | None = None, *,
+                            strip_usage: bool = False) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={
             **headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        parser = SSEParser()
-        saw_done = False
-        first = True
+        relay = StreamRelay(lease.client.normalize_stream_data, strip_usage=strip_usage)
+        first_at: float | None = None
         failure: str | None = None
         model = headers.get("x-lkn-model", "")
+        metrics = self.state.metrics
         try:
             source = upstream.content.iter_any()
             relayed = thinking.stream(source) if thinking is not None else source
             if self._cache is not None:
                 relayed = self._cache.tee(relayed)
             async for chunk in relayed:
-                for event in parser.feed(chunk):
-                    if event.comment:
-                        await resp.write(b": ping\n\n")  # keep proxies and clients patient
-                        continue
-                    if event.data == DONE:
-                        saw_done = True
-                        await resp.write(frame(DONE))
-                        continue
-                    if first:
-                        first = False
-                        self.state.metrics.ttft_seconds.observe(time.monotonic() - started, model)
-                    await resp.write(frame(lease.client.normalize_stream_data(event.data or "")))
-            for event in parser.flush():
-                if event.data == DONE:
-                    saw_done = True
-                    await resp.write(frame(DONE))
-                elif event.data:
-                    await resp.write(frame(lease.client.normalize_stream_data(event.data)))
+                out = relay.feed(chunk)
+                if first_at is None and relay.started:
+                    first_at = time.monotonic()
+                    metrics.ttft_seconds.observe(first_at - started, model)
+                if out:
+                    await resp.write(out)
+            out = relay.finish()
+            if out:
+                await resp.write(out)
         except asyncio.CancelledError:
             upstream.close()  # the client went away: the engine stops generating for nobody
             raise
@@ -327,7 +338,10 @@ class RequestHandler:
                        f"{self.state.cfg.server.stream_idle_timeout_s:g}s")
         except aiohttp.ClientError as exc:
             failure = f"engine {lease.process.key} broke off the stream: {exc}"
-        if failure is None and not saw_done:
+        metrics.observe_usage(model, read_usage(
+            relay.usage, relay.timings,
+            None if first_at is None else time.monotonic() - first_at))
+        if failure is None and not relay.done:
             failure = (f"engine {lease.process.key} ended the stream without [DONE] "
                        f"(it stopped or crashed mid-answer)")
         if failure is not None:
@@ -341,6 +355,21 @@ class RequestHandler:
         except ConnectionResetError:
             pass
         return resp
+
+
+JSON_BODY = {"Content-Type": "application/json"}
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout(stream: bool, request_timeout_s: float,
+             stream_idle_timeout_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None if stream else request_timeout_s, sock_connect=10,
+                                 sock_read=stream_idle_timeout_s if stream else None)
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def models_payload(state: GatewayState) -> dict[str, Any]:
