@@ -49,6 +49,9 @@ class Demand:
 
 
 class EngineRecord:
+    vram_estimate_mb: int | None = None     # from the model's files (lkn.vram)
+    vram_measured_mb: float | None = None   # the engine's own report (engines.footprint)
+
     def __init__(self, record_id: int, model: ModelConfig, variant: VariantConfig,
                  process: EngineProcess, vram_mb: int, identity: str) -> None:
         self.id = record_id
@@ -118,6 +121,7 @@ class EngineRecord:
         h = self.history
         retry = h.retry_at(policy)
         d.update(engine=self.slot_id, in_flight=self.in_flight, vram_mb=self.vram_mb,
+                 vram_estimate_mb=self.vram_estimate_mb, vram_measured_mb=self.vram_measured_mb,
                  retired=self.retired, crashes=self.crashes,
                  failures={"consecutive": h.consecutive, "failed": h.failed(policy),
                            "retry_in_s": round(max(0.0, retry - now), 1) if retry else 0.0,
