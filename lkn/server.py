@@ -28,7 +28,6 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .notify import Notifier
 from .bound import warm_shapes
-from .tokens import local_source, warm_local_tokenizers
 
 log = logging.getLogger("lkn.server")
 
@@ -108,7 +107,8 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))
         def warm_up() -> None:
-            warm_local_tokenizers([local_source(m) for m in cfg.models])
+            # Only the templates (from the files' headers): a local tokenizer (llama-cpp-python,
+            # ~40 MB) is loaded by the first request that must be counted locally.
             warm_shapes(list(cfg.models))
 
         warm = asyncio.create_task(asyncio.to_thread(warm_up))
