@@ -37,12 +37,10 @@ def main() -> None:
     ap.add_argument("--root", default=ROOT, help="the lkn checkout to run")
     ap.add_argument("--settle", type=float, default=3.0)
     args = ap.parse_args()
-    targets.ROOT = args.root
     body = json.dumps({"model": "fast", "max_tokens": 8,
                        "messages": [{"role": "user", "content": "hello"}]}).encode()
-    # -P: lkn is imported from --root (PYTHONPATH), not from the working directory
     with tempfile.TemporaryDirectory() as tmp, \
-            targets.running_lkn(tmp, "", (sys.executable, "-P")) as (url, proc):
+            targets.running_lkn(tmp, "", root=args.root) as (url, proc):
         pid = psutil.Process(proc.pid)
         lkn = next((p for p in [pid, *pid.children(recursive=True)]
                     if "lkn" in " ".join(p.cmdline())), pid)

@@ -37,9 +37,10 @@ class Counter:
                  labels: tuple[str, ...] = ()) -> None:
         self._registry, self.name, self.label_names = registry, name, labels
         self._metric = prometheus_client.Counter(name, help, labels, registry=registry)
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        (self._metric.labels(*labels) if labels else self._metric).inc(amount)
+        _child(self._metric, self._children, labels).inc(amount)
 
     def value(self, *labels: str) -> float:
         sample = self._registry.get_sample_value(
@@ -58,14 +59,26 @@ class Histogram:
         self._registry, self.name, self.label_names = registry, name, labels
         self._metric = prometheus_client.Histogram(name, help, labels, buckets=buckets,
                                                    registry=registry)
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        (self._metric.labels(*labels) if labels else self._metric).observe(value)
+        _child(self._metric, self._children, labels).observe(value)
 
     def count(self, *labels: str) -> int:
         sample = self._registry.get_sample_value(f"{self.name}_count",
                                                  dict(zip(self.label_names, labels)))
         return int(sample or 0)
+
+
+def _child(metric: Any, children: dict[tuple[str, ...], Any], labels: tuple[str, ...]) -> Any:
+    """The labelled series, looked up once per label set: prometheus-client's ``labels()``
+    validates and locks on every call, a cost paid per request otherwise."""
+    if not labels:
+        return metric
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = metric.labels(*labels)
+    return child
 
 
 Snapshot = Callable[[], dict[str, Any]]
