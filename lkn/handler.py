@@ -7,7 +7,6 @@ intervene if needed -> forward -> relay the answer (streams event by event) -> r
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from . import fastjson
 from . import probe as probe_math
 from .cache import ResponseCache
 from .cache_http import CacheTicket, cache_opt_out
@@ -35,7 +33,8 @@ from .sse import frame_json
 from .stream_relay import StreamRelay
 from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt, local_source
-from .usage import read_usage, usage_of_answer
+from .upstream import JSON_HEADERS, encode, upstream_timeout, with_usage
+from .usage import answer_usage, read_usage
 from .validate import VALIDATORS, parse_json_object
 
 log = logging.getLogger("lkn.handler")
@@ -241,17 +240,14 @@ class RequestHandler:
         stream = bool(body.get("stream")) and route != "embeddings"
         thinking = ThinkingRelay(route, body, lease, self.state.session)
         payload = thinking.prepare(client.prepare_body(route, body))
-        strip_usage = stream and not wants_usage(payload)
-        if strip_usage:  # the engine's usage feeds the metrics; the client did not ask for it
-            payload["stream_options"] = {**(payload.get("stream_options") or {}),
-                                         "include_usage": True}
+        strip_usage = stream and with_usage(payload)  # usage feeds the metrics
         url = lease.base_url + client.upstream_path(route)
-        timeout = _timeout(stream, s.request_timeout_s, s.stream_idle_timeout_s)
-        data = fastjson.dumps(payload)
+        timeout = upstream_timeout(stream, s.request_timeout_s, s.stream_idle_timeout_s)
+        data = encode(payload)
         try:
             sent = time.monotonic()
             try:
-                upstream = await self.state.session.post(url, data=data, headers=JSON_BODY,
+                upstream = await self.state.session.post(url, data=data, headers=JSON_HEADERS,
                                                          timeout=timeout)
             except aiohttp.ServerDisconnectedError:
                 if time.monotonic() - sent > RECONNECT_WINDOW_S:
@@ -259,7 +255,7 @@ class RequestHandler:
                 # The engine closed a pooled keep-alive connection just as it was reused
                 # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
                 # fresh connection.
-                upstream = await self.state.session.post(url, data=data, headers=JSON_BODY,
+                upstream = await self.state.session.post(url, data=data, headers=JSON_HEADERS,
                                                          timeout=timeout)
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
@@ -280,19 +276,12 @@ class RequestHandler:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
-                self._observe_answer(headers, raw, time.monotonic() - sent)
+                self.state.metrics.observe_usage(headers.get("x-lkn-model", ""),
+                                                 answer_usage(raw, time.monotonic() - sent))
                 return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
             return await self._relay_stream(request, upstream, lease, headers, started, thinking,
                                             strip_usage=strip_usage)
-
-    def _observe_answer(self, headers: dict[str, str], raw: bytes, wall_s: float) -> None:
-        try:
-            usage, timings = usage_of_answer(fastjson.loads(raw))
-        except ValueError:
-            return
-        self.state.metrics.observe_usage(headers.get("x-lkn-model", ""),
-                                         read_usage(usage, timings, wall_s))
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
@@ -355,21 +344,6 @@ class RequestHandler:
         except ConnectionResetError:
             pass
         return resp
-
-
-JSON_BODY = {"Content-Type": "application/json"}
-
-
-@functools.lru_cache(maxsize=16)
-def _timeout(stream: bool, request_timeout_s: float,
-             stream_idle_timeout_s: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None if stream else request_timeout_s, sock_connect=10,
-                                 sock_read=stream_idle_timeout_s if stream else None)
-
-
-def wants_usage(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def models_payload(state: GatewayState) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import fastjson
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -36,8 +38,12 @@ def read_usage(usage: Any, timings: Any, wall_s: float | None) -> Usage | None:
     return Usage(prompt, completion, rate)
 
 
-def usage_of_answer(data: Any) -> tuple[Any, Any]:
-    """(usage, timings) of a whole JSON answer."""
+def answer_usage(raw: bytes, wall_s: float) -> Usage | None:
+    """The usage of a whole JSON answer as the engine sent it."""
+    try:
+        data = fastjson.loads(raw)
+    except ValueError:
+        return None
     if not isinstance(data, dict):
-        return None, None
-    return data.get("usage"), data.get("timings")
+        return None
+    return read_usage(data.get("usage"), data.get("timings"), wall_s)

@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 
 from lkn import fastjson
-from lkn.usage import Usage, read_usage
+from lkn.upstream import with_usage
+from lkn.usage import Usage, answer_usage, read_usage
 
 U = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
 
@@ -45,3 +46,25 @@ def test_fastjson_raises_value_error(raw: bytes) -> None:
 def test_fastjson_dumps_big_integers_like_json() -> None:
     assert fastjson.dumps({"seed": 2**70}) == b'{"seed":1180591620717411303424}'
     assert fastjson.dumps({"t": "\u00e9"}) == '{"t":"\u00e9"}'.encode()
+
+
+@pytest.mark.parametrize("payload, asked, options", [
+    ({}, True, {"include_usage": True}),
+    ({"stream_options": {"include_usage": True}}, False, {"include_usage": True}),
+    ({"stream_options": {"include_usage": False, "x": 1}}, True, {"include_usage": True, "x": 1}),
+    ({"stream_options": None}, True, {"include_usage": True}),
+])
+def test_lkn_asks_for_usage_only_when_the_client_did_not(payload: dict[str, Any], asked: bool,
+                                                         options: dict[str, Any]) -> None:
+    assert with_usage(payload) is asked and payload["stream_options"] == options
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"usage":{"prompt_tokens":3,"completion_tokens":4},"timings":{"predicted_ms":100}}',
+     Usage(3, 4, 40.0)),
+    (b'{"choices":[]}', None),
+    (b"[1]", None),
+    (b"not json", None),
+])
+def test_answer_usage(raw: bytes, expected: Usage | None) -> None:
+    assert answer_usage(raw, 1.0) == expected
