@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -13,6 +12,7 @@ from typing import Any, Callable
 
 from .config import load_config, parse_listen, summary
 from .errors import ConfigError
+from .loop import run
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"lkn: --listen {address}: {exc}", file=sys.stderr)
                 return 1
     logging.getLogger("lkn").info("starting with %s", cfg.path)
-    asyncio.run(serve(cfg, listen=listen))
+    run(serve(cfg, listen=listen))
     return 0
 
 
