@@ -22,7 +22,8 @@ def gw(tmp_path: Path, fake_binary: str, gateway_factory: Any) -> Gateway:
 server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))} }}
 models = {{
   {{ name = "m", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 4096,
-    args = {{ "--fake-text", {lua_str(str(answer))}, "--fake-capture", {lua_str(str(capture))} }} }},
+    args = {{ "--fake-text", {lua_str(str(answer))},
+             "--fake-capture", {lua_str(str(capture))} }} }},
 }}
 """))
 
