@@ -50,7 +50,7 @@ class FootprintStore:
     def put(self, key: str, footprint: Footprint, **about: Any) -> None:
         entry = {**about, "mib": footprint.mib, "buffers": footprint.buffers,
                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._entries = {**self._read(), key: entry}
+        self._entries = {**self._entries, **self._read(), key: entry}
         if self.path is None:
             return
         try:
@@ -69,16 +69,17 @@ class FootprintStore:
                         self.path, exc)
 
     def _read(self) -> dict[str, dict[str, Any]]:
+        """The entries on disk (none without a file or when it cannot be read)."""
         if self.path is None:
-            return getattr(self, "_entries", {})
+            return {}
         try:
             with open(self.path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            return getattr(self, "_entries", {})
+            return {}
         except (OSError, ValueError) as exc:
             log.warning("cannot read %s (%s); measuring engines again", self.path, exc)
-            return getattr(self, "_entries", {})
+            return {}
         entries = data.get("footprints") if isinstance(data, dict) else None
         return {k: v for k, v in entries.items() if isinstance(v, dict)} \
             if isinstance(entries, dict) else {}
