@@ -132,3 +132,10 @@ def test_a_learning_start_asks_for_the_report_before_the_variants_own_args(
     client.learn_footprint = learn
     assert client.launch_argv(9)[-len(tail):] == tail
     assert client.argv(9)[-4:] == ["--threads", "1", "-lv", "2"]  # the identity never changes
+
+
+def test_a_broken_entry_is_measured_again(tmp_path: Path) -> None:
+    (tmp_path / "footprints.json").write_text(json.dumps(
+        {"footprints": {"a": {"buffers": {"CPU": {"KV": "lots"}}}, "b": {"buffers": 3}}}))
+    store = FootprintStore(str(tmp_path))
+    assert store.get("a") is None and store.get("b") is None

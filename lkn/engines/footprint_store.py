@@ -44,8 +44,11 @@ class FootprintStore:
         buffers = entry.get("buffers")
         if not isinstance(buffers, dict):
             return None
-        return Footprint({str(d): {str(k): float(v) for k, v in kinds.items()}
-                          for d, kinds in buffers.items() if isinstance(kinds, dict)})
+        try:
+            return Footprint({str(d): {str(k): float(v) for k, v in kinds.items()}
+                              for d, kinds in buffers.items() if isinstance(kinds, dict)})
+        except (TypeError, ValueError):  # an entry edited by hand: measured again
+            return None
 
     def put(self, key: str, footprint: Footprint, **about: Any) -> None:
         entry = {**about, "mib": footprint.mib, "buffers": footprint.buffers,
