@@ -299,7 +299,9 @@ class RequestHandler:
         metrics = self.state.metrics
         try:
             source = upstream.content.iter_any()
-            relayed = thinking.stream(source) if thinking is not None else source
+            # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
+            relayed = thinking.stream(source) if thinking is not None and thinking.splits \
+                else source
             if self._cache is not None:
                 relayed = self._cache.tee(relayed)
             async for chunk in relayed:
