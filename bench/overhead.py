@@ -10,6 +10,9 @@ same load generator (wrk when on PATH, else the built-in one in ``bench/loadgen.
 - a cache-hit row, only if lkn answers ``x-lkn-cache: hit`` for a repeated temperature-0 request;
 - a LiteLLM proxy row, only if ``litellm`` is importable (never a dependency).
 
+``--baseline ROOT`` adds the rows of another lkn checkout (e.g. the commit before a change) in the
+same run, for a before/after table; ``--uvloop`` adds lkn with uvloop's loop policy set.
+
 With ``--profile`` lkn runs once more, under cProfile on the CPU clock (``--profile py-spy``:
 py-spy on the wall clock), while it serves plain answers on 16 connections; its CPU per request
 is printed by area, by step and by function (see ``bench/profile_report.py``).
