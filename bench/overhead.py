@@ -11,7 +11,8 @@ same load generator (wrk when on PATH, else the built-in one in ``bench/loadgen.
 - a LiteLLM proxy row, only if ``litellm`` is importable (never a dependency).
 
 ``--baseline ROOT`` adds the rows of another lkn checkout (e.g. the commit before a change) in the
-same run, for a before/after table; ``--uvloop`` adds lkn with uvloop's loop policy set.
+same run, for a before/after table; ``--uvloop`` adds lkn with uvloop's loop policy set (for a
+checkout that does not pick uvloop itself; lkn does since lkn/loop.py).
 
 With ``--profile`` lkn runs once more, under cProfile on the CPU clock (``--profile py-spy``:
 py-spy on the wall clock), while it serves plain answers on 16 connections; its CPU per request
