@@ -39,8 +39,8 @@ def main() -> None:
     found: dict[str, list[tuple[float, float]]] = {r: [] for r in args.roots}
     for i in range(args.rounds):
         for spec in args.roots:
-            uv, _, root = spec.rpartition("uvloop:")
-            python = (sys.executable, "-c", UVLOOP_LKN) if _ else (sys.executable,)
+            _, uvloop, root = spec.rpartition("uvloop:")
+            python = (sys.executable, "-c", UVLOOP_LKN) if uvloop else (sys.executable,)
             with tempfile.TemporaryDirectory() as tmp, \
                     running_lkn(tmp, "", python, os.path.abspath(root)) as (base, proc):
                 post(f"{base}/v1/chat/completions", BODY)
