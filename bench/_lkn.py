@@ -56,8 +56,9 @@ def running_lkn(models_lua: str, server_lua: str = "") -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = os.path.join(tmp, "bench.cfg.lua")
         with open(cfg, "w") as f:
+            # its own state directory: engine footprints learnt here stay here
             f.write(f'server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = "{tmp}", '
-                    f'{server_lua} }}\n')
+                    f'state_dir = "{tmp}/state", {server_lua} }}\n')
             f.write("models = " + models_lua.replace("MODEL", repr(smollm2())) + "\n")
         argv = [sys.executable, "-m", "lkn", "serve", "--config", cfg]
         with child(argv, os.path.join(tmp, "lkn.log")) as proc:

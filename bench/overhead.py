@@ -10,6 +10,10 @@ same load generator (wrk when on PATH, else the built-in one in ``bench/loadgen.
 - a cache-hit row, only if lkn answers ``x-lkn-cache: hit`` for a repeated temperature-0 request;
 - a LiteLLM proxy row, only if ``litellm`` is importable (never a dependency).
 
+``--baseline ROOT`` adds the rows of another lkn checkout (e.g. the commit before a change) in the
+same run, for a before/after table; ``--uvloop`` adds lkn with uvloop's loop policy set (for a
+checkout that does not pick uvloop itself; lkn does since lkn/loop.py).
+
 With ``--profile`` lkn runs once more, under cProfile on the CPU clock (``--profile py-spy``:
 py-spy on the wall clock), while it serves plain answers on 16 connections; its CPU per request
 is printed by area, by step and by function (see ``bench/profile_report.py``).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -53,6 +58,13 @@ BODY = {"model": "fast", "messages": MESSAGES, "max_tokens": 32, "temperature": 
 CACHED = {**BODY, "temperature": 0}
 # Per model; the cache is being built (issue 9 item 4): a key lkn rejects is left out.
 DEFAULT_CACHE_LUA = "cache = { enabled = true, max_mb = 64, ttl_s = 600 }"
+# lkn under uvloop: the loop policy set before ``python -m lkn`` runs (lkn itself is unchanged).
+UVLOOP_LKN = """
+import runpy, sys, uvloop
+uvloop.install()
+sys.argv = ["lkn", *sys.argv[sys.argv.index("lkn") + 1:]]
+runpy.run_module("lkn", run_name="__main__", alter_sys=True)
+"""
 GOALS = {"added p50 ms": 0.3, "added p99 ms": 1.0, "req/s @16": 5000, "streams/s @16": 2500,
          "RSS MB": 64, "cache hit p50 ms": 0.3}
 
@@ -157,6 +169,25 @@ def soak(base: str, count: int) -> loadgen.Result:
     return loadgen.builtin(f"{base}/v1/chat/completions", BODY, conns=16, count=count)
 
 
+def variant_rows(args: argparse.Namespace, tmp: str, name: str, *, root: str = ROOT,
+                 python: tuple[str, ...] = (sys.executable,)) -> list[Row]:
+    """Another lkn (an older checkout, another event loop): its plain and cache-hit rows and
+    idle RSS, without the soak."""
+    with running_lkn(tmp, args.cache_lua, python, root) as (base, proc):
+        time.sleep(1.0)
+        idle = psutil.Process(proc.pid).memory_info().rss / 2**20
+        post(f"{base}/v1/chat/completions", BODY)
+        row = measure(args, name, base, BODY, proc.pid)
+        row.rss = f"{idle:.0f} MB idle, {psutil.Process(proc.pid).memory_info().rss / 2**20:.0f}" \
+                  f" MB after the timed phases"
+        rows = [row]
+        post(f"{base}/v1/chat/completions", CACHED)
+        headers, _ = post(f"{base}/v1/chat/completions", CACHED)
+        if headers.get("x-lkn-cache") == "hit":
+            rows.append(measure(args, f"{name}, cache hit", base, CACHED, proc.pid))
+    return rows
+
+
 # ---------------------------------------------------------------------------- profile
 def profile(args: argparse.Namespace, tmp: str, cpu_per_request_us: float) -> list[str]:
     """Serve plain answers on 16 connections under a profiler; return the report: where lkn's
@@ -208,10 +239,12 @@ def profile(args: argparse.Namespace, tmp: str, cpu_per_request_us: float) -> li
 # ---------------------------------------------------------------------------- report
 def table(rows: list[Row]) -> list[str]:
     lines = ["| target | p50, 1 conn | p99, 1 conn | req/s @16 conns | 16-chunk stream p50 | "
-             "streams/s @16 | RSS |", "|---|---|---|---|---|---|---|"]
+             "streams/s @16 | CPU µs per answer / stream @16 | RSS |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cpu = f"{r.cpu_answer_us:.0f} / {r.cpu_stream_us:.0f}" if r.cpu_answer_us else "—"
         lines.append(f"| {r.target} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | {r.rps16:,.0f} | "
-                     f"{r.stream_p50_ms:.2f} ms | {r.sps16:,.0f} | {r.rss} |")
+                     f"{r.stream_p50_ms:.2f} ms | {r.sps16:,.0f} | {cpu} | {r.rss} |")
     return lines
 
 
@@ -286,6 +319,11 @@ def main() -> None:
     ap.add_argument("--profile", nargs="?", const="cprofile", choices=["cprofile", "py-spy"],
                     help="afterwards, profile lkn serving plain answers (default cProfile on "
                          "CPU time; py-spy samples the wall clock)")
+    ap.add_argument("--baseline", metavar="ROOT",
+                    help="also measure the lkn checked out at ROOT (e.g. the commit before a "
+                         "change), in the same run: a before/after table")
+    ap.add_argument("--uvloop", action="store_true",
+                    help="also measure lkn running on uvloop (when installed)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the logs, config and raw profile (the directory is printed)")
     args = ap.parse_args()
@@ -308,6 +346,16 @@ def main() -> None:
                 if litellm is not None:
                     rows.append(measure(args, "LiteLLM proxy (1 worker)", litellm,
                                         {**BODY, "model": "openai/fast"}))
+        extra: list[Row] = []
+        if args.baseline:
+            extra += variant_rows(args, tmp, f"lkn before ({os.path.basename(args.baseline)})",
+                                  root=args.baseline)
+        if args.uvloop:
+            if importlib.util.find_spec("uvloop") is None:
+                print("(uvloop is not installed: no uvloop row)")
+            else:
+                extra += variant_rows(args, tmp, "lkn on uvloop",
+                                      python=(sys.executable, "-c", UVLOOP_LKN))
         with running_lkn(tmp, args.cache_lua) as (base, proc):
             rss = RssLog(proc.pid)
             time.sleep(1.0)
@@ -344,6 +392,7 @@ def main() -> None:
         rows.insert(1, lkn_row)
         if cache_row is not None:
             rows.insert(2, cache_row)
+        rows += extra
         report = profile(args, tmp, lkn_row.cpu_answer_us) if args.profile else []
     print()
     print("\n".join(table(rows)))

@@ -75,12 +75,13 @@ def lkn_config(tmp: str, port: int, cache_lua: str) -> str:
 
 
 @contextlib.contextmanager
-def running_lkn(tmp: str, cache_lua: str, python: tuple[str, ...] = (sys.executable,)
-                ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_lkn(tmp: str, cache_lua: str, python: tuple[str, ...] = (sys.executable,),
+                root: str = ROOT) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``lkn serve`` from the checkout ``root`` (``-P``: never from the working directory)."""
     port = free_port()
     cfg = lkn_config(tmp, port, cache_lua)
-    argv = [*python, "-m", "lkn", "serve", "--config", cfg]
-    with child(argv, os.path.join(tmp, "lkn.log"), {"PYTHONPATH": ROOT}) as proc:
+    argv = [python[0], "-P", *python[1:], "-m", "lkn", "serve", "--config", cfg]
+    with child(argv, os.path.join(tmp, "lkn.log"), {"PYTHONPATH": root}) as proc:
         if wait_until_up(f"127.0.0.1:{port}", 60, lambda: proc.poll() is None) is None:
             raise RuntimeError(f"lkn did not start; see {tmp}/lkn.log")
         yield f"http://127.0.0.1:{port}", proc

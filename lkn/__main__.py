@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -16,6 +15,7 @@ from . import cli
 from .config import load_config, missing_model_files, parse_listen, summary
 from .errors import ConfigError
 from .inflight import REQUEST_ID
+from .loop import run
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -35,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"lkn: --listen {address}: {exc}", file=sys.stderr)
                 return 1
     logging.getLogger("lkn").info("starting with %s", cfg.path)
-    asyncio.run(serve(cfg, listen=listen))
+    run(serve(cfg, listen=listen))
     return 0
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ModelConfig
-from .tokens import _render_template, local_source, local_tokenizer
+from .chat_template import read_template_info
+from .tokens import _render_template, local_source
 
 SLACK = 16  # date strings some templates render (Llama 3's "Today Date") vary a little
 _EMPTY = {"role": "user", "content": ""}
@@ -59,8 +60,8 @@ def _measure(path: str, kind: str) -> TemplateShape | None:
     if not os.path.exists(path):
         return None
     try:
-        tok = local_tokenizer(path, kind)
-    except Exception:  # no llama-cpp-python, no tokenizer files: count exactly instead
+        tok = read_template_info(path, kind)
+    except Exception:  # unreadable files: count exactly instead
         return None
     if not tok.template:
         return None

@@ -77,3 +77,32 @@ def read_metadata(path: str, *, keep_arrays: bool = False) -> dict[str, Any]:
             kind = _read(f, "<I")
             meta[key] = _read_value(f, kind, keep_arrays)
         return meta
+
+
+def read_array_items(path: str, key: str, indices: set[int]) -> dict[int, Any]:
+    """Only the items at ``indices`` of the array ``key`` (e.g. two token strings out of a
+    vocabulary of 150k), without keeping the rest in memory."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise GGUFError(f"{path}: not a GGUF file")
+        _read(f, "<I")
+        _read(f, "<Q")
+        for _ in range(_read(f, "<Q")):
+            name = _read_string(f)
+            kind = _read(f, "<I")
+            if name != key or kind != _ARRAY:
+                _read_value(f, kind, False)
+                continue
+            item_kind, count = _read(f, "<I"), _read(f, "<Q")
+            found: dict[int, Any] = {}
+            for i in range(count):
+                if i in indices:
+                    found[i] = _read_value(f, item_kind, True)
+                    if len(found) == len(indices):
+                        break
+                elif item_kind == _STRING:
+                    _skip_string(f)
+                else:
+                    _read_value(f, item_kind, False)
+            return found
+    raise GGUFError(f"{path}: no array {key}")

@@ -34,9 +34,12 @@ from .homeostat import (request_overrides, with_reasoning, with_verify_prompt,
 from .metrics import Metrics
 from .bound import model_shape, prompt_bound
 from .selector import bound_decides, explicit_answer_budget
-from .sse import DONE, SSEParser, frame, frame_json
+from .sse import frame_json
+from .stream_relay import StreamRelay
 from .thinking_relay import ThinkingRelay
 from .tokens import count_prompt, local_source
+from .upstream import JSON_HEADERS, encode, upstream_timeout, with_usage
+from .usage import Usage, answer_usage, read_usage
 from .validate import VALIDATORS, parse_json_object
 
 log = logging.getLogger("lkn.handler")
@@ -317,6 +320,12 @@ class RequestHandler:
         headers["x-lkn-escalated-from"] = model.name
         return body, await self._lease(target, route, body, headers), target
 
+    def _usage(self, model: str, usage: Usage | None) -> None:
+        """The engine's usage report: metrics, and the traffic statistics' tokens/s."""
+        self.state.metrics.observe_usage(model, usage)
+        if usage is not None:
+            self.completion_tokens = usage.completion_tokens
+
     # ------------------------------------------------------------------ forwarding
     async def _forward(self, request: web.Request, route: str, body: dict[str, Any],
                        lease: Lease, headers: dict[str, str],
@@ -326,21 +335,23 @@ class RequestHandler:
         stream = bool(body.get("stream")) and route != "embeddings"
         thinking = ThinkingRelay(route, body, lease, self.state.session)
         payload = thinking.prepare(client.prepare_body(route, body))
+        strip_usage = stream and with_usage(payload)  # usage feeds the metrics
         url = lease.base_url + client.upstream_path(route)
-        timeout = aiohttp.ClientTimeout(
-            total=None if stream else s.request_timeout_s, sock_connect=10,
-            sock_read=s.stream_idle_timeout_s if stream else None)
+        timeout = upstream_timeout(stream, s.request_timeout_s, s.stream_idle_timeout_s)
+        data = encode(payload)
         try:
             sent = time.monotonic()
             try:
-                upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+                upstream = await self.state.session.post(url, data=data, headers=JSON_HEADERS,
+                                                         timeout=timeout)
             except aiohttp.ServerDisconnectedError:
                 if time.monotonic() - sent > RECONNECT_WINDOW_S:
                     raise  # the engine had the request and died on it: never run it twice
                 # The engine closed a pooled keep-alive connection just as it was reused
                 # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
                 # fresh connection.
-                upstream = await self.state.session.post(url, json=payload, timeout=timeout)
+                upstream = await self.state.session.post(url, data=data, headers=JSON_HEADERS,
+                                                         timeout=timeout)
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -360,48 +371,45 @@ class RequestHandler:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
+                self._usage(headers.get("x-lkn-model", ""),
+                            answer_usage(raw, time.monotonic() - sent))
                 return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
-            return await self._relay_stream(request, upstream, lease, headers, started, thinking)
+            return await self._relay_stream(request, upstream, lease, headers, started, thinking,
+                                            strip_usage=strip_usage)
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
                             started: float,
-                            thinking: ThinkingRelay | None = None) -> web.StreamResponse:
+                            thinking: ThinkingRelay | None = None, *,
+                            strip_usage: bool = False) -> web.StreamResponse:
         resp = self._early
         if resp is None:
             resp = web.StreamResponse(status=200, headers=sse_headers(headers))
             await resp.prepare(request)
-        parser = SSEParser()
-        saw_done = False
-        first = True
+        relay = StreamRelay(lease.client.normalize_stream_data, strip_usage=strip_usage)
+        first_at: float | None = None
         failure: str | None = None
         model = headers.get("x-lkn-model", "")
+        metrics = self.state.metrics
         try:
             source = upstream.content.iter_any()
-            relayed = thinking.stream(source) if thinking is not None else source
+            # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
+            relayed = thinking.stream(source) if thinking is not None and thinking.splits \
+                else source
             if self._cache is not None:
                 relayed = self._cache.tee(relayed)
             async for chunk in relayed:
-                for event in parser.feed(chunk):
-                    if event.comment:
-                        await resp.write(b": ping\n\n")  # keep proxies and clients patient
-                        continue
-                    if event.data == DONE:
-                        saw_done = True
-                        await resp.write(frame(DONE))
-                        continue
-                    if first:
-                        first = False
-                        self.ttft_s = time.monotonic() - started
-                        self.state.metrics.ttft_seconds.observe(self.ttft_s, model)
-                    await resp.write(frame(lease.client.normalize_stream_data(event.data or "")))
-            for event in parser.flush():
-                if event.data == DONE:
-                    saw_done = True
-                    await resp.write(frame(DONE))
-                elif event.data:
-                    await resp.write(frame(lease.client.normalize_stream_data(event.data)))
+                out = relay.feed(chunk)
+                if first_at is None and relay.started:
+                    first_at = time.monotonic()
+                    self.ttft_s = first_at - started
+                    metrics.ttft_seconds.observe(self.ttft_s, model)
+                if out:
+                    await resp.write(out)
+            out = relay.finish()
+            if out:
+                await resp.write(out)
         except asyncio.CancelledError:
             upstream.close()  # the client went away: the engine stops generating for nobody
             raise
@@ -417,7 +425,9 @@ class RequestHandler:
                        f"{self.state.cfg.server.stream_idle_timeout_s:g}s")
         except aiohttp.ClientError as exc:
             failure = f"engine {lease.process.key} broke off the stream: {exc}"
-        if failure is None and not saw_done:
+        self._usage(model, read_usage(relay.usage, relay.timings,
+                                      None if first_at is None else time.monotonic() - first_at))
+        if failure is None and not relay.done:
             failure = (f"engine {lease.process.key} ended the stream without [DONE] "
                        f"(it stopped or crashed mid-answer)")
         if failure is not None:

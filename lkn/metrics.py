@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .usage import Usage
+
 # No *_created series: they double every counter and nobody here reads them.
 prometheus_client.disable_created_metrics()
 
@@ -25,6 +27,7 @@ prometheus_client.disable_created_metrics()
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ENTROPY = tuple(round(0.05 * i, 2) for i in range(1, 21))
+TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
 class Counter:
@@ -34,9 +37,10 @@ class Counter:
                  labels: tuple[str, ...] = ()) -> None:
         self._registry, self.name, self.label_names = registry, name, labels
         self._metric = prometheus_client.Counter(name, help, labels, registry=registry)
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        (self._metric.labels(*labels) if labels else self._metric).inc(amount)
+        _child(self._metric, self._children, labels).inc(amount)
 
     def value(self, *labels: str) -> float:
         sample = self._registry.get_sample_value(
@@ -55,14 +59,26 @@ class Histogram:
         self._registry, self.name, self.label_names = registry, name, labels
         self._metric = prometheus_client.Histogram(name, help, labels, buckets=buckets,
                                                    registry=registry)
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        (self._metric.labels(*labels) if labels else self._metric).observe(value)
+        _child(self._metric, self._children, labels).observe(value)
 
     def count(self, *labels: str) -> int:
         sample = self._registry.get_sample_value(f"{self.name}_count",
                                                  dict(zip(self.label_names, labels)))
         return int(sample or 0)
+
+
+def _child(metric: Any, children: dict[tuple[str, ...], Any], labels: tuple[str, ...]) -> Any:
+    """The labelled series, looked up once per label set: prometheus-client's ``labels()``
+    validates and locks on every call, a cost paid per request otherwise."""
+    if not labels:
+        return metric
+    child = children.get(labels)
+    if child is None:
+        child = children[labels] = metric.labels(*labels)
+    return child
 
 
 Snapshot = Callable[[], dict[str, Any]]
@@ -149,6 +165,23 @@ class Metrics:
                                       ("model", "result"))
         self.token_counts = Counter(r, "lkn_token_count_total", "Prompt token counts by method",
                                     ("method",))
+        self.prompt_tokens = Counter(r, "lkn_prompt_tokens_total", "Prompt tokens of answered "
+                                     "requests, from the engine's usage", ("model",))
+        self.completion_tokens = Counter(r, "lkn_completion_tokens_total", "Completion tokens "
+                                         "generated, from the engine's usage", ("model",))
+        self.tokens_per_second = Histogram(r, "lkn_tokens_per_second", "Completion tokens per "
+                                           "second of generation, per answer", TOKENS_PER_SECOND,
+                                           ("model",))
+
+    def observe_usage(self, model: str, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        if usage.prompt_tokens:
+            self.prompt_tokens.inc(model, amount=usage.prompt_tokens)
+        if usage.completion_tokens:
+            self.completion_tokens.inc(model, amount=usage.completion_tokens)
+        if usage.tokens_per_second is not None:
+            self.tokens_per_second.observe(usage.tokens_per_second, model)
 
     def watch(self, snapshot: Snapshot) -> None:
         """Read the live gauges from ``snapshot()`` at every scrape."""

@@ -1,5 +1,8 @@
 """The entropy probe's math and the FLUID/ANALYTIC decision (pure, numpy).
 
+numpy is imported by the first probe, not with lkn: a gateway whose models all pass through
+never pays its ~15 MB.
+
 From the top-k logprobs of a probed token: renormalize over the k candidates,
 ``H = -sum(p * log p)``, normalized ``H / log k`` in [0, 1].
 
@@ -16,14 +19,14 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
-
 FLUID, ANALYTIC, PASSTHROUGH = "FLUID", "ANALYTIC", "PASSTHROUGH"
 ZERO_PROB_LOGPROB = -1e30  # at or below this a logprob means "probability 0"
 
 
 def normalized_entropy(logprobs: Sequence[float],
                        tokens: Sequence[str | int] | None = None) -> float | None:
+    import numpy as np
+
     values = list(logprobs)
     if tokens is not None and len(tokens) == len(values):
         seen: set[str | int] = set()
@@ -79,7 +82,7 @@ def aggregate(entropies: Sequence[float | None], how: str,
         return valid[0]
     if how == "max":
         return max(valid)
-    return float(np.mean(valid))
+    return sum(valid) / len(valid)
 
 
 def classify(entropy: float, threshold: float) -> str:

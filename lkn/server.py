@@ -21,7 +21,6 @@ import aiohttp
 from aiohttp import web
 
 from . import admin
-from .bound import warm_shapes
 from .cache import ResponseCache
 from .config import Config, load_config, parse_listen
 from .engines import operations
@@ -34,7 +33,7 @@ from .inflight import REQUEST_ID, request_id
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .notify import Notifier
-from .tokens import local_source, warm_local_tokenizers
+from .bound import warm_shapes
 
 log = logging.getLogger("lkn.server")
 
@@ -178,7 +177,8 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
         housekeeping = asyncio.create_task(_housekeeping(state))
         app[RELOADER].preloads = operations.preload(manager)
         def warm_up() -> None:
-            warm_local_tokenizers([local_source(m) for m in cfg.models])
+            # Only the templates (from the files' headers): a local tokenizer (llama-cpp-python,
+            # ~40 MB) is loaded by the first request that must be counted locally.
             warm_shapes(list(cfg.models))
 
         warm = asyncio.create_task(asyncio.to_thread(warm_up))

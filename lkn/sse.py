@@ -3,10 +3,14 @@
 Only what gateways need: ``data:`` lines (several join with newlines), comments (lines starting
 with ``:``, llama-server's keep-alive pings) and the blank line that ends an event. Bytes may
 arrive split anywhere, including inside a UTF-8 character or between ``\\r`` and ``\\n``.
+
+The relay's fast path never decodes: ``complete_events`` cuts a byte stream at its last event
+boundary and ``plain_data_events`` says whether a run of events is already framed exactly as
+``frame`` would frame it again, so it can be sent on as it came.
 """
 from __future__ import annotations
 
-import json
+from . import fastjson
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -62,7 +66,43 @@ def frame(data: str) -> bytes:
 
 
 def frame_json(obj: Any) -> bytes:
-    return frame(json.dumps(obj, separators=(",", ":")))
+    return b"data: " + fastjson.dumps(obj) + b"\n\n"
+
+
+class EventSplitter:
+    """Cuts a byte stream after its last complete event (a blank line, LF or CRLF); the rest
+    waits for the next chunk."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._buf + chunk if self._buf else chunk
+        end = max(buf.rfind(b"\n\n") + 2, buf.rfind(b"\n\r\n") + 3)
+        if end < 3:  # neither found (rfind gave -1)
+            self._buf = buf
+            return b""
+        self._buf = buf[end:]
+        return buf[:end]
+
+    def rest(self) -> bytes:
+        """What never got its blank line (the stream ended mid-event)."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+def plain_data_events(events: bytes) -> bool:
+    """Whether ``events`` (ending at an event boundary) holds only ``data: X\\n\\n`` events, LF
+    line ends, one line each: exactly what ``frame`` makes of them, byte for byte."""
+    pairs = events.count(b"\n\n")
+    return (events.startswith(b"data: ") and b"\r" not in events
+            and events.count(b"\n") == 2 * pairs
+            and events.count(b"\n\ndata: ") == pairs - 1)
+
+
+def holds_done(events: bytes) -> bool:
+    """Whether plain ``events`` include the ``data: [DONE]`` event."""
+    return events.startswith(b"data: [DONE]\n\n") or b"\n\ndata: [DONE]\n\n" in events
 
 
 DONE = "[DONE]"

@@ -135,17 +135,6 @@ def local_source(model: ModelConfig) -> tuple[str, str]:
             "hf" if model.engine == "sglang" else "gguf")
 
 
-def warm_local_tokenizers(paths: list[tuple[str, str]]) -> None:
-    """Load the local tokenizers ahead of the first request (blocking: run in a thread), so a
-    request that arrives while no engine runs does not pay the vocabulary load."""
-    for path, kind in paths:
-        if os.path.exists(path):
-            try:
-                local_tokenizer(path, kind)
-            except Exception as exc:  # counting falls back to the estimate; say why once
-                log.warning("cannot load the tokenizer of %s: %s", path, exc)
-
-
 def estimate_tokens(route: str, body: dict[str, Any]) -> int:
     if route == "chat":
         messages = body.get("messages") or []

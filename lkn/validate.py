@@ -6,9 +6,9 @@ fields itself.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from . import fastjson
 from .errors import BadRequest
 from .validate_formats import check_reasoning_fields, check_response_format
 
@@ -19,7 +19,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
+        body = fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -8,9 +8,12 @@ estimate = offloaded weights + KV cache for the context + a compute allowance
   bytes(type_v))``;
 - compute allowance: ``server.vram_overhead_mb``.
 
-An explicit ``vram_mb`` on the variant wins. An SGLang model with ``mem_fraction_static`` takes
-that share of the budget (SGLang allocates it up front); without it, the Hugging Face directory is
-estimated from its safetensors sizes and ``config.json`` the same way, in bf16.
+Once a llama-server variant has started, the manager plans with the footprint the engine itself
+reported (``engines/footprint.py``, kept in the state directory) instead of this estimate. An
+explicit ``vram_mb`` on the variant wins over both. An SGLang model with
+``mem_fraction_static`` takes that share of the budget (SGLang allocates it up front); without it,
+the Hugging Face directory is estimated from its safetensors sizes and ``config.json`` the same
+way, in bf16.
 """
 from __future__ import annotations
 

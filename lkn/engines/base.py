@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from ..config import ModelConfig, VariantConfig
+from .footprint import Footprint
 
 
 class EngineRequestError(Exception):
@@ -55,6 +56,9 @@ class EngineClient(ABC):
     # Lines of the engine's own output that mean "ready now, check health": the health poll is
     # woken at once instead of after its next interval (see EngineProcess._poll_health).
     ready_markers: tuple[str, ...] = ()
+    # Lines of its output at start that report the engine's memory footprint (see
+    # ``footprint``); kept by EngineProcess while STARTING. Empty: the engine reports none.
+    report_markers: tuple[str, ...] = ()
 
     def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
         self.model = model
@@ -69,6 +73,18 @@ class EngineClient(ABC):
     @abstractmethod
     def argv(self, port: int) -> list[str]:
         """The child's argv; never run through a shell."""
+
+    def launch_argv(self, port: int) -> list[str]:
+        """The argv of one start: ``argv`` plus flags that change no behaviour and are not part
+        of the engine's identity (e.g. a log level for ``learn_footprint``)."""
+        return self.argv(port)
+
+    # Set by the manager while the engine's footprint is unknown: its next start reports it.
+    learn_footprint = False
+
+    def footprint(self, report: list[str]) -> Footprint | None:
+        """The memory footprint the report lines of one start spell, if any."""
+        return None
 
     def env(self) -> dict[str, str]:
         # systemd's notify socket and watchdog are lkn's, not the engine's

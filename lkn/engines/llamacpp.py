@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from .base import EngineClient, EngineRequestError, ProbeResult, Readiness, read_json
+from .footprint import REPORT_MARKER, Footprint, parse_footprint
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 
@@ -37,6 +38,9 @@ class LlamaCppEngine(EngineClient):
     # llama-server logs "llama_server: model loaded", then "listening on http://..." (older
     # builds: "server is listening on ... - starting the main loop").
     ready_markers = ("model loaded", "listening on http")
+    # "<device> model|KV|compute|output buffer size = X MiB", printed at -lv 4 only (the
+    # default, 3, prints none of them; 4 costs ~175 more lines at start and ~14 per request).
+    report_markers = (REPORT_MARKER,)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,6 +62,17 @@ class LlamaCppEngine(EngineClient):
         if self.model.reasoning != "engine":
             argv += ["--reasoning-format", "none"]  # raw text: lkn splits, or nobody does
         return argv + list(v.args)
+
+    def launch_argv(self, port: int) -> list[str]:
+        argv = self.argv(port)
+        if not self.learn_footprint:
+            return argv
+        # Before the variant's own args: a verbosity the operator chose there still wins.
+        at = len(argv) - len(self.variant.args)
+        return argv[:at] + ["-lv", "4"] + argv[at:]
+
+    def footprint(self, report: list[str]) -> Footprint | None:
+        return parse_footprint(report)
 
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         async with session.get(f"{base_url}/health",

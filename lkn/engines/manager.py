@@ -35,6 +35,8 @@ from ..failures import FailurePolicy, record_failure, record_ready
 from ..selector import VariantInfo, options_for
 from ..vram import variant_vram_mb
 from .base import EngineClient
+from .footprint import Footprint
+from .footprint_store import FootprintStore, footprint_key
 from .gpu import GpuMonitor
 from .process import EngineProcess, EngineStartError, PortPool, Spawn, State, StateCallback
 from .records import Demand, EngineRecord, Lease, engine_identity, variant_key
@@ -89,6 +91,8 @@ class EngineManager:
         self._clock = clock
         self._process_factory = process_factory or self._new_process
         self.ports = PortPool(*cfg.server.port_range)
+        # Footprints measured at earlier starts, also by an earlier lkn (its state directory).
+        self._footprints = FootprintStore(registry.dir if registry is not None else None)
         self.policy = failure_policy(cfg)
         self._ids = itertools.count(1)
         self._active: dict[str, EngineRecord] = {}   # "model@ctx" of the running config
@@ -123,10 +127,48 @@ class EngineManager:
                              log_max_bytes=int(s.log_max_mb * 1024 * 1024),
                              log_keep=s.log_keep, **kwargs)
 
-    def _vram(self, model: ModelConfig, variant: VariantConfig) -> int:
+    def _vram(self, model: ModelConfig, variant: VariantConfig,
+              client: EngineClient) -> tuple[int, int, float | None]:
+        """(the VRAM need the scheduler uses, the estimate from the files, the measured
+        footprint in MiB or None). A measurement replaces the estimate, an explicit
+        ``vram_mb`` both; the client is told to measure while neither is known."""
         s = self.cfg.server
-        return variant_vram_mb(model, variant, overhead_mb=s.vram_overhead_mb,
-                               budget_mb=s.vram_budget_mb)
+        estimate = variant_vram_mb(model, variant, overhead_mb=s.vram_overhead_mb,
+                                   budget_mb=s.vram_budget_mb)
+        measured = (self._footprints.get(self._footprint_key(client))
+                    if variant.vram_mb is None and client.report_markers else None)
+        client.learn_footprint = bool(client.report_markers) and variant.vram_mb is None \
+            and measured is None
+        if measured is None:
+            return estimate, estimate, None
+        return self._need_mb(measured), estimate, measured.mib
+
+    def _need_mb(self, footprint: Footprint) -> int:
+        # On a GPU the engine's buffers leave out the driver's own context and kernels (~600 MiB
+        # per process on an H200, bench/gpu_vram): vram_overhead_mb stays for that part.
+        extra = self.cfg.server.vram_overhead_mb if footprint.on_accelerator else 0
+        return math.ceil(footprint.mib) + extra
+
+    @staticmethod
+    def _footprint_key(client: EngineClient) -> str:
+        return footprint_key(engine_identity(client), client.variant.model_file)
+
+    def _learn_footprint(self, record: EngineRecord) -> None:
+        """The engine just became ready after a start that reported its buffers."""
+        client = record.process.client
+        client.learn_footprint = False  # its next starts run at the default log level
+        footprint = client.footprint(record.process.start_report)
+        if footprint is None:
+            log.warning("engine %s: no memory report at start; keeping the estimate (%d MiB)",
+                        record.key, record.vram_mb)
+            return
+        v = record.variant
+        self._footprints.put(self._footprint_key(client), footprint, variant=record.key,
+                             model_file=v.model_file, ctx_size=v.ctx_size,
+                             parallel=record.model.parallel, cache_type=v.cache_type)
+        record.vram_mb, record.vram_measured_mb = self._need_mb(footprint), footprint.mib
+        log.info("engine %s: measured footprint %.2f MiB (estimate %s MiB); using %d MiB",
+                 record.key, footprint.mib, record.vram_estimate_mb, record.vram_mb)
 
     def _new_record(self, model: ModelConfig, variant: VariantConfig,
                     client: EngineClient | None = None) -> EngineRecord:
@@ -134,8 +176,10 @@ class EngineManager:
         holder: list[EngineRecord] = []
         process = self._process_factory(
             client, lambda proc, old: self._on_state(holder[0], old) if holder else None)
-        record = EngineRecord(next(self._ids), model, variant, process,
-                              self._vram(model, variant), engine_identity(client))
+        vram_mb, estimate, measured = self._vram(model, variant, client)
+        record = EngineRecord(next(self._ids), model, variant, process, vram_mb,
+                              engine_identity(client))
+        record.vram_estimate_mb, record.vram_measured_mb = estimate, measured
         holder.append(record)
         return record
 
@@ -156,9 +200,12 @@ class EngineManager:
                 old = self._active.get(key)
                 fresh = self._client_factory(model, variant)
                 if old is not None and old.identity == engine_identity(fresh):
-                    old.adopt(model, variant, self._vram(model, variant),
+                    vram_mb, estimate, measured = self._vram(model, variant,
+                                                             old.process.client)
+                    old.adopt(model, variant, vram_mb,
                               start_timeout_s=cfg.server.engine_start_timeout_s,
                               stop_grace_s=cfg.server.stop_grace_s)
+                    old.vram_estimate_mb, old.vram_measured_mb = estimate, measured
                     active[key] = old
                 else:
                     active[key] = self._new_record(model, variant, fresh)
@@ -379,6 +426,8 @@ class EngineManager:
     def _on_state(self, record: EngineRecord, old: State) -> None:
         proc = record.process
         self.events.append((self._clock(), record.key, proc.state.value))
+        if proc.state is State.READY and old is State.STARTING and proc.client.learn_footprint:
+            self._learn_footprint(record)
         if proc.state in (State.STOPPED, State.FAILED):
             record.unloading = False  # unloaded: the next request may start it again
         self.bus.publish("engine", engine=record.slot_id, key=record.key,

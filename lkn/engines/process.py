@@ -87,6 +87,7 @@ class EngineProcess:
         self.ready_seconds: float | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._ready_hint = asyncio.Event()  # the engine logged a ready marker
+        self.start_report: list[str] = []  # its report lines of the last start (report_markers)
         self._watch_task: asyncio.Task[None] | None = None
         self._abort = False
 
@@ -135,13 +136,14 @@ class EngineProcess:
 
     async def _start(self) -> None:
         self._ready_hint.clear()
+        self.start_report = []
         self.logs.reopen()
         try:
             self.port = self._ports.acquire()
         except PortError as exc:
             self.last_error = str(exc)
             raise EngineStartError(self.last_error) from None
-        argv = self.client.argv(self.port)
+        argv = self.client.launch_argv(self.port)
         self.logs.mark("start: " + " ".join(argv))
         self.started_at = self._clock()
         self._set_state(State.STARTING)
@@ -223,7 +225,7 @@ class EngineProcess:
 
     async def _drain(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        markers = self.client.ready_markers
+        markers, reports = self.client.ready_markers, self.client.report_markers
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -234,7 +236,11 @@ class EngineProcess:
                 return
             text = line.decode("utf-8", "replace")
             self.logs.append(text)
-            if markers and self.state is State.STARTING and any(m in text for m in markers):
+            if self.state is not State.STARTING:
+                continue
+            if reports and any(m in text for m in reports):
+                self.start_report.append(text.rstrip("\n"))
+            if markers and any(m in text for m in markers):
                 self._ready_hint.set()
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:

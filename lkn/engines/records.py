@@ -50,6 +50,9 @@ class Demand:
 
 
 class EngineRecord:
+    vram_estimate_mb: int | None = None     # from the model's files (lkn.vram)
+    vram_measured_mb: float | None = None   # the engine's own report (engines.footprint)
+
     def __init__(self, record_id: int, model: ModelConfig, variant: VariantConfig,
                  process: EngineProcess, vram_mb: int, identity: str) -> None:
         self.id = record_id
@@ -124,8 +127,10 @@ class EngineRecord:
         idle = (round(now - self.last_used, 1) if self.last_used and not self.in_flight
                 and self.process.state in (State.READY, State.ASLEEP) else None)
         d.update(engine=self.slot_id, model=self.model.name, in_flight=self.in_flight,
-                 vram_mb=self.vram_mb, retired=self.retired, unloading=self.unloading,
-                 pinned=self.model.pinned, idle_s=idle, crashes=self.crashes,
+                 vram_mb=self.vram_mb, vram_estimate_mb=self.vram_estimate_mb,
+                 vram_measured_mb=self.vram_measured_mb, retired=self.retired,
+                 unloading=self.unloading, pinned=self.model.pinned, idle_s=idle,
+                 crashes=self.crashes,
                  failures={"consecutive": h.consecutive, "failed": h.failed(policy),
                            "retry_in_s": round(max(0.0, retry - now), 1) if retry else 0.0,
                            "last_error": h.last_error or None})
