@@ -14,7 +14,7 @@ from typing import Any
 from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, boolean, choice,
                             collecting, env_table, gpu_layers, hf_context_limit, integer,
                             listen_list, model_file, number, origins, parse_listen, port_range,
-                            reasoning_mode, report, resolve_model_file, show, string,
+                            reasoning_mode, report, resolve_model_file, secrets, show, string,
                             strings)
 from .errors import ConfigError
 from .luaload import load_lua_tables
@@ -190,7 +190,7 @@ def _server(value: Any) -> ServerConfig:
     d = ServerConfig()
     cfg = ServerConfig(
         listen=t.get("listen", listen_list, d.listen),
-        api_keys=t.get("api_keys", strings, d.api_keys),
+        api_keys=t.get("api_keys", secrets, d.api_keys),
         request_timeout_s=t.get("request_timeout_s", number(0.001), d.request_timeout_s),
         stream_idle_timeout_s=t.get("stream_idle_timeout_s", number(0.001),
                                     d.stream_idle_timeout_s),
@@ -217,7 +217,7 @@ def _server(value: Any) -> ServerConfig:
         idle_unload_s=t.get("idle_unload_s", number(0.0), d.idle_unload_s),
         log_max_mb=t.get("log_max_mb", number(0.0), d.log_max_mb),
         log_keep=t.get("log_keep", integer(0), d.log_keep),
-        admin_keys=t.get("admin_keys", strings, d.admin_keys),
+        admin_keys=t.get("admin_keys", secrets, d.admin_keys),
         preload=t.get("preload", strings, d.preload),
         cors_origins=t.get("cors_origins", origins, d.cors_origins),
     )

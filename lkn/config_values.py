@@ -145,6 +145,19 @@ def strings(path: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def secrets(path: str, value: Any) -> tuple[str, ...]:
+    """A list of keys: an error never quotes a value (it lands in logs and in /status)."""
+    if isinstance(value, dict) and not value:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: must be a list of strings, got a {type(value).__name__} "
+                          f"(value not shown)")
+    for i, item in enumerate(value, 1):
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{path}[{i}]: must be a non-empty string (value not shown)")
+    return tuple(value)
+
+
 def origins(path: str, value: Any) -> tuple[str, ...]:
     """Browser origins for CORS: ``"*"`` or ``scheme://host[:port]``."""
     out = strings(path, value)

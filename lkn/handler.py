@@ -68,6 +68,7 @@ class RequestHandler:
     _cache: CacheTicket | None = None  # this request's response cache ticket, if any
     client_gone = False  # the client left mid-stream (counted as 499)
     _loading: LoadingFeedback | None = None
+    _stream: web.StreamResponse | None = None  # the relayed stream, once its headers went out
     completion_tokens: int | None = None  # from the engine's usage, when it reported one
     ttft_s: float | None = None           # time to the first streamed event
 
@@ -77,8 +78,10 @@ class RequestHandler:
 
     @property
     def _early(self) -> web.StreamResponse | None:
-        """A stream whose SSE headers went out while it waited for an engine: the answer
-        continues on it, and errors become error events."""
+        """The stream whose SSE headers went out (while it waited for an engine, or once the
+        answer began): errors from then on are error events on it, never a new response."""
+        if self._stream is not None:
+            return self._stream
         return self._loading.response if self._loading is not None else None
 
     # ------------------------------------------------------------------ routes
@@ -130,9 +133,10 @@ class RequestHandler:
                 elif route != "embeddings":
                     headers["x-lkn-mode"] = probe_math.PASSTHROUGH
                 response = await self._forward(request, route, body, lease, headers, started)
+                status = response.status
                 if self._early is not None and response is not self._early:
                     response = await self._late_error(response)  # an engine error, say
-                status = 499 if self.client_gone else response.status
+                status = 499 if self.client_gone else status
                 if self._cache is not None and not self.client_gone:
                     self._cache.settle(response)
                 return response
@@ -387,6 +391,7 @@ class RequestHandler:
         if resp is None:
             resp = web.StreamResponse(status=200, headers=sse_headers(headers))
             await resp.prepare(request)
+        self._stream = resp
         relay = StreamRelay(lease.client.normalize_stream_data, strip_usage=strip_usage)
         first_at: float | None = None
         failure: str | None = None
@@ -432,8 +437,10 @@ class RequestHandler:
                        f"(it stopped or crashed mid-answer)")
         if failure is not None:
             log.warning("stream for model=%s failed: %s", model, failure)
+            error = UpstreamError(failure).body()
+            error["error"]["request_id"] = self.request_id
             try:
-                await resp.write(frame_json(UpstreamError(failure).body()))
+                await resp.write(frame_json(error))
             except ConnectionResetError:
                 pass
         try:

@@ -227,7 +227,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
                                   "in_flight": st.manager.in_flight(),
                                   "config": {"generation": st.manager.generation,
                                              "reloads": st.reloads,
-                                             "last_reload_error": st.last_reload_error}})
+                                             "last_reload_failed": bool(st.last_reload_error)}})
 
     async def health_model(request: web.Request) -> web.Response:
         st = app[STATE]
@@ -342,10 +342,13 @@ class Reloader:
         async with self._lock:
             notifier = self._app[NOTIFIER]
             notifier.reloading()
-            ok = await self._reload()
-            state = self._app[STATE]
-            notifier.ready(f"config generation {state.manager.generation}" if ok else
-                           f"reload failed, running config kept: {state.last_reload_error}")
+            ok = False
+            try:
+                ok = await self._reload()
+            finally:  # even when cancelled: systemd must not stay in "reloading"
+                state = self._app[STATE]
+                notifier.ready(f"config generation {state.manager.generation}" if ok else
+                               f"reload failed, running config kept: {state.last_reload_error}")
             return ok
 
     async def _reload(self) -> bool:

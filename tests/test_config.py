@@ -67,13 +67,17 @@ def test_model_validation_names_key_path_and_value(tmp_path: Path, models: str,
     ('vram_budget_mb = 0', 'server.vram_budget_mb: must be a positive integer, got 0'),
     ('homeostasis = { mode = "always" }',
      'server.homeostasis.mode: must be one of homeostatic, passthrough, got "always"'),
-    ('api_keys = "secret"', 'server.api_keys: must be a list of strings, got "secret"'),
+    ('api_keys = "secret"', 'server.api_keys: must be a list of strings, got a str '
+                            '(value not shown)'),
+    ('api_keys = { "ok", 42 }', 'server.api_keys[2]: must be a non-empty string (value not '
+                                'shown)'),
     ('listne = {}', 'server.listne: unknown key'),
     ('preload = { "ghost" }', 'server.preload[1]: no such model, got "ghost"'),
     ('cors_origins = { "https://app.example/x" }',
      'server.cors_origins[1]: must be "*" or an origin like "https://app.example:8443" '
      '(no path), got "https://app.example/x"'),
-    ('admin_keys = "k"', 'server.admin_keys: must be a list of strings, got "k"'),
+    ('admin_keys = "k"', 'server.admin_keys: must be a list of strings, got a str (value not '
+                         'shown)'),
 ])
 def test_server_validation_names_key_path_and_value(tmp_path: Path, server: str,
                                                     message: str) -> None:

@@ -375,9 +375,16 @@ class EngineManager:
         record.stopping = True
         self._supervise(self._run_stop(record, reason), record, "stop")
 
-    async def sleep_engine(self, record: EngineRecord) -> None:
+    def stopped_since(self, marks: dict[EngineRecord, int]) -> bool:
+        """Whether each record stopped (or failed) at least once since ``stops`` was read into
+        ``marks``, or was not running then; a request may have started it again since."""
+        return all(r.stops > n or (not r.running() and not r.unloading)
+                   for r, n in marks.items())
+
+    async def sleep_engine(self, record: EngineRecord) -> bool:
         """Release the engine's memory once its in-flight requests are done (no new grants
-        meanwhile); the next request wakes it."""
+        meanwhile); the next request wakes it. False if the engine declined (busy inside, or
+        no longer ready)."""
         record.releasing = True
         try:
             await self.wait_until(lambda: not record.in_flight, self.cfg.server.request_timeout_s,
@@ -386,7 +393,7 @@ class EngineManager:
             record.releasing = False
             self._kick()
             raise
-        await self._sleep(record)
+        return await self._sleep(record)
 
     def waiting_on(self, model_name: str) -> str:
         """What a request for the model waits for, for people: an engine starting, or a
@@ -430,6 +437,9 @@ class EngineManager:
             self._learn_footprint(record)
         if proc.state in (State.STOPPED, State.FAILED):
             record.unloading = False  # unloaded: the next request may start it again
+            record.stops += 1
+        elif proc.state is State.STARTING:
+            record.stop_reason = ""
         self.bus.publish("engine", engine=record.slot_id, key=record.key,
                          model=record.model.name, ctx=record.variant.ctx_size,
                          state=proc.state.value, previous=old.value,
@@ -527,7 +537,9 @@ class EngineManager:
                 # for runs: that decision must already see the failure and its backoff.
                 self._unexpected(record, what, exc)
 
-        task = asyncio.create_task(guarded(), name=f"lkn {what} {record.slot_id}")
+        # A fresh context: an operator's request that triggered it does not own the task.
+        task = asyncio.create_task(guarded(), name=f"lkn {what} {record.slot_id}",
+                                   context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -631,11 +643,11 @@ class EngineManager:
                 log.warning("could not put %s to sleep: %s", record.key, exc)
         self.kick()
 
-    async def _sleep(self, record: EngineRecord) -> None:
+    async def _sleep(self, record: EngineRecord) -> bool:
         # Marked before the await: no request is granted to it while it releases memory.
         record.releasing = True
         try:
-            await record.process.sleep()
+            return await record.process.sleep()
         finally:
             record.releasing = False
             self.kick()

@@ -16,14 +16,15 @@ pinning and the wait bound:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
 from .. import scheduler as sched
 from ..config import ModelConfig
-from ..errors import BadRequest, LknError, ModelNotFound
+from ..errors import BadRequest, EngineUnavailable, LknError, ModelNotFound
 from .manager import EngineManager
-from .process import State
+from .process import EngineStartError, State
 from .records import Demand, EngineRecord
 
 log = logging.getLogger("lkn.operations")
@@ -65,11 +66,14 @@ async def unload(manager: EngineManager, name: str, *, force: bool = False,
                  timeout_s: float) -> dict[str, Any]:
     model = _model(manager, name)
     records = manager.mark_unloading(model)
+    marks = {r: r.stops for r in records}
     if force:
         for r in records:
             if r.in_flight:
                 manager.force_stop(r, f"unloaded with {r.in_flight} requests in flight (forced)")
-    await manager.wait_until(lambda: all(not r.running() for r in records), timeout_s,
+    # An engine still starting finishes its start first (requests may be waiting for it),
+    # then stops. A request that arrives meanwhile may start it again: that is not waited for.
+    await manager.wait_until(lambda: manager.stopped_since(marks), timeout_s,
                              f"unloading {model.name}")
     return {"model": model.name, "stopped": [_brief(r) for r in records]}
 
@@ -87,7 +91,18 @@ async def sleep(manager: EngineManager, name: str) -> dict[str, Any]:
     ready = [r for r in _sleepers(manager, model) if r.sched_state() == sched.READY]
     if not ready:
         raise Conflict(f"model '{model.name}' has no ready engine to put to sleep")
-    await asyncio.gather(*(manager.sleep_engine(r) for r in ready))
+    results = await asyncio.gather(*(manager.sleep_engine(r) for r in ready),
+                                   return_exceptions=True)
+    for r, result in zip(ready, results):
+        if isinstance(result, EngineStartError):  # the release failed: the engine is gone
+            raise EngineUnavailable(f"engine {r.key} failed to release its memory and was "
+                                    f"stopped: {result}")
+        if isinstance(result, BaseException):
+            raise result
+    declined = [r.key for r, ok in zip(ready, results) if ok is not True]
+    if declined:
+        raise Conflict(f"{', '.join(declined)} did not go to sleep: the engine still runs "
+                       f"requests of its own, or stopped meanwhile")
     return {"model": model.name, "asleep": [_brief(r) for r in ready]}
 
 
@@ -111,5 +126,6 @@ def preload(manager: EngineManager) -> list[asyncio.Task[None]]:
         except Exception:  # never an unretrieved task exception
             log.exception("preload of model '%s' failed", name)
 
-    return [asyncio.create_task(one(name), name=f"lkn preload {name}")
+    return [asyncio.create_task(one(name), name=f"lkn preload {name}",
+                                context=contextvars.Context())  # no request's id in its logs
             for name in manager.cfg.server.preload]

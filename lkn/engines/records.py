@@ -66,6 +66,7 @@ class EngineRecord:
         self.retired = False
         self.unloading = False   # an operator unloads it: no grants, stopped once idle
         self.stop_reason = ""    # why the current or last stop was made (events, logs)
+        self.stops = 0           # times it reached STOPPED or FAILED (an unload waits for one)
         self.starting = False    # a start (or wake) task of the manager is running
         self.stopping = False    # a stop task is running
         self.releasing = False   # memory is being released (sleep): no grants meanwhile
