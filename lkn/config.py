@@ -23,7 +23,8 @@ __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelCo
            "ServerConfig", "UpstreamConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
            "missing_model_files", "resolve_model_file", "summary"]
 
-ENGINES = ("llamacpp", "sglang", "remote")
+ENGINES = ("llamacpp", "sglang", "command", "remote")
+COMMAND_PLACEHOLDERS = ("{port}", "{model_file}", "{ctx_size}")
 REMOTE_CTX = 131072  # a remote model's context when its config gives none
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
 INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
@@ -105,6 +106,10 @@ class ModelConfig:
     # None: the server's stop_grace_s, raised to what the engine needs (EngineClient)
     stop_grace_s: float | None = None
     upstream: UpstreamConfig | None = None  # a remote server instead of an engine process
+    # engine = "command": any OpenAI-compatible server, from this argv (placeholders {port},
+    # {model_file}, {ctx_size}); ready when health_path answers 200
+    command: tuple[str, ...] = ()
+    health_path: str = "/health"
     fallbacks: tuple[str, ...] = ()   # models tried in order when this one fails before answering
     context_fallback: str | None = None  # the model for requests no variant of this one holds
     pinned: bool = False          # never evicted, never unloaded for idleness
@@ -291,7 +296,8 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     engine = t.get("engine", choice(ENGINES), "llamacpp")
     defaults = _ModelDefaults(
         ctx_size=t.get("ctx_size", integer(1), None),
-        model_file=t.get("model_file", model_file, None),
+        # a command engine may need no file (or find its own)
+        model_file=t.get("model_file", model_file, "" if engine == "command" else None),
         gpu_layers=t.get("gpu_layers", gpu_layers, 999),
         cache_type=t.get("cache_type", choice(CACHE_TYPES), "f16"),
         args=(),
@@ -303,6 +309,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     upstream = None if raw_upstream is None else _upstream(t.key("upstream"), raw_upstream)
     if upstream is not None:
         engine = "remote"
+    command = _command(t, engine)
     try:
         variants = (_remote_variants(t, defaults) if upstream is not None else
                     _variants(t, path, engine, defaults, model_args, env))
@@ -338,6 +345,8 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         idle_unload_s=t.get("idle_unload_s", number(0.0), server.idle_unload_s),
         stop_grace_s=t.get("stop_grace_s", number(0.0), None),
         upstream=upstream,
+        command=command,
+        health_path=t.get("health_path", health_path, "/health"),
         fallbacks=t.get("fallbacks", strings, ()),
         context_fallback=t.get("context_fallback", string, None),
         pinned=t.get("pinned", boolean, False),
@@ -363,6 +372,19 @@ def _upstream(path: str, value: Any) -> UpstreamConfig:
     )
     t.finish()
     return result
+
+
+def _command(t: Table, engine: str) -> tuple[str, ...]:
+    command = t.get("command", strings, ())
+    if engine == "command" and not command:
+        report(ConfigError(f'{t.key("command")}: engine = "command" needs the server\'s argv, '
+                           f'e.g. {{ "vllm", "serve", "{{model_file}}", "--port", "{{port}}" }}'))
+    elif engine == "command" and not any("{port}" in a for a in command):
+        report(ConfigError(f"{t.key('command')}: must pass {{port}} to the server (lkn picks "
+                           f"the port), got {show(list(command))}"))
+    elif engine != "command" and command:
+        report(ConfigError(f'{t.key("command")}: only engine = "command" takes a command'))
+    return command
 
 
 def health_path(path: str, value: Any) -> str:
@@ -402,6 +424,11 @@ def _variants(t: Table, path: str, engine: str, defaults: _ModelDefaults,
     if engine == "sglang":
         for variant_path, variant in zip(paths, variants):
             _check_sglang_context(variant_path, variant, env)
+    if engine == "command":
+        for variant_path, variant in zip(paths, variants):
+            if variant.vram_mb is None:
+                raise ConfigError(f"{variant_path}.vram_mb: a command engine needs its VRAM "
+                                  f"need in MiB (lkn cannot estimate it)")
     sizes = [v.ctx_size for v in variants]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"{t.key('variants')}: two variants share ctx_size "

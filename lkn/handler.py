@@ -297,9 +297,9 @@ class RequestHandler:
         manager, s = self.state.manager, self.state.cfg.server
         answer = explicit_answer_budget(body)
         embeddings = route == "embeddings"
-        if model.upstream is not None and model.tokenizer_path is None:
-            # A remote server counts for itself and refuses what does not fit; its one
-            # "variant" is the configured context.
+        if model.engine in ("remote", "command") and model.tokenizer_path is None:
+            # A server lkn has no tokenizer for counts for itself and refuses what does not
+            # fit: the smallest variant that holds the answer budget is started.
             return await self._acquire(model, Demand(0, answer, embeddings=embeddings), 0,
                                        "skipped", headers)
         bound = prompt_bound(route, body, await model_shape(model))
@@ -313,7 +313,7 @@ class RequestHandler:
                                        bound, "bound", headers)
         proc = manager.ready_process(model.name)
         live = None
-        if proc is not None and model.upstream is None:
+        if proc is not None and model.engine in ("llamacpp", "sglang"):
             client, base = proc.client, proc.base_url
             live = lambda: client.count_tokens(self.state.session, base, route, body)  # noqa: E731
         local_path, local_kind = local_source(model)

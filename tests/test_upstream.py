@@ -229,3 +229,46 @@ models = { { name = "a", model_file = "/x.gguf", ctx_size = 512,
         'models[1].context_fallback: no such model, got "zz"',
         'models[1].fallbacks[1]: no such model, got "b"',
         "models[1].fallbacks[2]: a model cannot fall back to itself"]
+
+
+def test_a_command_engine_is_supervised_like_llama_server(tmp_path: Path,
+                                                          gateway_factory: Any) -> None:
+    from tests.conftest import engine_processes
+    gw = gateway_factory(write_config(tmp_path, f"""
+server = {{ engine_start_timeout_s = 20, stop_grace_s = 1,
+           log_dir = {lua_str(str(tmp_path / 'logs'))} }}
+models = {{ {{ name = "cmd", engine = "command", health_path = "/v1/models",
+              command = {{ {lua_str(sys.executable)}, {lua_str(str(FAKE_UPSTREAM))},
+                          "--port", "{{port}}", "--name", "cmd" }},
+              variants = {{ {{ ctx_size = 2048, vram_mb = 500 }} }} }} }}
+"""))
+    answer = gw.client().chat.completions.with_raw_response.create(model="cmd", messages=MSG)
+    assert answer.parse().choices[0].message.content == "Paris is the capital."
+    assert answer.headers["x-lkn-prompt-tokens"] == "0;skipped"
+    [engine] = http("GET", gw.base_url + "/status").json()["engines"]
+    assert engine["state"] == "ready" and engine["vram_mb"] == 500 and engine["pid"]
+    assert any(p.pid == engine["pid"] for p in engine_processes(("fake_upstream.py",)))
+    assert http("POST", gw.base_url + "/admin/models/cmd/unload").status_code == 200
+    deadline = time.monotonic() + 10
+    while any(p.pid == engine["pid"] for p in engine_processes(("fake_upstream.py",))):
+        assert time.monotonic() < deadline, "the command engine outlived its unload"
+        time.sleep(0.05)
+
+
+def test_command_engine_config_errors(tmp_path: Path) -> None:
+    from lkn.config import ConfigError
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, """
+models = { { name = "a", engine = "command", command = { "srv", "--port", "8000" },
+             ctx_size = 512 },
+           { name = "b", engine = "command", ctx_size = 512, vram_mb = 10 },
+           { name = "c", model_file = "/x.gguf", ctx_size = 512, command = { "x" } } }
+""")
+    assert info.value.errors == [
+        'models[1].command: must pass {port} to the server (lkn picks the port), got '
+        "['srv', '--port', '8000']",
+        "models[1].vram_mb: a command engine needs its VRAM need in MiB (lkn cannot "
+        "estimate it)",
+        'models[2].command: engine = "command" needs the server\'s argv, e.g. '
+        '{ "vllm", "serve", "{model_file}", "--port", "{port}" }',
+        'models[3].command: only engine = "command" takes a command']

@@ -52,6 +52,9 @@ __all__ = ["Demand", "EngineManager", "EngineRecord", "Lease"]
 def default_client_factory(model: ModelConfig, variant: VariantConfig) -> EngineClient:
     if model.upstream is not None:
         return RemoteEngine(model, variant)
+    if model.engine == "command":
+        from .command import CommandEngine
+        return CommandEngine(model, variant)
     if model.engine == "sglang":
         from .sglang import SGLangEngine
         return SGLangEngine(model, variant)
