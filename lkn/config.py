@@ -20,10 +20,12 @@ from .errors import ConfigError
 from .luaload import load_lua_tables
 
 __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelConfig",
-           "ServerConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
+           "ServerConfig", "UpstreamConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
            "missing_model_files", "resolve_model_file", "summary"]
 
-ENGINES = ("llamacpp", "sglang")
+ENGINES = ("llamacpp", "sglang", "command", "remote")
+COMMAND_PLACEHOLDERS = ("{port}", "{model_file}", "{ctx_size}")
+REMOTE_CTX = 131072  # a remote model's context when its config gives none
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
 INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
 PROBE_AGGREGATES = ("first", "mean", "max", "answer")
@@ -54,6 +56,16 @@ class CacheConfig:
     enabled: bool = False
     ttl_s: float = 600.0
     max_mb: float = 64.0
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """A remote OpenAI-compatible server that answers for a model: no process, no VRAM."""
+    url: str                         # its base URL, with the version: https://host/v1
+    api_key_env: str | None = None   # the environment variable holding its key (never the key)
+    model: str | None = None         # the model name it knows (default: lkn's name)
+    timeout_s: float | None = None   # a whole non-streaming answer (default: request_timeout_s)
+    health_path: str = "/models"     # checked before first use; "" = never
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,13 @@ class ModelConfig:
     idle_unload_s: float | None = None
     # None: the server's stop_grace_s, raised to what the engine needs (EngineClient)
     stop_grace_s: float | None = None
+    upstream: UpstreamConfig | None = None  # a remote server instead of an engine process
+    # engine = "command": any OpenAI-compatible server, from this argv (placeholders {port},
+    # {model_file}, {ctx_size}); ready when health_path answers 200
+    command: tuple[str, ...] = ()
+    health_path: str = "/health"
+    fallbacks: tuple[str, ...] = ()   # models tried in order when this one fails before answering
+    context_fallback: str | None = None  # the model for requests no variant of this one holds
     pinned: bool = False          # never evicted, never unloaded for idleness
     loading_events: bool = False  # stream start/swap progress as reasoning_content deltas
 
@@ -277,7 +296,8 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     engine = t.get("engine", choice(ENGINES), "llamacpp")
     defaults = _ModelDefaults(
         ctx_size=t.get("ctx_size", integer(1), None),
-        model_file=t.get("model_file", model_file, None),
+        # a command engine may need no file (or find its own)
+        model_file=t.get("model_file", model_file, "" if engine == "command" else None),
         gpu_layers=t.get("gpu_layers", gpu_layers, 999),
         cache_type=t.get("cache_type", choice(CACHE_TYPES), "f16"),
         args=(),
@@ -285,8 +305,14 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     )
     model_args = t.get("args", strings, ())
     env = t.get("env", env_table, ())
+    raw_upstream = t.raw("upstream")
+    upstream = None if raw_upstream is None else _upstream(t.key("upstream"), raw_upstream)
+    if upstream is not None:
+        engine = "remote"
+    command = _command(t, engine)
     try:
-        variants = _variants(t, path, engine, defaults, model_args, env)
+        variants = (_remote_variants(t, defaults) if upstream is not None else
+                    _variants(t, path, engine, defaults, model_args, env))
     except ConfigError as exc:  # the rest of the model is still checked
         report(exc)
         variants = ()
@@ -318,6 +344,11 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         sleep_when_idle_s=sleep,
         idle_unload_s=t.get("idle_unload_s", number(0.0), server.idle_unload_s),
         stop_grace_s=t.get("stop_grace_s", number(0.0), None),
+        upstream=upstream,
+        command=command,
+        health_path=t.get("health_path", health_path, "/health"),
+        fallbacks=t.get("fallbacks", strings, ()),
+        context_fallback=t.get("context_fallback", string, None),
         pinned=t.get("pinned", boolean, False),
         loading_events=t.get("loading_events", boolean, False),
     )
@@ -325,6 +356,51 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     if not variants:
         raise _Reported(f"{path}: has errors")
     return model
+
+
+def _upstream(path: str, value: Any) -> UpstreamConfig:
+    t = Table(path, value)
+    url = t.required("url", string, None, "a URL like \"https://api.example/v1\"")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{t.key('url')}: must start with http:// or https://, got {show(url)}")
+    result = UpstreamConfig(
+        url=url.rstrip("/"),
+        api_key_env=t.get("api_key_env", string, None),
+        model=t.get("model", string, None),
+        timeout_s=t.get("timeout_s", number(0.001), None),
+        health_path=t.get("health_path", health_path, "/models"),
+    )
+    t.finish()
+    return result
+
+
+def _command(t: Table, engine: str) -> tuple[str, ...]:
+    command = t.get("command", strings, ())
+    if engine == "command" and not command:
+        report(ConfigError(f'{t.key("command")}: engine = "command" needs the server\'s argv, '
+                           f'e.g. {{ "vllm", "serve", "{{model_file}}", "--port", "{{port}}" }}'))
+    elif engine == "command" and not any("{port}" in a for a in command):
+        report(ConfigError(f"{t.key('command')}: must pass {{port}} to the server (lkn picks "
+                           f"the port), got {show(list(command))}"))
+    elif engine != "command" and command:
+        report(ConfigError(f'{t.key("command")}: only engine = "command" takes a command'))
+    return command
+
+
+def health_path(path: str, value: Any) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ConfigError(f'{path}: must be a path like "/models", or "" for none, '
+                          f"got {show(value)}")
+    return value
+
+
+def _remote_variants(t: Table, defaults: _ModelDefaults) -> tuple[VariantConfig, ...]:
+    """One variant, no file, no VRAM: the remote server decides what fits."""
+    if t.raw("variants") is not None:
+        raise ConfigError(f"{t.key('variants')}: a model served by an upstream has no "
+                          f"variants (set ctx_size for its context)")
+    return (VariantConfig(ctx_size=defaults.ctx_size or REMOTE_CTX, model_file="",
+                          gpu_layers=0, vram_mb=0),)
 
 
 class _Reported(ConfigError):
@@ -348,6 +424,11 @@ def _variants(t: Table, path: str, engine: str, defaults: _ModelDefaults,
     if engine == "sglang":
         for variant_path, variant in zip(paths, variants):
             _check_sglang_context(variant_path, variant, env)
+    if engine == "command":
+        for variant_path, variant in zip(paths, variants):
+            if variant.vram_mb is None:
+                raise ConfigError(f"{variant_path}.vram_mb: a command engine needs its VRAM "
+                                  f"need in MiB (lkn cannot estimate it)")
     sizes = [v.ctx_size for v in variants]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"{t.key('variants')}: two variants share ctx_size "
@@ -385,10 +466,16 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
                               f"{seen[n]}")
             seen.setdefault(n, f"models[{i}]")
     for i, model in models:
-        target = model.homeostasis.escalate_to
-        if target is not None and target not in seen:
-            errors.append(f"models[{i}].homeostasis.escalate_to: no such model, "
-                          f"got {show(target)}")
+        named = [("homeostasis.escalate_to", model.homeostasis.escalate_to),
+                 ("context_fallback", model.context_fallback),
+                 *((f"fallbacks[{j}]", n) for j, n in enumerate(model.fallbacks, 1))]
+        for key, target in named:
+            if target is None:
+                continue
+            if target not in seen:
+                errors.append(f"models[{i}].{key}: no such model, got {show(target)}")
+            elif target in model.names and key != "homeostasis.escalate_to":
+                errors.append(f"models[{i}].{key}: a model cannot fall back to itself")
     for j, name in enumerate(server.preload, 1):
         if name not in seen:
             errors.append(f"server.preload[{j}]: no such model, got {show(name)}")
@@ -413,7 +500,7 @@ def _first_per_key(errors: list[str]) -> list[str]:
 def missing_model_files(cfg: Config) -> list[str]:
     """``model@ctx: path`` for every variant whose model file does not exist."""
     return [f"{m.name}@{v.ctx_size}: {v.model_file}" for m in cfg.models for v in m.variants
-            if not os.path.exists(v.model_file)]
+            if m.upstream is None and not os.path.exists(v.model_file)]
 
 
 def load_config(path: str) -> Config:
@@ -432,6 +519,10 @@ def summary(cfg: Config) -> str:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         lines.append(f"  model {m.name}{aliases}: {m.engine}, "
                      f"contexts {', '.join(str(v.ctx_size) for v in m.variants)}")
+        if m.upstream is not None:
+            key = f", key from ${m.upstream.api_key_env}" if m.upstream.api_key_env else ""
+            lines.append(f"    upstream {m.upstream.url} as {m.upstream.model or m.name}{key}")
+            continue
         for v in m.variants:
             exists = "" if os.path.exists(v.model_file) else "  [file missing]"
             lines.append(f"    ctx {v.ctx_size}: {v.model_file}{exists}")

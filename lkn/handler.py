@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import aiohttp
 from aiohttp import web
@@ -23,8 +23,8 @@ from .config import Config, HomeostasisConfig, ModelConfig
 from .engines.base import EngineRequestError
 from .engines.manager import EngineManager
 from .engines.records import Demand, Lease
-from .errors import (ERROR_SOURCE_HEADER, BadRequest, Cancelled, GatewayTimeout, LknError,
-                     ModelNotFound, UpstreamError)
+from .errors import (ERROR_SOURCE_HEADER, BadRequest, Cancelled, ContextLengthExceeded,
+                     EngineUnavailable, GatewayTimeout, LknError, ModelNotFound, UpstreamError)
 from .events import EventBus
 from .inflight import InFlight
 from .loading import LoadingFeedback, sse_headers
@@ -70,6 +70,9 @@ class RequestHandler:
     _loading: LoadingFeedback | None = None
     _stream: web.StreamResponse | None = None  # the relayed stream, once its headers went out
     completion_tokens: int | None = None  # from the engine's usage, when it reported one
+    # Why the last model tried gave up before the first byte: lkn's error, or the engine's
+    # own error answer (relayed as it is when no fallback answers).
+    _failure: LknError | web.StreamResponse | None = None
     ttft_s: float | None = None           # time to the first streamed event
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
@@ -113,35 +116,32 @@ class RequestHandler:
             if route == "embeddings" and not model.embeddings:
                 raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
                                  f"embeddings = true in its config)", param="model")
-            settings = request_overrides(model.homeostasis, lkn_field,
-                                         request.headers.get("x-lkn-mode"))
-            if route == "embeddings":
-                settings = HomeostasisConfig(mode="passthrough")
+            settings = self._settings(request, route, model, lkn_field)
             if self.state.cache is not None:
                 self._cache = CacheTicket.open(self.state.cache, self.state.metrics, request,
                                                route, model, body, settings, cache_off, headers)
                 if self._cache is not None and self._cache.hit:
                     status = 200
                     return self._cache.answer(headers, time.monotonic())
-            lease = await self._lease(model, route, self._sized_body(route, body, settings),
-                                      headers)
-            try:
-                if settings.mode == "homeostatic":
-                    body, lease, model = await self._homeostat(route, body, lease, model,
-                                                               settings, headers)
-                    label = model.name
-                elif route != "embeddings":
-                    headers["x-lkn-mode"] = probe_math.PASSTHROUGH
-                response = await self._forward(request, route, body, lease, headers, started)
-                status = response.status
-                if self._early is not None and response is not self._early:
-                    response = await self._late_error(response)  # an engine error, say
-                status = 499 if self.client_gone else status
-                if self._cache is not None and not self.client_gone:
-                    self._cache.settle(response)
-                return response
-            finally:
-                lease.release()
+            response = None
+            for model, settings in self._candidates(request, route, model, lkn_field, headers):
+                label = entry.model = model.name
+                response = await self._serve(request, route, model, body, settings, headers,
+                                             started)
+                if response is not None:
+                    break
+            if response is None:  # every candidate failed before the first byte
+                if isinstance(self._failure, LknError):
+                    raise self._failure
+                response = self._failure  # the last engine's own error answer
+            label = headers.get("x-lkn-model", label)  # escalation may have moved it
+            status = response.status
+            if self._early is not None and response is not self._early:
+                response = await self._late_error(response)  # an engine error, say
+            status = 499 if self.client_gone else status
+            if self._cache is not None and not self.client_gone:
+                self._cache.settle(response)
+            return response
         except LknError as exc:
             status = exc.status
             if self._early is None:
@@ -215,6 +215,74 @@ class RequestHandler:
             await self._early.write_eof()
         return self._early
 
+    @staticmethod
+    def _settings(request: web.Request, route: str, model: ModelConfig,
+                  lkn_field: Any) -> HomeostasisConfig:
+        if route == "embeddings":
+            return HomeostasisConfig(mode="passthrough")
+        return request_overrides(model.homeostasis, lkn_field, request.headers.get("x-lkn-mode"))
+
+    def _candidates(self, request: web.Request, route: str, asked: ModelConfig,
+                    lkn_field: Any, headers: dict[str, str]
+                    ) -> Iterator[tuple[ModelConfig, HomeostasisConfig]]:
+        """The asked model, then (when ``_serve`` gave up on one before the first byte) each
+        of its ``fallbacks`` in order. A fallback's own fallbacks are not followed."""
+        yield asked, self._settings(request, route, asked, lkn_field)
+        for name in asked.fallbacks:
+            model = self.state.cfg.resolve(name)
+            if model is None or (route == "embeddings" and not model.embeddings):
+                continue
+            log.warning("model %s failed before answering (%s); falling back to %s",
+                        asked.name, _why(self._failure), model.name)
+            self.state.metrics.fallbacks.inc(asked.name, model.name)
+            headers["x-lkn-fallback-from"] = asked.name
+            self._cache = None  # another model's answer is not the asked model's to cache
+            if self._loading is not None:
+                self._loading.model = model
+            yield model, self._settings(request, route, model, lkn_field)
+
+    async def _serve(self, request: web.Request, route: str, model: ModelConfig,
+                     body: dict[str, Any], settings: HomeostasisConfig, headers: dict[str, str],
+                     started: float) -> web.StreamResponse | None:
+        """Lease an engine of ``model`` and answer; None when it failed before the first byte
+        and a fallback may try (``_failure`` holds the error, or the engine's error answer). A
+        request no variant holds moves to the model's ``context_fallback``."""
+        fell_back = False
+        while True:
+            try:
+                lease = await self._lease(model, route, self._sized_body(route, body, settings),
+                                          headers)
+                break
+            except ContextLengthExceeded:
+                target = self.state.cfg.resolve(model.context_fallback or "")
+                if target is None or fell_back:
+                    raise
+                log.info("model %s cannot hold the request; its context_fallback %s answers",
+                         model.name, target.name)
+                headers["x-lkn-fallback-from"] = model.name
+                self._cache = None
+                fell_back, model = True, target
+            except (EngineUnavailable, UpstreamError, GatewayTimeout) as exc:
+                self._failure = exc
+                return None
+        try:
+            if settings.mode == "homeostatic":
+                body, lease, model = await self._homeostat(route, body, lease, model,
+                                                           settings, headers)
+            elif route != "embeddings":
+                headers["x-lkn-mode"] = probe_math.PASSTHROUGH
+            try:
+                response = await self._forward(request, route, body, lease, headers, started)
+            except (EngineUnavailable, UpstreamError, GatewayTimeout) as exc:
+                self._failure = exc
+                return None
+            if not response.prepared and (response.status >= 500 or response.status == 429):
+                self._failure = response  # refused before the first byte: a fallback may try
+                return None
+            return response
+        finally:
+            lease.release()
+
     def _resolve(self, cfg: Config, name: str) -> ModelConfig:
         model = cfg.resolve(name)
         if model is None:
@@ -236,6 +304,11 @@ class RequestHandler:
         manager, s = self.state.manager, self.state.cfg.server
         answer = explicit_answer_budget(body)
         embeddings = route == "embeddings"
+        if model.engine in ("remote", "command") and model.tokenizer_path is None:
+            # A server lkn has no tokenizer for counts for itself and refuses what does not
+            # fit: the smallest variant that holds the answer budget is started.
+            return await self._acquire(model, Demand(0, answer, embeddings=embeddings), 0,
+                                       "skipped", headers)
         bound = prompt_bound(route, body, await model_shape(model))
         if bound is not None and bound_decides(
                 manager.variants(model), bound, answer_tokens=answer, margin=s.token_margin,
@@ -247,7 +320,7 @@ class RequestHandler:
                                        bound, "bound", headers)
         proc = manager.ready_process(model.name)
         live = None
-        if proc is not None:
+        if proc is not None and model.engine in ("llamacpp", "sglang"):
             client, base = proc.client, proc.base_url
             live = lambda: client.count_tokens(self.state.session, base, route, body)  # noqa: E731
         local_path, local_kind = local_source(model)
@@ -341,12 +414,18 @@ class RequestHandler:
         payload = thinking.prepare(client.prepare_body(route, body))
         strip_usage = stream and with_usage(payload)  # usage feeds the metrics
         url = lease.base_url + client.upstream_path(route)
-        timeout = upstream_timeout(stream, s.request_timeout_s, s.stream_idle_timeout_s)
+        whole = client.request_timeout_s or s.request_timeout_s
+        timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
         data = encode(payload)
+        try:
+            extra = client.headers()
+        except EngineRequestError as exc:  # a remote upstream's key vanished from the env
+            raise EngineUnavailable(str(exc)) from None
+        send = {**JSON_HEADERS, **extra} if extra else JSON_HEADERS
         try:
             sent = time.monotonic()
             try:
-                upstream = await self.state.session.post(url, data=data, headers=JSON_HEADERS,
+                upstream = await self.state.session.post(url, data=data, headers=send,
                                                          timeout=timeout)
             except aiohttp.ServerDisconnectedError:
                 if time.monotonic() - sent > RECONNECT_WINDOW_S:
@@ -354,7 +433,7 @@ class RequestHandler:
                 # The engine closed a pooled keep-alive connection just as it was reused
                 # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
                 # fresh connection.
-                upstream = await self.state.session.post(url, data=data, headers=JSON_HEADERS,
+                upstream = await self.state.session.post(url, data=data, headers=send,
                                                          timeout=timeout)
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
@@ -371,7 +450,7 @@ class RequestHandler:
                     raw = await upstream.read()
                 except asyncio.TimeoutError:
                     raise GatewayTimeout(f"engine {lease.process.key} did not finish within "
-                                         f"{s.request_timeout_s:g}s") from None
+                                         f"{whole:g}s") from None
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
@@ -448,6 +527,12 @@ class RequestHandler:
         except ConnectionResetError:
             pass
         return resp
+
+
+def _why(failure: LknError | web.StreamResponse | None) -> str:
+    if isinstance(failure, LknError):
+        return failure.message
+    return f"the engine answered HTTP {failure.status}" if failure is not None else "?"
 
 
 def models_payload(state: GatewayState) -> dict[str, Any]:

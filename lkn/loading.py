@@ -39,7 +39,7 @@ class LoadingFeedback:
                  manager: EngineManager, headers: dict[str, str]) -> None:
         self._request = request
         self._route = route
-        self._model = model
+        self.model = model  # the model being waited for (a fallback replaces it)
         self._manager = manager
         self._headers = headers
         self._id = f"chatcmpl-lkn-loading-{uuid.uuid4().hex[:12]}"
@@ -64,11 +64,11 @@ class LoadingFeedback:
             raise
 
     async def _progress(self, waited: float) -> None:
-        what = f"{self._manager.waiting_on(self._model.name)}, {waited:.0f} s"
+        what = f"{self._manager.waiting_on(self.model.name)}, {waited:.0f} s"
         if self.response is None:
             self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers))
             await self.response.prepare(self._request)
-        if self._model.loading_events and self._route == "chat":
+        if self.model.loading_events and self._route == "chat":
             await self.response.write(b"data: " + json.dumps(self._chunk(what + "\n")).encode()
                                       + b"\n\n")
         else:
@@ -76,7 +76,7 @@ class LoadingFeedback:
 
     def _chunk(self, text: str) -> dict[str, Any]:
         return {"id": self._id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self._model.name,
+                "model": self.model.name,
                 "choices": [{"index": 0, "delta": {"role": "assistant",
                                                    "reasoning_content": text},
                              "finish_reason": None}]}

@@ -160,6 +160,9 @@ class Metrics:
                                        LATENCY, ("model",))
         self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
                                      "applied", ("model", "intervention"))
+        self.fallbacks = Counter(r, "lkn_fallbacks_total", "Requests another model answered "
+                                 "because the asked one failed before the first byte",
+                                 ("model", "to"))
         self.cache_requests = Counter(r, "lkn_cache_requests_total", "Response cache lookups "
                                       "by model and result (hit, miss, bypass)",
                                       ("model", "result"))

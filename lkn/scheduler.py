@@ -44,6 +44,7 @@ class Slot:
     retired: bool = False  # its config changed or vanished (reload): drain, then stop
     capacity: int = 1      # requests it answers at once; more wait in lkn's queue, not the engine's
     pinned: bool = False   # never evicted to make room for another engine
+    local: bool = True     # a process on this box; a remote upstream holds no memory or slot
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Option:
     key: str
     ctx: int
     vram_mb: int
+    local: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,12 @@ class _Board:
         return sum(0 if s.state == ASLEEP else s.vram_mb for s in self.slots.values())
 
     def resident(self) -> int:
-        return sum(1 for s in self.slots.values() if s.state != ASLEEP)
+        return sum(1 for s in self.slots.values() if s.state != ASLEEP and s.local)
 
     def fits(self, option: Option, freed_mb: int = 0, freed_count: int = 0,
              waking: Slot | None = None) -> bool:
-        extra_count = 0 if waking is not None and waking.state != ASLEEP else 1
+        awake = waking is not None and waking.state != ASLEEP
+        extra_count = 0 if awake or not option.local else 1
         if self.used_mb() - freed_mb + option.vram_mb > self.budget_mb:
             return False
         count = self.resident() - freed_count + extra_count
@@ -114,7 +117,7 @@ class _Board:
         # An asleep engine holds (almost) no memory and no engine slot: evicting it frees nothing.
         candidates = sorted(
             (s for s in self.slots.values()
-             if s.key != option.key and s.state == READY and not s.pinned
+             if s.key != option.key and s.state == READY and not s.pinned and s.local
              and (include_busy or s.in_flight == 0)),
             key=lambda s: s.last_used)
         plan: list[Slot] = []
@@ -218,7 +221,8 @@ def _start_for(w: Waiter, board: _Board) -> None:
         current = board.slots.get(option.key)
         board.slots[option.key] = Slot(option.key, w.model, option.ctx, option.vram_mb, STARTING,
                                        last_used=current.last_used if current else 0.0,
-                                       capacity=current.capacity if current else 1)
+                                       capacity=current.capacity if current else 1,
+                                       local=option.local)
         return
 
 

@@ -131,8 +131,10 @@ atexit.register(local_tokenizer.cache_clear)
 
 def local_source(model: ModelConfig) -> tuple[str, str]:
     """Where a model's tokenizer is read from without its engine: (path, "gguf" | "hf")."""
-    return (model.tokenizer_path or model.variants[0].model_file,
-            "hf" if model.engine == "sglang" else "gguf")
+    path = model.tokenizer_path or model.variants[0].model_file
+    if model.engine in ("remote", "command"):  # whatever tokenizer the operator pointed at
+        return path, "gguf" if path.endswith(".gguf") else "hf"
+    return path, "hf" if model.engine == "sglang" else "gguf"
 
 
 def estimate_tokens(route: str, body: dict[str, Any]) -> int:

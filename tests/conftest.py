@@ -26,7 +26,7 @@ ROOT = TESTS.parent
 FAKE_LLAMA = TESTS / "fakes" / "fake_llama.py"
 FAKE_SGLANG = TESTS / "fakes" / "fake_sglang.py"
 SESSION_START = time.time()
-ENGINE_MARKERS = ("llama-server", "fake_llama.py", "fake_sglang.py")
+ENGINE_MARKERS = ("llama-server", "fake_llama.py", "fake_sglang.py", "fake_upstream.py")
 # Every process this test session starts inherits this mark, engines too (also when their lkn
 # was killed and they were re-parented): the leak check looks only at our own processes.
 SESSION_MARK = "LKN_TEST_SESSION"

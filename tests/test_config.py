@@ -21,7 +21,7 @@ MODEL = 'model_file = "/models/m.gguf"'
     ('{ { name = "m", ctx_size = 512 } }',
      'models[1].model_file: must be a non-empty string, got nil'),
     ('{ { name = "m", engine = "vllm", ctx_size = 512, ' + MODEL + ' } }',
-     'models[1].engine: must be one of llamacpp, sglang, got "vllm"'),
+     'models[1].engine: must be one of llamacpp, sglang, command, remote, got "vllm"'),
     ('{ { name = "m", ctx_size = 512, ctx_sise = 1, ' + MODEL + ' } }',
      'models[1].ctx_sise: unknown key'),
     ('{ { name = "m", aliases = { "x", 3 }, ctx_size = 512, ' + MODEL + ' } }', None),

@@ -117,6 +117,13 @@ class EngineClient(ABC):
     def served_model_name(self) -> str:
         return self.model.name
 
+    def headers(self) -> dict[str, str]:
+        """Extra headers of every request to the engine (a remote upstream's key)."""
+        return {}
+
+    # A whole non-streaming answer may take this long; None: the server's request_timeout_s.
+    request_timeout_s: float | None = None
+
     @abstractmethod
     async def count_tokens(self, session: aiohttp.ClientSession, base_url: str, route: str,
                            body: dict[str, Any]) -> int:
@@ -210,6 +217,36 @@ def _error_fields(data: Any, status: int, source: str) -> dict[str, Any]:
         "code": None if code is None else str(code),
         "source": source,
     }
+
+
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+
+
+async def openai_probe(session: aiohttp.ClientSession, url: str, payload: dict[str, Any],
+                       route: str, top_k: int, n_tokens: int, *,
+                       headers: dict[str, str] | None = None,
+                       extra: dict[str, Any] | None = None) -> ProbeResult:
+    """The entropy probe through an OpenAI-compatible endpoint: ``n_tokens`` with top-k
+    logprobs and the request's own sampling settings."""
+    payload = dict(payload)
+    for key in ("stream", "stream_options", "n", "max_completion_tokens"):
+        payload.pop(key, None)
+    payload.update(max_tokens=n_tokens, logprobs=True, **(extra or {}))
+    if route == "chat":
+        payload["top_logprobs"] = top_k
+    else:
+        payload["logprobs"] = top_k  # integer logprobs on /v1/completions = n_probs
+    async with session.post(url, json=payload, headers=headers,
+                            timeout=PROBE_TIMEOUT) as resp:
+        data = await read_json(resp)
+    try:
+        content = data["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise EngineRequestError("probe answer carries no logprobs") from None
+    positions = tuple(tuple(float(c["logprob"]) for c in entry.get("top_logprobs", []))
+                      for entry in content)
+    tokens = tuple(str(entry.get("token", "")) for entry in content)
+    return ProbeResult(positions=positions, tokens=tokens)
 
 
 async def read_json(resp: aiohttp.ClientResponse) -> Any:

@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from .base import EngineClient, EngineRequestError, ProbeResult, Readiness, read_json
+from .base import (EngineClient, EngineRequestError, ProbeResult, Readiness, openai_probe,
+                   read_json)
 from .footprint import REPORT_MARKER, Footprint, parse_footprint
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
@@ -140,22 +141,6 @@ class LlamaCppEngine(EngineClient):
 
     async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
                     body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
-        payload = self.prepare_body(route, body)
-        for key in ("stream", "stream_options", "n", "max_completion_tokens"):
-            payload.pop(key, None)
-        payload.update(max_tokens=n_tokens, logprobs=True, cache_prompt=True)
-        if route == "chat":
-            payload["top_logprobs"] = top_k
-        else:
-            payload["logprobs"] = top_k  # integer logprobs on /v1/completions = n_probs
-        async with session.post(base_url + self.upstream_path(route), json=payload,
-                                timeout=HELPER_TIMEOUT) as resp:
-            data = await read_json(resp)
-        try:
-            content = data["choices"][0]["logprobs"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise EngineRequestError("probe answer carries no logprobs") from None
-        positions = tuple(tuple(float(c["logprob"]) for c in entry.get("top_logprobs", []))
-                          for entry in content)
-        tokens = tuple(str(entry.get("token", "")) for entry in content)
-        return ProbeResult(positions=positions, tokens=tokens)
+        return await openai_probe(session, base_url + self.upstream_path(route),
+                                  self.prepare_body(route, body), route, top_k, n_tokens,
+                                  extra={"cache_prompt": True})

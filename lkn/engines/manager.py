@@ -40,6 +40,7 @@ from .footprint_store import FootprintStore, footprint_key
 from .gpu import GpuMonitor
 from .process import EngineProcess, EngineStartError, PortPool, Spawn, State, StateCallback
 from .records import Demand, EngineRecord, Lease, engine_identity, variant_key
+from .remote import RemoteEngine, RemoteProcess
 from .registry import EngineRegistry
 
 log = logging.getLogger("lkn.manager")
@@ -51,6 +52,11 @@ __all__ = ["Demand", "EngineManager", "EngineRecord", "Lease"]
 
 
 def default_client_factory(model: ModelConfig, variant: VariantConfig) -> EngineClient:
+    if model.upstream is not None:
+        return RemoteEngine(model, variant)
+    if model.engine == "command":
+        from .command import CommandEngine
+        return CommandEngine(model, variant)
     if model.engine == "sglang":
         from .sglang import SGLangEngine
         return SGLangEngine(model, variant)
@@ -116,6 +122,10 @@ class EngineManager:
 
     # ------------------------------------------------------------------ records
     def _new_process(self, client: EngineClient, on_change: StateCallback) -> EngineProcess:
+        if isinstance(client, RemoteEngine):  # nothing to spawn: a server elsewhere
+            remote: Any = RemoteProcess(client, session=self._session, on_change=on_change,
+                                        clock=self._clock)
+            return remote  # the same surface as EngineProcess, as far as the manager looks
         s = self.cfg.server
         kwargs: dict[str, Any] = {}
         if self._spawn is not None:
@@ -248,7 +258,7 @@ class EngineManager:
         return [self._active[variant_key(model, v)] for v in model.variants]
 
     def variants(self, model: ModelConfig) -> list[VariantInfo]:
-        return [VariantInfo(r.slot_id, r.variant.ctx_size, r.vram_mb)
+        return [VariantInfo(r.slot_id, r.variant.ctx_size, r.vram_mb, model.upstream is None)
                 for r in self._records_of(model)]
 
     def ready_process(self, model_name: str) -> EngineProcess | None:
@@ -626,7 +636,8 @@ class EngineManager:
         now = self._clock()
         for record in list(self._active.values()):
             unload = record.model.idle_unload_s
-            if (unload and not record.model.pinned and not record.process.client.supports_sleep
+            if (unload and not record.model.pinned and record.model.upstream is None
+                    and not record.process.client.supports_sleep
                     and record.sched_state() == sched.READY and not record.in_flight
                     and now - max(record.last_used, record.history.ready_at or 0.0) >= unload):
                 record.stopping = True

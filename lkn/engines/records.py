@@ -111,7 +111,8 @@ class EngineRecord:
         return sched.Slot(self.slot_id, self.model.name, self.variant.ctx_size, self.vram_mb,
                           state, self.in_flight, self.last_used,
                           self.retired or self.unloading, capacity=self.model.parallel,
-                          pinned=self.model.pinned and not self.retired)
+                          pinned=self.model.pinned and not self.retired,
+                          local=self.model.upstream is None)
 
     def refusing(self, policy: FailurePolicy, now: float) -> bool:
         """FAILED and not due for its next try: requests get a fast 503."""

@@ -1,0 +1,164 @@
+"""A remote OpenAI-compatible server as one of lkn's engines: OpenAI itself, Ollama's ``/v1``,
+vLLM or another lkn on another machine.
+
+``RemoteEngine`` speaks to it (its paths under the configured ``/v1`` URL, its own model name,
+the key read from the environment at each request — never from the config file, never into a
+log or an error body). ``RemoteProcess`` stands where an engine process would: the manager
+leases it like any engine, but there is nothing to spawn or kill and it holds no VRAM. Before
+its first use (and after a failure) it checks the server answers ``health_path``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import aiohttp
+
+from ..config import ModelConfig, UpstreamConfig, VariantConfig
+from .base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
+                   openai_probe)
+from .logs import LogRing
+from .process import EngineStartError, State
+
+log = logging.getLogger("lkn.remote")
+CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class MissingKey(EngineRequestError):
+    pass
+
+
+class RemoteEngine(EngineClient):
+    kind = "upstream"
+
+    def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
+        super().__init__(model, variant)
+        assert model.upstream is not None
+        self.upstream: UpstreamConfig = model.upstream
+        self.request_timeout_s = model.upstream.timeout_s
+
+    def argv(self, port: int) -> list[str]:
+        """No process: what identifies the server (a reload keeps it when this is unchanged)."""
+        u = self.upstream
+        return ["upstream", u.url, u.model or self.model.name, u.api_key_env or "",
+                u.health_path]
+
+    def headers(self) -> dict[str, str]:
+        """The key, read now from the environment (a rotated key needs no reload)."""
+        name = self.upstream.api_key_env
+        if not name:
+            return {}
+        key = os.environ.get(name)
+        if not key:
+            raise MissingKey(f"the environment variable {name} (upstream.api_key_env of model "
+                             f"'{self.model.name}') is not set")
+        return {"Authorization": f"Bearer {key}"}
+
+    def scrub(self, text: str) -> str:
+        """The text with the key masked (an upstream may quote it in an error)."""
+        name = self.upstream.api_key_env
+        key = os.environ.get(name) if name else None
+        return text.replace(key, "***") if key else text
+
+    async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
+        if not self.upstream.health_path:
+            return Readiness(True)
+        async with session.get(base_url + self.upstream.health_path, headers=self.headers(),
+                               timeout=CHECK_TIMEOUT) as resp:
+            body = await resp.read()
+        if resp.status == 200:
+            return Readiness(True)
+        return Readiness(False, f"HTTP {resp.status}: "
+                                f"{self.scrub(body[:200].decode('utf-8', 'replace'))}")
+
+    def upstream_path(self, route: str) -> str:
+        return ROUTES[route].removeprefix("/v1")  # the configured URL carries the version
+
+    def served_model_name(self) -> str:
+        return self.upstream.model or self.model.name
+
+    async def count_tokens(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                           body: dict[str, Any]) -> int:
+        raise EngineRequestError("an OpenAI-compatible upstream has no tokenizer endpoint")
+
+    async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                    body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
+        return await openai_probe(session, base_url + self.upstream_path(route),
+                                  self.prepare_body(route, body), route, top_k, n_tokens,
+                                  headers=self.headers())
+
+    def normalize_error(self, status: int, raw: bytes) -> dict[str, Any]:
+        return super().normalize_error(status, self.scrub(raw.decode("utf-8", "replace"))
+                                       .encode())
+
+    def normalize_stream_data(self, data: str) -> str:
+        return super().normalize_stream_data(self.scrub(data) if '"error"' in data else data)
+
+
+StateCallback = Callable[["RemoteProcess", State], None]
+
+
+class RemoteProcess:
+    """The manager's view of a remote server: READY once it answered its health path."""
+
+    pid = None
+    port = None
+
+    def __init__(self, client: RemoteEngine, *, session: aiohttp.ClientSession,
+                 on_change: StateCallback, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.client = client
+        self.key = client.key
+        self._session = session
+        self._on_change = on_change
+        self._clock = clock
+        self.logs = LogRing(self.key)
+        self.state = State.STOPPED
+        self.last_error = ""
+        self.ready_seconds: float | None = None
+        self.start_timeout_s = 0.0
+        self.stop_grace_s = 0.0
+
+    @property
+    def base_url(self) -> str:
+        return self.client.upstream.url
+
+    def _set(self, state: State, note: str) -> None:
+        old, self.state = self.state, state
+        self.logs.mark(f"{old.value} -> {state.value} {note}".rstrip())
+        self._on_change(self, old)
+
+    async def ensure_ready(self) -> None:
+        if self.state is State.READY:
+            return
+        self._set(State.STARTING, "")
+        started = self._clock()
+        try:
+            readiness = await self.client.check_ready(self._session, self.base_url)
+            detail = readiness.detail
+        except (aiohttp.ClientError, OSError, TimeoutError, EngineRequestError) as exc:
+            readiness, detail = Readiness(False), str(exc) or exc.__class__.__name__
+        if not readiness.ready:
+            self.last_error = (f"upstream {self.base_url} of model '{self.client.model.name}' "
+                               f"is not answering: {detail}")
+            self._set(State.FAILED, "")
+            raise EngineStartError(self.last_error)
+        self.ready_seconds = self._clock() - started
+        self.last_error = ""
+        self._set(State.READY, f"{self.base_url}, {self.ready_seconds:.2f}s")
+
+    async def stop(self) -> None:
+        if self.state is not State.STOPPED:
+            self._set(State.STOPPED, "")
+
+    async def sleep(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"key": self.key, "state": self.state.value, "pid": None, "port": None,
+                "ctx_size": self.client.effective_ctx, "last_error": self.last_error or None,
+                "start_seconds": (None if self.ready_seconds is None
+                                  else round(self.ready_seconds, 3)),
+                "log": None, "upstream": self.base_url}
