@@ -124,9 +124,12 @@ async def status_model(request: web.Request) -> web.Response:
 
 async def load(request: web.Request) -> web.Response:
     state = _state(request)
-    ctx = _query_number(request, "ctx", None, low=1, high=10**9)
+    raw = request.query.get("ctx")
+    if raw is not None and not (raw.isdigit() and int(raw) > 0):
+        raise BadRequest(f"query parameter ctx must be a positive integer, got {raw!r}",
+                         param="ctx")
     return web.json_response(await operations.load(
-        state.manager, request.match_info["name"], int(ctx) if ctx else None))
+        state.manager, request.match_info["name"], int(raw) if raw else None))
 
 
 async def unload(request: web.Request) -> web.Response:
@@ -137,8 +140,9 @@ async def unload(request: web.Request) -> web.Response:
 
 
 async def sleep(request: web.Request) -> web.Response:
-    return web.json_response(await operations.sleep(_state(request).manager,
-                                                    request.match_info["name"]))
+    # Shielded: a client that hangs up mid-release must not leave the engine half-released.
+    return web.json_response(await asyncio.shield(operations.sleep(
+        _state(request).manager, request.match_info["name"])))
 
 
 async def wake(request: web.Request) -> web.Response:
@@ -156,11 +160,13 @@ def reload_route(reloader: Callable[[], Reloader]) -> Callable[[web.Request],
                                                                Awaitable[web.Response]]:
     async def reload(request: web.Request) -> web.Response:
         state = _state(request)
-        if not await reloader().reload():
+        # Shielded: a client that hangs up does not cancel a reload half-way.
+        ok = await asyncio.shield(reloader().reload())
+        generation, models = state.manager.generation, [m.name for m in state.cfg.models]
+        if not ok:
             raise ConfigRejected(f"reload failed, the running config is kept: "
                                  f"{state.last_reload_error}")
-        return web.json_response({"ok": True, "generation": state.manager.generation,
-                                  "models": [m.name for m in state.cfg.models]})
+        return web.json_response({"ok": True, "generation": generation, "models": models})
     return reload
 
 
@@ -213,6 +219,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
             queue.put_nowait(line)
 
     ring.listeners.add(on_line)
+    _track(request)
     try:
         for line in tail:
             await resp.write(_data({"engine": record.slot_id, "line": line}))
@@ -234,6 +241,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     history = int(_query_number(request, "history", 0, low=0, high=10_000) or 0)
     resp = web.StreamResponse(headers=sse_headers({}))
     await resp.prepare(request)
+    _track(request)
     with state.bus.subscribe() as sub:
         try:
             for event in state.bus.recent(limit=history) if history else []:
@@ -243,6 +251,23 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await resp.write(b": keep-alive\n\n" if event is None else _data(event))
         except ConnectionResetError:
             return resp
+
+
+STREAMS = web.AppKey("lkn_admin_streams", set)
+
+
+def _track(request: web.Request) -> None:
+    """Endless admin streams end at shutdown instead of holding it for the drain timeout."""
+    task = asyncio.current_task()
+    if task is not None:
+        streams = request.app[STREAMS]
+        streams.add(task)
+        task.add_done_callback(streams.discard)
+
+
+async def _close_streams(app: web.Application) -> None:
+    for task in list(app[STREAMS]):
+        task.cancel()
 
 
 def _data(obj: Any) -> bytes:
@@ -256,6 +281,8 @@ def _state(request: web.Request) -> GatewayState:
 
 
 def add_routes(app: web.Application, reloader: Callable[[], Reloader]) -> None:
+    app[STREAMS] = set()
+    app.on_shutdown.append(_close_streams)
     r = app.router
     r.add_get("/status", status)
     r.add_get("/status/{name:.+}", status_model)

@@ -8,6 +8,7 @@ command prints one clear line on stderr and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -43,9 +44,14 @@ def _request(address: str, method: str, path: str) -> urllib.request.Request:
                                   data=b"" if method == "POST" else None)
 
 
+# lkn is local or named by --address: never through an http_proxy from the environment (the
+# admin key would go to the proxy, and lkn would see the proxy's address, not loopback).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _open(req: urllib.request.Request, address: str, timeout: float | None) -> Any:
     try:
-        return urllib.request.urlopen(req, timeout=timeout)
+        return _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         with exc:
             raw = exc.read()
@@ -54,23 +60,32 @@ def _open(req: urllib.request.Request, address: str, timeout: float | None) -> A
         except (ValueError, KeyError, TypeError):
             message = raw.decode("utf-8", "replace").strip()[:300]
         raise CommandFailed(f"lkn refused ({exc.code}): {message}") from None
+    except TimeoutError:
+        raise CommandFailed(f"lkn on {address} did not answer within {timeout:g}s") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CommandFailed(f"lkn is not running on {address} ({reason})") from None
 
 
-def call(address: str, method: str, path: str, timeout: float | None = 600) -> Any:
+def call(address: str, method: str, path: str, timeout: float | None = 30) -> Any:
+    """One admin call; ``timeout`` None for calls that wait for engines (load, unload)."""
     with _open(_request(address, method, path), address, timeout) as resp:
-        return json.load(resp)
+        try:
+            return json.load(resp)
+        except (ValueError, OSError, http.client.HTTPException) as exc:
+            raise CommandFailed(f"lkn on {address} sent an unreadable answer ({exc})") from None
 
 
 def follow(address: str, path: str) -> Iterator[dict[str, Any]]:
     """The data events of an SSE stream, as JSON."""
     with _open(_request(address, "GET", path), address, None) as resp:
-        for raw in resp:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if line.startswith("data: "):
-                yield json.loads(line[6:])
+        try:
+            for raw in resp:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+        except (ValueError, OSError, http.client.HTTPException) as exc:
+            raise CommandFailed(f"the stream from lkn on {address} broke off ({exc})") from None
 
 
 # ------------------------------------------------------------------ commands
@@ -123,13 +138,13 @@ def _model_path(name: str, action: str) -> str:
 
 def _load(args: argparse.Namespace) -> None:
     query = f"?ctx={args.ctx}" if args.ctx else ""
-    done = call(args.address, "POST", _model_path(args.model, "load") + query)
+    done = call(args.address, "POST", _model_path(args.model, "load") + query, timeout=None)
     print(f"{done['key']}: {done['state']}")
 
 
 def _unload(args: argparse.Namespace) -> None:
     query = "?force=1" if args.force else ""
-    done = call(args.address, "POST", _model_path(args.model, "unload") + query)
+    done = call(args.address, "POST", _model_path(args.model, "unload") + query, timeout=None)
     stopped = [e["key"] for e in done["stopped"]]
     print(f"{done['model']}: " + (f"stopped {', '.join(stopped)}" if stopped
                                   else "no engine was running"))
@@ -147,7 +162,7 @@ def _logs(args: argparse.Namespace) -> None:
 
 
 def _reload(args: argparse.Namespace) -> None:
-    done = call(args.address, "POST", "/admin/reload")
+    done = call(args.address, "POST", "/admin/reload", timeout=120)
     print(f"reloaded: config generation {done['generation']}, models "
           f"{', '.join(done['models'])}")
 

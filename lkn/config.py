@@ -252,6 +252,9 @@ def _server(value: Any) -> ServerConfig:
 
 def _variant(path: str, value: Any, model: _ModelDefaults) -> VariantConfig:
     t = Table(path, value)
+    for key in model.bad:
+        if t.value.get(key) is None:  # it would inherit the model's invalid value
+            raise _Reported(f"{path}: inherits an invalid {key}")
     ctx = t.required("ctx_size", integer(1), model.ctx_size, "a positive integer")
     file = t.required("model_file", model_file, model.model_file, "a non-empty string")
     variant = VariantConfig(
@@ -288,11 +291,14 @@ class _ModelDefaults:
     cache_type: str
     args: tuple[str, ...]
     vram_mb: int | None
+    bad: set[str] = field(default_factory=set)
 
 
 def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     t = Table(path, value)
-    name = t.required("name", string, None, "a non-empty string")
+    name = t.get("name", string, None)
+    if name is None and t.raw("name") is None:
+        report(ConfigError(f"{t.key('name')}: must be a non-empty string, got nil"))
     engine = t.get("engine", choice(ENGINES), "llamacpp")
     defaults = _ModelDefaults(
         ctx_size=t.get("ctx_size", integer(1), None),
@@ -303,6 +309,9 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         args=(),
         vram_mb=t.get("vram_mb", integer(1), None),
     )
+    # Invalid model-level values (already reported) that variants would inherit.
+    defaults.bad = {k for k in ("ctx_size", "model_file")
+                    if t.value.get(k) is not None and not getattr(defaults, k)}
     model_args = t.get("args", strings, ())
     env = t.get("env", env_table, ())
     raw_upstream = t.raw("upstream")
@@ -313,6 +322,8 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     try:
         variants = (_remote_variants(t, defaults) if upstream is not None else
                     _variants(t, path, engine, defaults, model_args, env))
+    except _Reported:
+        variants = ()
     except ConfigError as exc:  # the rest of the model is still checked
         report(exc)
         variants = ()
@@ -353,7 +364,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         loading_events=t.get("loading_events", boolean, False),
     )
     t.finish()
-    if not variants:
+    if not variants or name is None:
         raise _Reported(f"{path}: has errors")
     return model
 
@@ -451,6 +462,7 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
                           f"got {show(raw_models)}")
             raw_models = []
         models: list[tuple[int, ModelConfig]] = []
+        unbuilt: dict[str, str] = {}
         for i, raw in enumerate(raw_models, 1):
             try:
                 models.append((i, _model(f"models[{i}]", raw, server)))
@@ -458,6 +470,10 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
                 pass
             except ConfigError as exc:  # this model cannot be built; check the others
                 errors.append(str(exc))
+            else:
+                continue
+            for n in _raw_names(raw):
+                unbuilt.setdefault(n, f"models[{i}]")
     seen: dict[str, str] = {}
     for i, model in models:
         for n in model.names:
@@ -465,6 +481,8 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
                 errors.append(f"models[{i}]: name or alias {show(n)} is already used by "
                               f"{seen[n]}")
             seen.setdefault(n, f"models[{i}]")
+    # A model with errors still has its name: references to it are not errors of their own.
+    seen = {**unbuilt, **seen}
     for i, model in models:
         named = [("homeostasis.escalate_to", model.homeostasis.escalate_to),
                  ("context_fallback", model.context_fallback),
@@ -480,21 +498,19 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
         if name not in seen:
             errors.append(f"server.preload[{j}]: no such model, got {show(name)}")
     if errors:
-        raise ConfigError.listing(_first_per_key(errors))
+        raise ConfigError.listing(list(dict.fromkeys(errors)))  # each once, in order
     return Config(server=server, models=tuple(m for _, m in models), path=path)
 
 
-def _first_per_key(errors: list[str]) -> list[str]:
-    """One error per key path: a value that failed its check is not reported again as missing
-    by a table that needed it."""
-    out: list[str] = []
-    keys: set[str] = set()
-    for e in errors:
-        key = e.split(":", 1)[0]
-        if key not in keys:
-            keys.add(key)
-            out.append(e)
-    return out
+def _raw_names(raw: Any) -> list[str]:
+    """The name and aliases a model table that failed to build meant to have."""
+    if not isinstance(raw, dict):
+        return []
+    names = [raw.get("name")]
+    aliases = raw.get("aliases")
+    if isinstance(aliases, list):
+        names += aliases
+    return [n for n in names if isinstance(n, str) and n]
 
 
 def missing_model_files(cfg: Config) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 # The id of the request the running code serves ("" outside any request): log lines carry it.
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("lkn_request_id", default="")
-_SANE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_SANE = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")  # no "/": it must fit a URL path segment
 
 
 def request_id(given: str | None) -> str:

@@ -137,10 +137,11 @@ async def auth_middleware(request: web.Request,
             raise Unauthorized("invalid or missing admin key: send 'Authorization: Bearer "
                                "<admin key>' (server.admin_keys)")
         return await handler(request)
-    local = admin.is_admin_path(path) and is_loopback(request.remote)
+    local = admin.is_admin_path(path) and is_loopback(request.remote) and local_browser_safe(
+        request)
     if path.startswith("/admin/") and not local:
-        raise Forbidden("the admin API answers only on loopback when server.admin_keys is "
-                        "not set")
+        raise Forbidden("the admin API answers only on loopback (and not to other sites' "
+                        "pages in a browser) when server.admin_keys is not set")
     if s.api_keys and not local and not _matches(_token(request), s.api_keys):
         raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
@@ -267,16 +268,34 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     return app
 
 
+def local_browser_safe(request: web.Request) -> bool:
+    """Trusting loopback must not trust a browser on the box: a page of another site can send
+    a simple POST (no preflight) to 127.0.0.1, and DNS rebinding can make it read answers. So
+    the request's Host must be a loopback name and any Origin must be that same host."""
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    host = host.strip("[]").lower()
+    if host != "localhost" and not is_loopback(host):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+    return origin.split("://", 1)[-1].lower() == request.host.lower()
+
+
 def _cors(app: web.Application, origins: tuple[str, ...]) -> None:
-    """Browser clients from these origins may call every route (preflights answered by
-    aiohttp-cors; lkn's own headers exposed). Changing the origins takes a restart."""
+    """Browser clients from these origins may call the OpenAI routes (preflights answered by
+    aiohttp-cors; lkn's own headers exposed); never the admin API or /status. Changing the
+    origins takes a restart."""
     import aiohttp_cors
 
     options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers="*",
                                            allow_headers="*", allow_methods="*")
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in list(app.router.routes()):
-        cors.add(route)
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = str(info.get("path") or info.get("formatter") or "")
+        if not admin.is_admin_path(path):
+            cors.add(route)
 
 
 def health_of_model(state: GatewayState, name: str) -> dict[str, Any]:

@@ -65,13 +65,16 @@ class TrafficStats:
         ring = self._by_model.get(model, collections.deque())
         self._trim(ring, now)
         done = [f for f in ring if f.at > now - window_s]
+        if ring and len(ring) == ring.maxlen and ring[0].at > now - window_s:
+            # The cap dropped requests of this window: the rate is over the span still kept.
+            window_s = max(now - ring[0].at, 1e-9)
         latencies = [f.latency_s for f in done]
         ok = sum(1 for f in done if f.ok)
         counted = [f for f in done if f.ok and f.completion_tokens is not None]
         busy = sum(f.latency_s for f in counted)
         tokens = sum(f.completion_tokens or 0 for f in counted)
         return {
-            "window_s": window_s,
+            "window_s": round(window_s, 3),
             "requests": len(done),
             "per_minute": round(len(done) * 60.0 / window_s, 3),
             "success_rate": round(ok / len(done), 4) if done else None,

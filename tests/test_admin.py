@@ -212,6 +212,7 @@ def test_cancel_a_request_by_id(make_gw: Any) -> None:
     err = result.json()["error"]
     assert err["code"] == "request_cancelled" and err["request_id"] == "job-1"
     assert result.headers["x-request-id"] == "job-1"
+    gw.client().chat.completions.create(model="f", messages=MSG)  # ready: no loading feedback
     stream = gw.client().chat.completions.create(model="f", messages=MSG, stream=True,
                                                  extra_headers={"x-request-id": "job-2"})
     next(iter(stream))
@@ -300,3 +301,54 @@ def test_a_pinned_model_is_never_evicted_nor_unloaded_for_idleness(
         time.sleep(0.1)
     assert states(gw) == {"fake@2048": "ready", "fake@4096": "stopped",
                           "other@1024": "stopped", "other@8192": "stopped"}
+
+
+def test_unload_answers_once_its_engines_stopped_even_if_traffic_restarts_them(
+        make_gw: Any) -> None:
+    gw = make_gw(args='"--fake-tokens", 20, "--fake-token-delay-s", 0.05')
+    client = gw.client()
+    client.chat.completions.create(model="fake", messages=MSG)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        long = pool.submit(lambda: list(client.chat.completions.create(
+            model="fake", messages=MSG, stream=True)))
+        deadline = time.monotonic() + 10
+        while gw.call(gw.manager.in_flight) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        unload = pool.submit(http, "POST", gw.base_url + "/admin/models/fake/unload")
+        time.sleep(0.2)
+        later = pool.submit(client.chat.completions.create, model="fake", messages=MSG)
+        assert unload.result(30).status_code == 200
+        assert later.result(30).choices and long.result(30)
+    states = [(e["key"], e["state"]) for e in gw.call(lambda: gw.state.bus.recent(
+        kinds={"engine"}))]
+    assert states[-4:] == [("fake@2048", "stopping"), ("fake@2048", "stopped"),
+                           ("fake@2048", "starting"), ("fake@2048", "ready")]
+
+
+@pytest.mark.parametrize("headers, allowed", [
+    ({}, True),
+    ({"Origin": "http://127.0.0.1:PORT"}, True),          # lkn's own page (the dashboard)
+    ({"Origin": "https://evil.example"}, False),           # another site's page
+    ({"Sec-Fetch-Site": "cross-site"}, False),
+    ({"Host": "evil.example:PORT"}, False),                # DNS rebinding
+])
+def test_the_loopback_admin_api_refuses_other_sites_pages(
+        make_gw: Any, headers: dict[str, str], allowed: bool) -> None:
+    gw = make_gw()
+    headers = {k: v.replace("PORT", str(gw.port)) for k, v in headers.items()}
+    r = http("POST", gw.base_url + "/admin/models/fake/load", headers=headers)
+    assert (r.status_code == 200) is allowed, r.text
+    if not allowed:
+        assert r.status_code == 403 and "other sites" in r.json()["error"]["message"]
+
+
+def test_admin_streams_end_at_shutdown(make_gw: Any) -> None:
+    gw = make_gw(server="shutdown_drain_s = 60")
+    conn = http_client.HTTPConnection("127.0.0.1", gw.port, timeout=90)
+    conn.request("GET", "/admin/events")
+    resp = conn.getresponse()
+    t0 = time.monotonic()
+    gw.stop()
+    assert time.monotonic() - t0 < 30  # not held for the 60 s drain
+    resp.close()
+    conn.close()

@@ -41,7 +41,8 @@ def test_ps_load_unload_logs_reload_against_a_running_lkn(tmp_path: Path,
     with tempfile.TemporaryFile("w+") as log, \
             lkn_daemon(write(tmp_path, fake_binary, port), port, stdout=log, stderr=log,
                        env=ENV) as (proc, client):
-        done = lkn("load", "a", *address)
+        # an http_proxy in the environment is not used: lkn is reached directly
+        done = lkn("load", "a", *address, env={**ENV, "http_proxy": "http://127.0.0.1:9"})
         assert done.returncode == 0 and done.stdout.strip() == "a@512: ready", done.stderr
         client.chat.completions.create(model="a", messages=MSG, max_tokens=16,
                                        extra_headers={"x-request-id": "trace-42"})

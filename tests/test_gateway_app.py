@@ -161,6 +161,9 @@ async def test_cors_preflight_and_exposed_headers(tmp_path: Path, aiohttp_client
     r = await c.get("/v1/models", headers={**AUTH, "Origin": "https://app.example"})
     assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "x-request-id" in r.headers["Access-Control-Expose-Headers"].lower()
+    admin = await c.options("/admin/reload", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in admin.headers  # never the admin API
 
 
 async def test_no_cors_headers_without_configured_origins(client: TestClient) -> None:

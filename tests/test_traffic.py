@@ -53,3 +53,12 @@ def test_old_entries_are_dropped_and_forget_removes_models() -> None:
     t.record("x", Finished(0.0, 0.1, True))
     t.forget({"m"})
     assert t.last_used("x") is None and t.last_used("m") == 9
+
+
+def test_a_window_the_cap_cut_short_reports_the_span_it_covers() -> None:
+    t = TrafficStats(keep_s=900, max_per_model=10)
+    for i in range(50):  # 50 requests over 49 s: only the last 10 are kept
+        t.record("m", Finished(float(i), 0.1, True))
+    s = t.summary("m", 49.0, 300)
+    assert s["requests"] == 10 and s["window_s"] == 9.0
+    assert s["per_minute"] == round(10 * 60 / 9.0, 3)

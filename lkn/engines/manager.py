@@ -644,7 +644,7 @@ class EngineManager:
                 self._supervise(self._run_stop(record, f"idle for {unload:g}s"), record, "stop")
         for record in list(self._active.values()):
             model, proc = record.model, record.process
-            if (model.sleep_when_idle_s is None or not proc.client.supports_sleep
+            if (model.sleep_when_idle_s is None or model.pinned or not proc.client.supports_sleep
                     or record.sched_state() != sched.READY or record.in_flight
                     or now - record.last_used < model.sleep_when_idle_s):
                 continue
