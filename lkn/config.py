@@ -26,6 +26,7 @@ __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelCo
 ENGINES = ("llamacpp", "sglang", "command", "remote")
 COMMAND_PLACEHOLDERS = ("{port}", "{model_file}", "{ctx_size}")
 REMOTE_CTX = 131072  # a remote model's context when its config gives none
+REMOTE_PARALLEL = 64  # requests lkn sends a remote model at once unless parallel says
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
 INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
 PROBE_AGGREGATES = ("first", "mean", "max", "answer")
@@ -342,7 +343,8 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         args=model_args,
         env=env,
         embeddings=t.get("embeddings", boolean, False),
-        parallel=t.get("parallel", integer(1), 1),
+        # a remote server batches for itself: lkn's queue only holds what exceeds this
+        parallel=t.get("parallel", integer(1), REMOTE_PARALLEL if upstream else 1),
         default_max_tokens=t.get("default_max_tokens", integer(1), 512),
         homeostasis=homeostasis,
         cache=server.cache if cache is None else _cache(t.key("cache"), cache, server.cache),

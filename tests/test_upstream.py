@@ -272,3 +272,16 @@ models = { { name = "a", engine = "command", command = { "srv", "--port", "8000"
         'models[2].command: engine = "command" needs the server\'s argv, e.g. '
         '{ "vllm", "serve", "{model_file}", "--port", "{port}" }',
         'models[3].command: only engine = "command" takes a command']
+
+
+def test_a_reload_that_keeps_an_upstream_applies_its_new_timeout(tmp_path: Path) -> None:
+    from lkn.engines.remote import RemoteEngine
+    cfg = write_config(tmp_path, 'models = { { name = "r", upstream = { url = "http://h/v1", '
+                                 'timeout_s = 5 } } }')
+    [model] = cfg.models
+    engine = RemoteEngine(model, model.variants[0])
+    assert engine.request_timeout_s == 5 and model.parallel == 64
+    newer = write_config(tmp_path, 'models = { { name = "r", upstream = { url = "http://h/v1", '
+                                   'timeout_s = 9 } } }')
+    engine.model = newer.models[0]  # what EngineRecord.adopt does on a reload
+    assert engine.request_timeout_s == 9

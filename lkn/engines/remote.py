@@ -36,8 +36,16 @@ class RemoteEngine(EngineClient):
     def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
         super().__init__(model, variant)
         assert model.upstream is not None
-        self.upstream: UpstreamConfig = model.upstream
-        self.request_timeout_s = model.upstream.timeout_s
+
+    @property
+    def upstream(self) -> UpstreamConfig:
+        """Read from the model each time: a reload that keeps the engine may change it."""
+        assert self.model.upstream is not None
+        return self.model.upstream
+
+    @property  # type: ignore[override]
+    def request_timeout_s(self) -> float | None:
+        return self.upstream.timeout_s
 
     def argv(self, port: int) -> list[str]:
         """No process: what identifies the server (a reload keeps it when this is unchanged)."""
