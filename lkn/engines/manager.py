@@ -474,10 +474,15 @@ class EngineManager:
         slots = [slot for r in by_id.values() if (slot := r.slot()) is not None]
         # Variants waiting out a backoff are left out of the options for now, so a request
         # that another variant can hold is served by it; the timer comes back at retry time.
-        waiters = [replace(p.waiter, options=tuple(
-                       o for o in p.waiter.options
-                       if o.key in by_id and by_id[o.key].startable(self.policy, now)))
-                   for p in self._pending.values() if not p.future.done()]
+        waiters = []
+        for p in self._pending.values():
+            if p.future.done():
+                continue
+            usable = tuple(o for o in p.waiter.options
+                           if o.key in by_id and by_id[o.key].startable(self.policy, now))
+            # a copy only when an option is left out: this runs on every event
+            waiters.append(p.waiter if len(usable) == len(p.waiter.options)
+                           else replace(p.waiter, options=usable))
         actions = sched.decide(slots, waiters, budget_mb=s.vram_budget_mb,
                                max_engines=s.max_loaded_engines, max_wait_s=s.max_queue_wait_s,
                                now=now)
