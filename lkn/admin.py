@@ -21,7 +21,6 @@ Routes::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -210,17 +209,22 @@ async def logs(request: web.Request) -> web.StreamResponse:
     if not _flag(request, "follow"):
         return web.json_response({"engine": record.slot_id, "key": record.key,
                                   "file": ring.path, "lines": tail})
-    resp = web.StreamResponse(headers=sse_headers({}))
-    await resp.prepare(request)
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+    missed = 0
 
     def on_line(line: str) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
+        nonlocal missed
+        try:
             queue.put_nowait(line)
+        except asyncio.QueueFull:  # a reader far behind: say so rather than drop silently
+            missed += 1
 
+    # Listening before the headers go out: no line falls between the tail and the follow.
     ring.listeners.add(on_line)
-    _track(request)
     try:
+        resp = web.StreamResponse(headers=sse_headers({}))
+        await resp.prepare(request)
+        _track(request)
         for line in tail:
             await resp.write(_data({"engine": record.slot_id, "line": line}))
         while True:
@@ -229,6 +233,9 @@ async def logs(request: web.Request) -> web.StreamResponse:
             except asyncio.TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if missed:
+                await resp.write(_data({"engine": record.slot_id, "dropped": missed}))
+                missed = 0
             await resp.write(_data({"engine": record.slot_id, "line": line}))
     except ConnectionResetError:
         return resp

@@ -158,7 +158,10 @@ def _logs(args: argparse.Namespace) -> None:
             print(line)
         return
     for event in follow(args.address, path + "&follow=1"):
-        print(event["line"], flush=True)
+        if "line" in event:
+            print(event["line"], flush=True)
+        else:  # this reader fell behind the engine's output
+            print(f"lkn logs: {event.get('dropped')} lines dropped", file=sys.stderr)
 
 
 def _reload(args: argparse.Namespace) -> None:
