@@ -73,6 +73,10 @@ def status_payload(state: GatewayState, window_s: float | None = None) -> dict[s
                                  else ())
     models = {model.name: _model_status(state, model.name, engines, now, windows)
               for model in state.cfg.models}
+    for model in state.cfg.models:
+        if model.backends:  # balancing, and each backend's circuit breaker
+            models[model.name]["balance"] = model.balance
+            models[model.name]["backends"] = m.backend_status(model)
     running = [e for e in engines if e["state"] in ("starting", "ready", "stopping")]
     return {"uptime_s": round(now - state.started, 1),
             "config": {"path": state.cfg.path, "generation": m.generation,
@@ -189,7 +193,7 @@ def _record(state: GatewayState, name: str) -> EngineRecord:
     same = [r for r in records if r.key == name]
     if same:
         return same[-1]
-    mine = [r for r in records if r.model.name == name]
+    mine = [r for r in records if r.model.public == name]
     running = [r for r in mine if r.running()]
     if len({r.key for r in mine}) == 1 or len(running) == 1:
         return (running or mine)[-1]

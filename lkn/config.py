@@ -16,6 +16,8 @@ from .config_values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, 
                             listen_list, model_file, number, origins, parse_listen, port_range,
                             reasoning_mode, report, resolve_model_file, secrets, show, string,
                             strings)
+from .balance import STRATEGIES
+from .breaker import BreakerPolicy
 from .errors import ConfigError
 from .luaload import load_lua_tables
 
@@ -23,7 +25,10 @@ __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelCo
            "ServerConfig", "UpstreamConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
            "missing_model_files", "resolve_model_file", "summary"]
 
-ENGINES = ("llamacpp", "sglang", "command", "remote")
+ENGINES = ("llamacpp", "sglang", "command", "remote", "backends")
+# what a backend table may not set: it belongs to the public model
+PUBLIC_ONLY = ("name", "aliases", "backends", "fallbacks", "context_fallback", "homeostasis",
+               "cache", "balance", "sticky_header", "breaker", "retries", "pinned")
 COMMAND_PLACEHOLDERS = ("{port}", "{model_file}", "{ctx_size}")
 REMOTE_CTX = 131072  # a remote model's context when its config gives none
 REMOTE_PARALLEL = 64  # requests lkn sends a remote model at once unless parallel says
@@ -111,6 +116,15 @@ class ModelConfig:
     # {model_file}, {ctx_size}); ready when health_path answers 200
     command: tuple[str, ...] = ()
     health_path: str = "/health"
+    # Several backends for one public model: each a model of its own (``parent`` names the
+    # public one), balanced, with a circuit breaker each, retried before the first byte.
+    backends: tuple[ModelConfig, ...] = ()
+    parent: str | None = None
+    weight: int = 1
+    balance: str = "least_connections"
+    sticky_header: str | None = None  # sticky: hash this header (default: the body's "user")
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    retries: int = 2  # other backends tried after a failure before the first byte
     fallbacks: tuple[str, ...] = ()   # models tried in order when this one fails before answering
     context_fallback: str | None = None  # the model for requests no variant of this one holds
     pinned: bool = False          # never evicted, never unloaded for idleness
@@ -119,6 +133,16 @@ class ModelConfig:
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
+
+    @property
+    def engine_models(self) -> tuple[ModelConfig, ...]:
+        """What runs: its backends, or the model itself."""
+        return self.backends or (self,)
+
+    @property
+    def public(self) -> str:
+        """The name clients use (a backend's parent)."""
+        return self.parent or self.name
 
 
 @dataclass(frozen=True)
@@ -320,8 +344,13 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     if upstream is not None:
         engine = "remote"
     command = _command(t, engine)
+    backends = _backends(t, name or "?", server)
+    if t.raw("backends") is not None:
+        engine = "backends"
     try:
-        variants = (_remote_variants(t, defaults) if upstream is not None else
+        variants = (tuple(sorted((v for b in backends for v in b.variants),
+                                 key=lambda v: v.ctx_size)) if engine == "backends" else
+                    _remote_variants(t, defaults) if upstream is not None else
                     _variants(t, path, engine, defaults, model_args, env))
     except _Reported:
         variants = ()
@@ -358,6 +387,11 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         idle_unload_s=t.get("idle_unload_s", number(0.0), server.idle_unload_s),
         stop_grace_s=t.get("stop_grace_s", number(0.0), None),
         upstream=upstream,
+        backends=backends,
+        balance=t.get("balance", choice(STRATEGIES), "least_connections"),
+        sticky_header=t.get("sticky_header", string, None),
+        breaker=_breaker(t.key("breaker"), t.raw("breaker")),
+        retries=t.get("retries", integer(0), 2),
         command=command,
         health_path=t.get("health_path", health_path, "/health"),
         fallbacks=t.get("fallbacks", strings, ()),
@@ -368,7 +402,48 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     t.finish()
     if not variants or name is None:
         raise _Reported(f"{path}: has errors")
+    if backends:  # each backend is answerable to its public model's breaker settings
+        model = replace(model, backends=tuple(replace(b, breaker=model.breaker)
+                                              for b in backends))
     return model
+
+
+def _backends(t: Table, name: str, server: ServerConfig) -> tuple[ModelConfig, ...]:
+    raw = t.raw("backends")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{t.key('backends')}: must be a non-empty list of backend tables, "
+                          f"got {show(raw)}")
+    out = []
+    for i, entry in enumerate(raw, 1):
+        path = f"{t.key('backends')}[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: must be a table, got {show(entry)}")
+        for key in PUBLIC_ONLY:
+            if key in entry:
+                report(ConfigError(f"{path}.{key}: belongs to the model, not to a backend"))
+        entry = {k: v for k, v in entry.items() if k not in PUBLIC_ONLY}
+        weight = integer(1)(f"{path}.weight", entry.pop("weight", 1))
+        label = string(f"{path}.id", entry.pop("id", str(i)))
+        backend = _model(path, {**entry, "name": f"{name}/{label}"}, server)
+        out.append(replace(backend, parent=name, weight=weight))
+    ids = [b.name for b in out]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{t.key('backends')}: two backends share an id")
+    return tuple(out)
+
+
+def _breaker(path: str, value: Any) -> BreakerPolicy:
+    if value is None:
+        return BreakerPolicy()
+    t = Table(path, value)
+    d = BreakerPolicy()
+    result = BreakerPolicy(failures=t.get("failures", integer(1), d.failures),
+                           open_s=t.get("open_s", number(0.0), d.open_s),
+                           successes=t.get("successes", integer(1), d.successes))
+    t.finish()
+    return result
 
 
 def _upstream(path: str, value: Any) -> UpstreamConfig:
@@ -517,8 +592,10 @@ def _raw_names(raw: Any) -> list[str]:
 
 def missing_model_files(cfg: Config) -> list[str]:
     """``model@ctx: path`` for every variant whose model file does not exist."""
-    return [f"{m.name}@{v.ctx_size}: {v.model_file}" for m in cfg.models for v in m.variants
-            if m.upstream is None and not os.path.exists(v.model_file)]
+    return [f"{m.name}@{v.ctx_size}: {v.model_file}" for p in cfg.models
+            for m in p.engine_models for v in m.variants
+            if m.upstream is None and not (m.engine == "command" and not v.model_file)
+            and not os.path.exists(v.model_file)]
 
 
 def load_config(path: str) -> Config:
@@ -537,6 +614,10 @@ def summary(cfg: Config) -> str:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         lines.append(f"  model {m.name}{aliases}: {m.engine}, "
                      f"contexts {', '.join(str(v.ctx_size) for v in m.variants)}")
+        if m.backends:
+            lines.append(f"    {len(m.backends)} backends, {m.balance}: "
+                         f"{', '.join(b.name for b in m.backends)}")
+            continue
         if m.upstream is not None:
             key = f", key from ${m.upstream.api_key_env}" if m.upstream.api_key_env else ""
             lines.append(f"    upstream {m.upstream.url} as {m.upstream.model or m.name}{key}")

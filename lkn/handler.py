@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import aiohttp
@@ -73,6 +74,9 @@ class RequestHandler:
     # Why the last model tried gave up before the first byte: lkn's error, or the engine's
     # own error answer (relayed as it is when no fallback answers).
     _failure: LknError | web.StreamResponse | None = None
+    _failed_backend: str | None = None       # the backend that just failed (it is retried)
+    _exclude: frozenset[str] = frozenset()   # backends this request failed on
+    _sticky: str | None = None               # the balancer's key for sticky backends
     ttft_s: float | None = None           # time to the first streamed event
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
@@ -244,6 +248,30 @@ class RequestHandler:
     async def _serve(self, request: web.Request, route: str, model: ModelConfig,
                      body: dict[str, Any], settings: HomeostasisConfig, headers: dict[str, str],
                      started: float) -> web.StreamResponse | None:
+        """Answer with ``model``; a model with several backends tries up to ``retries`` other
+        backends (jittered backoff) when one fails before the first byte."""
+        self._exclude = frozenset()
+        self._sticky = None
+        if model.backends:
+            self._sticky = (request.headers.get(model.sticky_header) if model.sticky_header
+                            else body.get("user") if isinstance(body.get("user"), str) else None)
+        for attempt in range(1 + (model.retries if model.backends else 0)):
+            if attempt:
+                await asyncio.sleep(random.uniform(0.05, 0.15) * attempt)
+                log.warning("model %s: backend %s failed before answering (%s); retrying on "
+                            "another", model.name, self._failed_backend, _why(self._failure))
+                self.state.metrics.retries.inc(model.name)
+            self._failed_backend = None
+            response = await self._serve_once(request, route, model, body, settings, headers,
+                                              started)
+            if response is not None or self._failed_backend is None:
+                return response
+            self._exclude |= {self._failed_backend}
+        return None
+
+    async def _serve_once(self, request: web.Request, route: str, model: ModelConfig,
+                          body: dict[str, Any], settings: HomeostasisConfig,
+                          headers: dict[str, str], started: float) -> web.StreamResponse | None:
         """Lease an engine of ``model`` and answer; None when it failed before the first byte
         and a fallback may try (``_failure`` holds the error, or the engine's error answer). A
         request no variant holds moves to the model's ``context_fallback``."""
@@ -275,13 +303,21 @@ class RequestHandler:
                 response = await self._forward(request, route, body, lease, headers, started)
             except (EngineUnavailable, UpstreamError, GatewayTimeout) as exc:
                 self._failure = exc
+                self._backend_failed(lease)
                 return None
             if not response.prepared and (response.status >= 500 or response.status == 429):
                 self._failure = response  # refused before the first byte: a fallback may try
+                self._backend_failed(lease)
                 return None
+            self.state.manager.report(lease.record, True)
             return response
         finally:
             lease.release()
+
+    def _backend_failed(self, lease: Lease) -> None:
+        if lease.record.model.parent is not None:
+            self.state.manager.report(lease.record, False)
+            self._failed_backend = lease.record.model.name
 
     def _resolve(self, cfg: Config, name: str) -> ModelConfig:
         model = cfg.resolve(name)
@@ -304,7 +340,7 @@ class RequestHandler:
         manager, s = self.state.manager, self.state.cfg.server
         answer = explicit_answer_budget(body)
         embeddings = route == "embeddings"
-        if model.engine in ("remote", "command") and model.tokenizer_path is None:
+        if model.engine in ("remote", "command", "backends") and model.tokenizer_path is None:
             # A server lkn has no tokenizer for counts for itself and refuses what does not
             # fit: the smallest variant that holds the answer budget is started.
             return await self._acquire(model, Demand(0, answer, embeddings=embeddings), 0,
@@ -335,6 +371,8 @@ class RequestHandler:
         headers["x-lkn-model"] = model.name  # known before the wait: loading streams carry it
         headers["x-lkn-prompt-tokens"] = f"{prompt_tokens};{method}"
         waited = time.monotonic()
+        if model.backends:
+            demand = replace(demand, exclude=self._exclude, sticky_key=self._sticky)
         acquiring = self.state.manager.acquire(model, demand)
         if self._loading is None:
             lease = await acquiring
@@ -342,6 +380,8 @@ class RequestHandler:
             lease = await self._loading.wait(acquiring)
         self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
         headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)
+        if lease.record.model.parent is not None:
+            headers["x-lkn-backend"] = lease.record.model.name
         return lease
 
     # ------------------------------------------------------------------ homeostat
@@ -545,6 +585,6 @@ def models_payload(state: GatewayState) -> dict[str, Any]:
                          "loaded": loaded,
                          "lkn": {"model": m.name, "alias_of": m.name if name != m.name else None,
                                  "engine": m.engine,
-                                 "contexts": [v.ctx_size for v in m.variants],
+                                 "contexts": sorted({v.ctx_size for v in m.variants}),
                                  "embeddings": m.embeddings}})
     return {"object": "list", "data": data}

@@ -160,6 +160,8 @@ class Metrics:
                                        LATENCY, ("model",))
         self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
                                      "applied", ("model", "intervention"))
+        self.retries = Counter(r, "lkn_backend_retries_total", "Requests retried on another "
+                               "backend after one failed before the first byte", ("model",))
         self.fallbacks = Counter(r, "lkn_fallbacks_total", "Requests another model answered "
                                  "because the asked one failed before the first byte",
                                  ("model", "to"))

@@ -54,16 +54,19 @@ class Option:
     ctx: int
     vram_mb: int
     local: bool = True
+    group: str = ""  # the backend it belongs to, for a model with several (else "")
 
 
 @dataclass(frozen=True)
 class Waiter:
     id: int
     model: str
-    # ascending ctx; all hold the request and fit the budget. Empty while every variant that
-    # holds it waits out a failure backoff: it waits, nothing starts for it.
+    # ascending ctx (several backends: in the balancer's order, then ascending ctx); all hold
+    # the request and fit the budget. Empty while every variant that holds it waits out a
+    # failure backoff: it waits, nothing starts for it.
     options: tuple[Option, ...]
     arrived: float
+    prefer: tuple[str, ...] = ()  # backends in the balancer's order (several backends only)
 
 
 @dataclass(frozen=True)
@@ -135,12 +138,47 @@ def _ready_engine(waiter: Waiter, board: _Board, blocked: set[str], *,
                   free_only: bool = True) -> Slot | None:
     """The ready engine that should serve ``waiter`` (smallest context first); with
     ``free_only`` only one that has a free slot now."""
-    keys = {o.key for o in waiter.options}
+    groups = {o.key: o.group for o in waiter.options}
     ready = [s for s in board.slots.values()
-             if s.key in keys and s.state == READY and not s.retired and s.key not in blocked]
+             if s.key in groups and s.state == READY and not s.retired and s.key not in blocked]
     if free_only:
         ready = [s for s in ready if s.in_flight < s.capacity]
-    return min(ready, key=lambda s: (s.ctx, s.in_flight)) if ready else None
+
+    def rank(s: Slot) -> tuple[int, int, int]:
+        # Several backends: the balancer's order first (each holds the request), then the
+        # smallest context within a backend. One backend: the smallest context.
+        group = groups[s.key]
+        order = waiter.prefer.index(group) if group in waiter.prefer else len(waiter.prefer)
+        return order, s.ctx, s.in_flight
+    return min(ready, key=rank) if ready else None
+
+
+def _warm_preferred(waiter: Waiter, board: _Board) -> None:
+    """A request granted to another backend than the balancer's first choice, because that
+    one runs nothing yet: start it (if it fits without evicting anything), so the balancing
+    holds from the next request on."""
+    if not waiter.prefer:
+        return
+    first = waiter.prefer[0]
+    mine = [o for o in waiter.options if o.group == first]
+    if not mine or any(board.slots.get(o.key, Slot("", "", 0, 0, "")).state
+                       in (READY, STARTING, STOPPING) for o in mine):
+        return
+    option = mine[0]
+    if board.eviction_plan(option, include_busy=False) == []:
+        board.actions.append(Start(option.key))
+        board.slots[option.key] = Slot(option.key, waiter.model, option.ctx, option.vram_mb,
+                                       STARTING, local=option.local)
+
+
+def _spare_backends(waiter: Waiter, board: _Board) -> tuple[Option, ...]:
+    """Options of backends with no engine running or starting: started when the running ones
+    are full (replicas scale out; one backend never gets a second copy)."""
+    busy = {o.group for o in waiter.options
+            if o.key in board.slots and board.slots[o.key].state in (READY, STARTING)}
+    return tuple(o for o in waiter.options
+                 if o.group and o.group not in busy
+                 and board.slots.get(o.key, Slot("", "", 0, 0, "")).state not in (STOPPING,))
 
 
 def _served_by_running(waiter: Waiter, board: _Board) -> bool:
@@ -186,6 +224,7 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
             continue
         board.actions.append(Grant(w.id, engine.key))
         board.slots[engine.key] = replace(engine, in_flight=engine.in_flight + 1, last_used=now)
+        _warm_preferred(w, board)
 
     # 3. starts and evictions
     if overdue is not None and overdue in rest:
@@ -194,6 +233,9 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
     for w in rest:
         keys = {o.key for o in w.options}
         if _served_by_running(w, board):
+            spare = _spare_backends(w, board)
+            if spare and (overdue is None or w is overdue or not blocked):
+                _start_for(replace(w, options=spare), board)  # another replica, not a copy
             continue  # its engine is busy: wait for a free slot, no second copy
         if any(board.slots[k].state == STARTING for k in keys if k in board.slots):
             continue  # join the start already under way

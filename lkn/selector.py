@@ -28,6 +28,7 @@ class VariantInfo:
     ctx: int
     vram_mb: int
     local: bool = True  # False: a remote upstream (no memory, no engine slot here)
+    group: str = ""     # its backend, for a model with several
 
 
 def explicit_answer_budget(body: dict[str, Any]) -> int | None:
@@ -68,7 +69,7 @@ def options_for(model: str, variants: Sequence[VariantInfo], *, prompt_tokens: i
 def candidate_options(model: str, variants: Sequence[VariantInfo], need: int, *,
                       budget_mb: int, prompt_tokens: int) -> tuple[Option, ...]:
     fitting = [v for v in variants if v.vram_mb <= budget_mb]
-    options = tuple(Option(v.key, v.ctx, v.vram_mb, v.local) for v in sorted(fitting, key=lambda v: v.ctx)
+    options = tuple(Option(v.key, v.ctx, v.vram_mb, v.local, v.group) for v in sorted(fitting, key=lambda v: v.ctx)
                     if v.ctx >= need)
     if options:
         return options

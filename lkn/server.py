@@ -305,7 +305,7 @@ def health_of_model(state: GatewayState, name: str) -> dict[str, Any]:
     engines = [e for e in state.manager.describe() if e["model"] == name]
     states = {e["state"] for e in engines if not e["retired"]}
     failed = all(r.refusing(state.manager.policy, time.monotonic())
-                 for r in state.manager.records() if r.model.name == name and not r.retired)
+                 for r in state.manager.records() if r.model.public == name and not r.retired)
     status = next((s for s in ("ready", "asleep", "starting") if s in states),
                   "failed" if failed else "idle")
     return {"model": name, "status": status,
@@ -322,11 +322,18 @@ def _live(state: GatewayState) -> dict[str, Any]:
             "cache_dropped": dict(state.cache.dropped) if state.cache else {}}
 
 
+BACKEND_CHECK_S = 5.0  # a backend's health path is asked this often (circuit breakers)
+
+
 async def _housekeeping(state: GatewayState) -> None:
+    checked = time.monotonic()
     while True:
         await asyncio.sleep(1.0)
         try:
             await state.manager.sleep_idle()
+            if time.monotonic() - checked >= BACKEND_CHECK_S:
+                checked = time.monotonic()
+                await state.manager.check_backends()
         except Exception:  # never let housekeeping die silently
             log.exception("housekeeping failed")
 

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -258,3 +259,35 @@ def lkn_daemon(config: Path, port: int, **popen: Any) -> Iterator[tuple[Any, Any
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+FAKE_UPSTREAM = ROOT / "tests" / "fakes" / "fake_upstream.py"
+SECRET = "sk-test-0123456789abcdef"  # the key fake upstreams want
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[Any]:
+    """Start fake OpenAI servers (tests/fakes/fake_upstream.py): ``start(*flags)`` gives
+    (base URL with /v1, the file capturing what it was sent)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*flags: str) -> tuple[str, Path]:
+        port = free_port()
+        capture = tmp_path / f"capture-{port}.jsonl"
+        proc = subprocess.Popen([sys.executable, str(FAKE_UPSTREAM), "--port", str(port),
+                                 "--key", SECRET, "--capture", str(capture), *flags])
+        procs.append(proc)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if http("GET", f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code:
+                    break
+            except OSError:  # not listening yet
+                assert time.monotonic() < deadline, "fake upstream did not start"
+                time.sleep(0.05)
+        return f"http://127.0.0.1:{port}/v1", capture
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

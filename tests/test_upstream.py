@@ -4,46 +4,17 @@ upstream is a fake OpenAI server in a child process; the client is the openai SD
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import ROOT, Gateway, free_port, http, lua_str, write_config
+from tests.conftest import FAKE_UPSTREAM, SECRET, Gateway, http, lua_str, write_config
 
-FAKE_UPSTREAM = ROOT / "tests" / "fakes" / "fake_upstream.py"
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
-SECRET = "sk-test-0123456789abcdef"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Iterator[Any]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*flags: str) -> tuple[str, Path]:
-        port = free_port()
-        capture = tmp_path / f"capture-{port}.jsonl"
-        proc = subprocess.Popen([sys.executable, str(FAKE_UPSTREAM), "--port", str(port),
-                                 "--key", SECRET, "--capture", str(capture), *flags])
-        procs.append(proc)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if http("GET", f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code:
-                    break
-            except OSError:  # not listening yet
-                assert time.monotonic() < deadline, "fake upstream did not start"
-                time.sleep(0.05)
-        return f"http://127.0.0.1:{port}/v1", capture
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
 
 
 def config(tmp_path: Path, fake_binary: str, url: str, *, server: str = "",

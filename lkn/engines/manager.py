@@ -20,6 +20,7 @@ import contextvars
 import itertools
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Coroutine
@@ -28,6 +29,9 @@ import aiohttp
 
 from .. import scheduler as sched
 from ..config import Config, ModelConfig, VariantConfig
+from ..balance import Backend
+from ..balance import order as balance_order
+from ..breaker import Breaker, BreakerPolicy
 from ..errors import (BadRequest, EngineUnavailable, GatewayTimeout, LknError, ModelNotFound,
                       QueueFull)
 from ..events import EventBus
@@ -110,6 +114,9 @@ class EngineManager:
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.generation = 1
+        self.breakers: dict[str, Breaker] = {}  # by backend name
+        self._turn = 0                          # round robin's position
+        self._rng = random.Random()
         self.starts = 0
         self.start_failures = 0
         # Errors no code path expected (a bug or an engine doing something new): logged, turned
@@ -118,7 +125,7 @@ class EngineManager:
         # Recent engine state changes (monotonic time, engine, state): for /health and tests.
         self.events: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=200)
         self._active = {variant_key(m, v): self._new_record(m, v)
-                        for m in cfg.models for v in m.variants}
+                        for p in cfg.models for m in p.engine_models for v in m.variants}
 
     # ------------------------------------------------------------------ records
     def _new_process(self, client: EngineClient, on_change: StateCallback) -> EngineProcess:
@@ -204,7 +211,7 @@ class EngineManager:
         self.cfg = cfg
         self.policy = failure_policy(cfg)
         active: dict[str, EngineRecord] = {}
-        for model in cfg.models:
+        for model in (m for p in cfg.models for m in p.engine_models):
             for variant in model.variants:
                 key = variant_key(model, variant)
                 old = self._active.get(key)
@@ -255,21 +262,74 @@ class EngineManager:
 
     # ------------------------------------------------------------------ queries
     def _records_of(self, model: ModelConfig) -> list[EngineRecord]:
-        return [self._active[variant_key(model, v)] for v in model.variants]
+        return [self._active[variant_key(m, v)] for m in model.engine_models for v in m.variants]
 
     def variants(self, model: ModelConfig) -> list[VariantInfo]:
-        return [VariantInfo(r.slot_id, r.variant.ctx_size, r.vram_mb, model.upstream is None)
+        return [VariantInfo(r.slot_id, r.variant.ctx_size, r.vram_mb, r.model.upstream is None,
+                            r.model.name if model.backends else "")
                 for r in self._records_of(model)]
 
     def ready_process(self, model_name: str) -> EngineProcess | None:
         for r in self._active.values():
-            if (r.model.name == model_name and r.sched_state() == sched.READY):
+            if (r.model.public == model_name and r.sched_state() == sched.READY):
                 return r.process
         return None
 
     def is_loaded(self, model_name: str) -> bool:
-        return any(r.model.name == model_name and r.process.state in (State.READY, State.ASLEEP)
+        return any(r.model.public == model_name
+                   and r.process.state in (State.READY, State.ASLEEP)
                    for r in self._active.values())
+
+    # ------------------------------------------------------------------ backends
+    def report(self, record: EngineRecord, ok: bool) -> None:
+        """A backend's answer (before the first byte) for its circuit breaker."""
+        if record.model.parent is None:
+            return
+        name, policy, now = record.model.name, record.model.breaker, self._clock()
+        before = self.breakers.get(name, Breaker())
+        after = before.record(ok, policy, now)
+        self.breakers[name] = after
+        if after.state != before.current(policy, now):
+            log.warning("backend %s: circuit %s", name, after.current(policy, now))
+            self.bus.publish("breaker", backend=name, model=record.model.parent,
+                             state=after.current(policy, now))
+            self._kick()
+
+    async def check_backends(self) -> None:
+        """Active health: each running backend's health check feeds its breaker (an open
+        circuit closes again through requests once it is half-open)."""
+        running = [r for r in self._active.values()
+                   if r.model.parent is not None and r.sched_state() == sched.READY]
+
+        async def one(record: EngineRecord) -> None:
+            proc = record.process
+            try:
+                ok = (await proc.client.check_ready(self._session, proc.base_url)).ready
+            except Exception:  # unreachable, timed out, a missing key: all the same here
+                ok = False
+            self.report(record, ok)
+
+        await asyncio.gather(*(one(r) for r in running))
+
+    def _backend_allowed(self, group: str, policy: BreakerPolicy, now: float) -> bool:
+        return self.breakers.get(group, Breaker()).allows(policy, now)
+
+    def backend_status(self, model: ModelConfig) -> list[dict[str, Any]]:
+        now = self._clock()
+        return [{"backend": b.name, "weight": b.weight,
+                 "upstream": b.upstream.url if b.upstream else None,
+                 "in_flight": sum(r.in_flight for r in self._records_of(b)),
+                 "breaker": self.breakers.get(b.name, Breaker()).describe(b.breaker, now)}
+                for b in model.backends]
+
+    def _prefer(self, model: ModelConfig, key: str | None) -> tuple[str, ...]:
+        if not model.backends:
+            return ()
+        self._turn += 1
+        backends = [Backend(b.name, b.weight, sum(r.in_flight for r in self._records_of(b)))
+                    for b in model.backends]
+        return tuple(balance_order(model.balance, backends, turn=self._turn, rng=self._rng,
+                                   key=key))
 
     def processes(self) -> list[EngineProcess]:
         return [r.process for r in self.records() if r.process.state is not State.STOPPED]
@@ -296,6 +356,13 @@ class EngineManager:
                               default_max_tokens=model.default_max_tokens,
                               margin=s.token_margin, budget_mb=s.vram_budget_mb,
                               embeddings=demand.embeddings)
+        if model.backends:  # open circuits and backends this request already failed on
+            options = tuple(o for o in options if o.group not in demand.exclude
+                            and self._backend_allowed(o.group, model.breaker, now))
+            if not options:
+                raise EngineUnavailable(
+                    f"no backend of model '{model.name}' can take the request now (circuit "
+                    f"open, or it failed on each already)", headers={"Retry-After": "1"})
         if demand.ctx is not None:  # an operator's load of one variant
             options = tuple(o for o in options if o.ctx == demand.ctx)
             if not options:
@@ -329,7 +396,10 @@ class EngineManager:
         if not sched.admit(queued, s.max_queue_per_model):
             raise QueueFull(f"{queued} requests are already queued for model '{model.name}'",
                             headers={"Retry-After": "1"})
-        waiter = sched.Waiter(next(self._ids), model.name, options, now)
+        prefer = self._prefer(model, demand.sticky_key)
+        if prefer:
+            options = tuple(sorted(options, key=lambda o: (prefer.index(o.group), o.ctx)))
+        waiter = sched.Waiter(next(self._ids), model.name, options, now, prefer=prefer)
         future: asyncio.Future[EngineRecord] = asyncio.get_running_loop().create_future()
         timeout = s.queue_timeout_s if timeout_s is None else timeout_s
         self._pending[waiter.id] = _Pending(waiter, demand, now + timeout, future)
@@ -409,10 +479,10 @@ class EngineManager:
         """What a request for the model waits for, for people: an engine starting, or a
         place in the queue."""
         for r in self.records():
-            if r.model.name == model_name and r.sched_state() == sched.STARTING:
+            if r.model.public == model_name and r.sched_state() == sched.STARTING:
                 return f"loading {r.key}"
         for r in self.records():
-            if r.model.name == model_name and r.sched_state() == sched.STOPPING:
+            if r.model.public == model_name and r.sched_state() == sched.STOPPING:
                 return f"waiting for {r.key} to stop"
         return f"queued for {model_name}"
 

@@ -79,7 +79,7 @@ async def unload(manager: EngineManager, name: str, *, force: bool = False,
 
 
 def _sleepers(manager: EngineManager, model: ModelConfig) -> list[EngineRecord]:
-    records = [r for r in manager.records() if r.model.name == model.name and not r.retired]
+    records = [r for r in manager.records() if r.model.public == model.name and not r.retired]
     if records and not records[0].process.client.supports_sleep:
         raise BadRequest(f"model '{model.name}' runs on an engine that cannot sleep "
                          f"({model.engine}); use unload to free its memory", param="model")

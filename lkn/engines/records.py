@@ -47,6 +47,8 @@ class Demand:
     answer_tokens: int | None  # max_tokens / max_completion_tokens as sent, None if absent
     embeddings: bool = False
     ctx: int | None = None  # only this variant (an operator's load)
+    exclude: frozenset[str] = frozenset()  # backends this request already failed on
+    sticky_key: str | None = None          # for balance = "sticky"
 
 
 class EngineRecord:
@@ -128,7 +130,8 @@ class EngineRecord:
         retry = h.retry_at(policy)
         idle = (round(now - self.last_used, 1) if self.last_used and not self.in_flight
                 and self.process.state in (State.READY, State.ASLEEP) else None)
-        d.update(engine=self.slot_id, model=self.model.name, in_flight=self.in_flight,
+        d.update(engine=self.slot_id, model=self.model.public,
+                 backend=self.model.name if self.model.parent else None, in_flight=self.in_flight,
                  vram_mb=self.vram_mb, vram_estimate_mb=self.vram_estimate_mb,
                  vram_measured_mb=self.vram_measured_mb, retired=self.retired,
                  unloading=self.unloading, pinned=self.model.pinned, idle_s=idle,
