@@ -25,7 +25,7 @@ __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelCo
            "ServerConfig", "UpstreamConfig", "VariantConfig", "load_config", "build_config", "parse_listen",
            "missing_model_files", "resolve_model_file", "summary"]
 
-ENGINES = ("llamacpp", "sglang", "command", "remote", "backends")
+ENGINES = ("llamacpp", "sglang", "command", "remote")  # "backends" is set by the config itself
 # what a backend table may not set: it belongs to the public model
 PUBLIC_ONLY = ("name", "aliases", "backends", "fallbacks", "context_fallback", "homeostasis",
                "cache", "balance", "sticky_header", "breaker", "retries", "pinned")
