@@ -12,6 +12,10 @@ Routes::
     POST /admin/models/{name}/sleep             release memory, keep running (SGLang)
     POST /admin/models/{name}/wake
     POST /admin/reload                          like SIGHUP; the outcome and any config error
+    POST /admin/models/{name}/backends          add an upstream backend (JSON: id, upstream,
+                                                weight); kept across reloads, gone at restart
+    DELETE /admin/models/{name}/backends/{id}   remove one added at runtime (after its
+                                                requests in flight)
     GET  /admin/engines/{engine}/logs  ?lines=N&follow=1   the engine's output (SSE to follow)
     POST /admin/requests/{id}/cancel
     GET  /admin/events                 ?history=N   SSE: engine states, swaps, requests, reloads
@@ -27,12 +31,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
+from .config import Config, ModelConfig, runtime_backend, with_backends
 from .engines import operations
+from .engines.operations import Conflict
 from .engines.records import EngineRecord
-from .errors import BadRequest, ModelNotFound
+from .errors import BadRequest, ConfigError, ModelNotFound
 from .handler import STATE, GatewayState
 from .loading import sse_headers
 from .traffic import DEFAULT_WINDOWS
+from .validate import parse_json_object
 
 if TYPE_CHECKING:
     from .server import Reloader
@@ -76,7 +83,9 @@ def status_payload(state: GatewayState, window_s: float | None = None) -> dict[s
     for model in state.cfg.models:
         if model.backends:  # balancing, and each backend's circuit breaker
             models[model.name]["balance"] = model.balance
-            models[model.name]["backends"] = m.backend_status(model)
+            models[model.name]["backends"] = [
+                {**b, "runtime": b["backend"] in state.runtime.get(model.name, {})}
+                for b in m.backend_status(model)]
     running = [e for e in engines if e["state"] in ("starting", "ready", "stopping")]
     return {"uptime_s": round(now - state.started, 1),
             "config": {"path": state.cfg.path, "generation": m.generation,
@@ -171,6 +180,65 @@ def reload_route(reloader: Callable[[], Reloader]) -> Callable[[web.Request],
                                  f"{state.last_reload_error}")
         return web.json_response({"ok": True, "generation": generation, "models": models})
     return reload
+
+
+def backend_routes(reloader: Callable[[], Reloader]) -> tuple[Any, Any]:
+    async def add(request: web.Request) -> web.Response:
+        state = _state(request)
+        model = _backends_model(state, request.match_info["name"])
+        entry = parse_json_object(await request.read())
+        try:
+            backend = runtime_backend(state.cfg, model, entry)
+        except ConfigError as exc:
+            raise ConfigRejected(str(exc)) from None
+        if backend.upstream is None:
+            raise BadRequest("only upstream backends can be added at runtime", param="upstream")
+        cfg = await asyncio.shield(reloader().apply(
+            lambda cfg: with_backends(cfg, model.name, _model_of(cfg, model.name).backends
+                                      + (backend,))))
+        state.runtime.setdefault(model.name, {})[backend.name] = entry
+        return web.json_response({"model": model.name, "backend": backend.name,
+                                  "backends": [b.name for b in _model_of(cfg, model.name)
+                                               .backends]}, status=201)
+
+    async def remove(request: web.Request) -> web.Response:
+        state = _state(request)
+        model = _backends_model(state, request.match_info["name"])
+        name = f"{model.name}/{request.match_info['id']}"
+        if name not in state.runtime.get(model.name, {}):
+            if name in [b.name for b in model.backends]:
+                raise Conflict(f"backend {name} is declared in the config file: remove it "
+                               f"there and reload")
+            raise NotFound(f"model '{model.name}' has no backend {name}")
+        going = [r for r in state.manager.records() if r.model.name == name and r.running()]
+        remaining = tuple(b for b in model.backends if b.name != name)
+        if not remaining:
+            raise Conflict(f"{name} is the last backend of model '{model.name}'")
+        await asyncio.shield(reloader().apply(
+            lambda cfg: with_backends(cfg, model.name, tuple(
+                b for b in _model_of(cfg, model.name).backends if b.name != name))))
+        del state.runtime[model.name][name]
+        # no new requests go to it; the ones in flight finish, then it stops
+        await state.manager.wait_until(lambda: not any(r.running() for r in going),
+                                       state.cfg.server.request_timeout_s,
+                                       f"draining backend {name}")
+        return web.json_response({"model": model.name, "removed": name})
+
+    return add, remove
+
+
+def _model_of(cfg: Config, name: str) -> ModelConfig:
+    return next(m for m in cfg.models if m.name == name)
+
+
+def _backends_model(state: GatewayState, name: str) -> ModelConfig:
+    model = state.cfg.resolve(name)
+    if model is None:
+        raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+    if not model.backends:
+        raise Conflict(f"model '{model.name}' has one backend; declare backends = {{ … }} in "
+                       f"the config file to add more at runtime")
+    return model
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -302,6 +370,9 @@ def add_routes(app: web.Application, reloader: Callable[[], Reloader]) -> None:
     r.add_post("/admin/models/{name}/sleep", sleep)
     r.add_post("/admin/models/{name}/wake", wake)
     r.add_post("/admin/reload", reload_route(reloader))
+    add_backend, remove_backend = backend_routes(reloader)
+    r.add_post("/admin/models/{name}/backends", add_backend)
+    r.add_delete("/admin/models/{name}/backends/{id}", remove_backend)
     r.add_get("/admin/engines/{engine}/logs", logs)
     r.add_post("/admin/requests/{id}/cancel", cancel)
     r.add_get("/admin/events", events)

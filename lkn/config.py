@@ -348,8 +348,7 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
     if t.raw("backends") is not None:
         engine = "backends"
     try:
-        variants = (tuple(sorted((v for b in backends for v in b.variants),
-                                 key=lambda v: v.ctx_size)) if engine == "backends" else
+        variants = (_union_variants(backends) if engine == "backends" else
                     _remote_variants(t, defaults) if upstream is not None else
                     _variants(t, path, engine, defaults, model_args, env))
     except _Reported:
@@ -415,23 +414,63 @@ def _backends(t: Table, name: str, server: ServerConfig) -> tuple[ModelConfig, .
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{t.key('backends')}: must be a non-empty list of backend tables, "
                           f"got {show(raw)}")
-    out = []
-    for i, entry in enumerate(raw, 1):
-        path = f"{t.key('backends')}[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{path}: must be a table, got {show(entry)}")
-        for key in PUBLIC_ONLY:
-            if key in entry:
-                report(ConfigError(f"{path}.{key}: belongs to the model, not to a backend"))
-        entry = {k: v for k, v in entry.items() if k not in PUBLIC_ONLY}
-        weight = integer(1)(f"{path}.weight", entry.pop("weight", 1))
-        label = string(f"{path}.id", entry.pop("id", str(i)))
-        backend = _model(path, {**entry, "name": f"{name}/{label}"}, server)
-        out.append(replace(backend, parent=name, weight=weight))
+    out = [_backend(f"{t.key('backends')}[{i}]", str(i), entry, name, server)
+           for i, entry in enumerate(raw, 1)]
     ids = [b.name for b in out]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{t.key('backends')}: two backends share an id")
     return tuple(out)
+
+
+def _backend(path: str, default_id: str, entry: Any, name: str,
+             server: ServerConfig) -> ModelConfig:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: must be a table, got {show(entry)}")
+    for key in PUBLIC_ONLY:
+        if key in entry:
+            report(ConfigError(f"{path}.{key}: belongs to the model, not to a backend"))
+    entry = {k: v for k, v in entry.items() if k not in PUBLIC_ONLY}
+    weight = integer(1)(f"{path}.weight", entry.pop("weight", 1))
+    label = string(f"{path}.id", entry.pop("id", default_id))
+    if "/" in label:
+        raise ConfigError(f"{path}.id: must not contain \"/\", got {show(label)}")
+    backend = _model(path, {**entry, "name": f"{name}/{label}"}, server)
+    return replace(backend, parent=name, weight=weight)
+
+
+def runtime_backend(cfg: Config, model: ModelConfig, entry: Any) -> ModelConfig:
+    """An upstream backend registered through the admin API (a JSON object with the keys of a
+    backend table: ``id``, ``upstream``, ``weight``), checked like one from the file."""
+    with collecting() as errors:
+        backend = None
+        try:
+            if not isinstance(entry, dict) or "upstream" not in entry:
+                raise ConfigError("backend: must be an object with an upstream, like "
+                                  '{"id": "b2", "upstream": {"url": "http://host/v1"}}')
+            if "id" not in entry:
+                raise ConfigError("backend.id: is required for a backend added at runtime")
+            backend = _backend("backend", "", entry, model.name, cfg.server)
+        except _Reported:
+            pass
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors or backend is None:
+        raise ConfigError.listing(errors or ["backend: invalid"])
+    if backend.name in [b.name for b in model.backends]:
+        raise ConfigError(f"backend.id: model '{model.name}' already has a backend "
+                          f"{backend.name}")
+    return replace(backend, breaker=model.breaker)
+
+
+def with_backends(cfg: Config, name: str, backends: tuple[ModelConfig, ...]) -> Config:
+    """``cfg`` with the backends of model ``name`` replaced."""
+    models = tuple(replace(m, backends=backends, variants=_union_variants(backends))
+                   if m.name == name else m for m in cfg.models)
+    return replace(cfg, models=models)
+
+
+def _union_variants(backends: tuple[ModelConfig, ...]) -> tuple[VariantConfig, ...]:
+    return tuple(sorted((v for b in backends for v in b.variants), key=lambda v: v.ctx_size))
 
 
 def _breaker(path: str, value: Any) -> BreakerPolicy:

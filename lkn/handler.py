@@ -60,6 +60,9 @@ class GatewayState:
     bus: EventBus = field(default_factory=EventBus)
     traffic: TrafficStats = field(default_factory=TrafficStats)
     inflight: InFlight = field(default_factory=InFlight)
+    # Upstream backends registered through the admin API, as they were sent (model -> backend
+    # name -> JSON): re-applied after every reload, gone at restart.
+    runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 STATE = web.AppKey("lkn_state", GatewayState)

@@ -22,7 +22,8 @@ from aiohttp import web
 
 from . import admin
 from .cache import ResponseCache
-from .config import Config, load_config, parse_listen
+from .config import Config, load_config, parse_listen, runtime_backend, with_backends
+from .errors import ConfigError
 from .engines import operations
 from .engines.manager import EngineManager
 from .engines.registry import EngineRegistry, default_state_dir, sweep_stale
@@ -390,6 +391,7 @@ class Reloader:
             return False
         if new.server.listen != state.cfg.server.listen:
             log.warning("reload: listen addresses changed; that takes a restart")
+        new = self._with_runtime(new)
         try:
             state.manager.reload(new)
         except Exception as exc:  # a bug of ours: keep serving, and say so
@@ -410,6 +412,41 @@ class Reloader:
         self.preloads = [t for t in self.preloads if not t.done()]
         self.preloads += operations.preload(state.manager)
         return True
+
+    def _with_runtime(self, cfg: Config) -> Config:
+        """The backends registered at runtime, on top of the file's models (dropped, with a
+        log line, where the model is gone or no longer takes them)."""
+        state = self._app[STATE]
+        for name, entries in list(state.runtime.items()):
+            model = next((m for m in cfg.models if m.name == name and m.backends), None)
+            for backend, entry in list(entries.items()):
+                try:
+                    if model is None:
+                        raise ConfigError(f"model '{name}' is gone or has no backends")
+                    added = runtime_backend(cfg, model, entry)
+                except ConfigError as exc:
+                    log.warning("reload: dropped the runtime backend %s: %s", backend, exc)
+                    del entries[backend]
+                    continue
+                cfg = with_backends(cfg, model.name, model.backends + (added,))
+                model = next(m for m in cfg.models if m.name == name)
+            if not entries:
+                del state.runtime[name]
+        return cfg
+
+    async def apply(self, change: Callable[[Config], Config]) -> Config:
+        """Apply a change to the running config (a backend added or removed at runtime), in
+        turn with reloads."""
+        async with self._lock:
+            state = self._app[STATE]
+            new = change(state.cfg)
+            state.manager.reload(new)
+            state.cfg = new
+            if state.cache is not None:
+                state.cache.configure(new)
+            state.bus.publish("reload", ok=True, generation=state.manager.generation,
+                              runtime=True)
+            return new
 
     async def close(self) -> None:
         if self._task is not None:

@@ -186,3 +186,49 @@ def test_active_health_checks_open_the_circuit_of_a_dead_backend(
     for _ in range(4):
         r = client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
         assert r.headers["x-lkn-backend"] == "chat/a"
+
+
+def test_backends_registered_at_runtime(upstream: Any, make_gw: Any) -> None:
+    (u1, _), (u2, c2) = upstream(), upstream()
+    gw = make_gw([remote(u1, 'id = "file"')], 'balance = "round_robin",')
+    base = gw.base_url + "/admin/models/chat/backends"
+    body = {"id": "extra", "weight": 2,
+            "upstream": {"url": u2, "api_key_env": KEY_ENV, "model": "remote-model"}}
+    r = http("POST", base, json.dumps(body))
+    assert r.status_code == 201, r.text
+    assert r.json()["backends"] == ["chat/file", "chat/extra"]
+    client = gw.client()
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while seen != {"chat/file", "chat/extra"} and time.monotonic() < deadline:
+        seen.add(client.chat.completions.with_raw_response.create(
+            model="chat", messages=MSG).headers["x-lkn-backend"])
+    assert seen == {"chat/file", "chat/extra"} and served(c2) >= 1
+    listed = http("GET", gw.base_url + "/status").json()["models"]["chat"]["backends"]
+    assert [(b["backend"], b["runtime"], b["weight"]) for b in listed] == [
+        ("chat/file", False, 1), ("chat/extra", True, 2)]
+    assert http("POST", gw.base_url + "/admin/reload").status_code == 200  # kept
+    listed = http("GET", gw.base_url + "/status").json()["models"]["chat"]["backends"]
+    assert [b["backend"] for b in listed] == ["chat/file", "chat/extra"]
+    assert http("POST", base, json.dumps(body)).status_code == 400  # the id is taken
+    bad = http("POST", base, json.dumps({"id": "x", "upstream": {"url": "ftp://h"}}))
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "config_error"
+    assert http("DELETE", base + "/file").status_code == 409  # from the config file
+    assert http("DELETE", base + "/nope").status_code == 404
+    r = http("DELETE", base + "/extra")
+    assert r.status_code == 200 and r.json()["removed"] == "chat/extra"
+    for _ in range(4):
+        r2 = client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
+        assert r2.headers["x-lkn-backend"] == "chat/file"
+    assert http("DELETE", base + "/extra").status_code == 404
+
+
+def test_a_model_with_one_backend_takes_none_at_runtime(tmp_path: Path, fake_binary: str,
+                                                        gateway_factory: Any) -> None:
+    gw = gateway_factory(write_config(tmp_path, f"""
+models = {{ {{ name = "solo", binary = {lua_str(fake_binary)}, model_file = "/x.gguf",
+              ctx_size = 512, vram_mb = 10 }} }}
+"""))
+    r = http("POST", gw.base_url + "/admin/models/solo/backends",
+             json.dumps({"id": "b", "upstream": {"url": "http://127.0.0.1:9/v1"}}))
+    assert r.status_code == 409 and "declare backends" in r.json()["error"]["message"]
