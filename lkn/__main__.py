@@ -141,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s%(request_id)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_with_request_id)
+    logging.getLogger("aiohttp.server").addFilter(_not_an_h2_probe)
     return int(args.func(args))
+
+
+def _not_an_h2_probe(record: logging.LogRecord) -> bool:
+    """sgl-router opens each worker connection with an HTTP/2 preface first (then falls back
+    to HTTP/1.1): aiohttp answers it 400 and would log a traceback every time."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and "PRI/Upgrade" in str(exc))
 
 
 def _with_request_id(record: logging.LogRecord) -> bool:
