@@ -72,6 +72,7 @@ class UpstreamConfig:
     model: str | None = None         # the model name it knows (default: lkn's name)
     timeout_s: float | None = None   # a whole non-streaming answer (default: request_timeout_s)
     health_path: str = "/models"     # checked before first use; "" = never
+    api: str = "openai"              # or "anthropic": the Messages API, translated both ways
 
 
 @dataclass(frozen=True)
@@ -496,6 +497,7 @@ def _upstream(path: str, value: Any) -> UpstreamConfig:
         model=t.get("model", string, None),
         timeout_s=t.get("timeout_s", number(0.001), None),
         health_path=t.get("health_path", health_path, "/models"),
+        api=t.get("api", choice(("openai", "anthropic")), "openai"),
     )
     t.finish()
     return result

@@ -80,6 +80,7 @@ class RequestHandler:
     _failed_backend: str | None = None       # the backend that just failed (it is retried)
     _exclude: frozenset[str] = frozenset()   # backends this request failed on
     _sticky: str | None = None               # the balancer's key for sticky backends
+    _client_body: dict[str, Any] = {}        # the request as the client sent it (streams)
     ttft_s: float | None = None           # time to the first streamed event
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
@@ -455,7 +456,8 @@ class RequestHandler:
         stream = bool(body.get("stream")) and route != "embeddings"
         thinking = ThinkingRelay(route, body, lease, self.state.session)
         payload = thinking.prepare(client.prepare_body(route, body))
-        strip_usage = stream and with_usage(payload)  # usage feeds the metrics
+        # usage feeds the metrics (an engine with another wire format reports it its own way)
+        strip_usage = stream and client.openai_wire and with_usage(payload)
         url = lease.base_url + client.upstream_path(route)
         whole = client.request_timeout_s or s.request_timeout_s
         timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
@@ -497,10 +499,12 @@ class RequestHandler:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
                                         f"{exc}") from None
+                raw = client.translate_answer(raw)
                 self._usage(headers.get("x-lkn-model", ""),
                             answer_usage(raw, time.monotonic() - sent))
                 return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
+            self._client_body = body
             return await self._relay_stream(request, upstream, lease, headers, started, thinking,
                                             strip_usage=strip_usage)
 
@@ -521,6 +525,8 @@ class RequestHandler:
         metrics = self.state.metrics
         try:
             source = upstream.content.iter_any()
+            if not lease.client.openai_wire:  # e.g. Anthropic's events, as OpenAI chunks
+                source = lease.client.translate_stream(source, self._client_body)
             # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
             relayed = thinking.stream(source) if thinking is not None and thinking.splits \
                 else source

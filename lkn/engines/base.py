@@ -11,7 +11,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 
@@ -123,6 +123,17 @@ class EngineClient(ABC):
 
     # A whole non-streaming answer may take this long; None: the server's request_timeout_s.
     request_timeout_s: float | None = None
+    # Speaks OpenAI's wire format (lkn may add stream_options); False: translated (Anthropic)
+    openai_wire = True
+
+    def translate_answer(self, raw: bytes) -> bytes:
+        """A whole answer in OpenAI's shape (an engine with another API translates it)."""
+        return raw
+
+    def translate_stream(self, source: AsyncIterator[bytes],
+                         body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The answer's event stream as OpenAI chunks (``body``: the client's request)."""
+        return source
 
     @abstractmethod
     async def count_tokens(self, session: aiohttp.ClientSession, base_url: str, route: str,

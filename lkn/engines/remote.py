@@ -9,14 +9,18 @@ its first use (and after a failure) it checks the server answers ``health_path``
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import aiohttp
 
+from .. import anthropic
 from ..config import ModelConfig, UpstreamConfig, VariantConfig
+from ..errors import BadRequest
+from ..sse import Event, SSEParser, frame
 from .base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
                    openai_probe)
 from .logs import LogRing
@@ -53,16 +57,64 @@ class RemoteEngine(EngineClient):
         return ["upstream", u.url, u.model or self.model.name, u.api_key_env or "",
                 u.health_path]
 
+    @property
+    def anthropic(self) -> bool:
+        return self.upstream.api == "anthropic"
+
+    @property  # type: ignore[override]
+    def openai_wire(self) -> bool:
+        return not self.anthropic
+
     def headers(self) -> dict[str, str]:
         """The key, read now from the environment (a rotated key needs no reload)."""
+        extra = {"anthropic-version": anthropic.VERSION} if self.anthropic else {}
         name = self.upstream.api_key_env
         if not name:
-            return {}
+            return extra
         key = os.environ.get(name)
         if not key:
             raise MissingKey(f"the environment variable {name} (upstream.api_key_env of model "
                              f"'{self.model.name}') is not set")
+        if self.anthropic:
+            return {**extra, "x-api-key": key}
         return {"Authorization": f"Bearer {key}"}
+
+    def prepare_body(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.anthropic:
+            return super().prepare_body(route, body)
+        if route != "chat":
+            raise BadRequest(f"model '{self.model.name}' is served by Anthropic's Messages "
+                             f"API: only chat completions", param="model")
+        return anthropic.to_messages_request(body, self.served_model_name(),
+                                             self.model.default_max_tokens)
+
+    def translate_answer(self, raw: bytes) -> bytes:
+        if not self.anthropic:
+            return raw
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return raw
+        return json.dumps(anthropic.from_message(data, self.model.name)).encode()
+
+    async def translate_stream(self, source: AsyncIterator[bytes],
+                               body: dict[str, Any]) -> AsyncIterator[bytes]:
+        if not self.anthropic:
+            async for chunk in source:
+                yield chunk
+            return
+        options = body.get("stream_options")
+        translator = anthropic.StreamTranslator(
+            self.model.name,
+            include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
+        parser = SSEParser()
+        async for chunk in source:
+            out = b"".join(_frames(translator, parser.feed(chunk)))
+            if out:
+                yield out
+        tail = b"".join(_frames(translator, parser.flush()))
+        if tail:
+            yield tail
 
     def scrub(self, text: str) -> str:
         """The text with the key masked (an upstream may quote it in an error)."""
@@ -82,6 +134,8 @@ class RemoteEngine(EngineClient):
                                 f"{self.scrub(body[:200].decode('utf-8', 'replace'))}")
 
     def upstream_path(self, route: str) -> str:
+        if self.anthropic:
+            return "/messages"
         return ROUTES[route].removeprefix("/v1")  # the configured URL carries the version
 
     def served_model_name(self) -> str:
@@ -103,6 +157,18 @@ class RemoteEngine(EngineClient):
 
     def normalize_stream_data(self, data: str) -> str:
         return super().normalize_stream_data(self.scrub(data) if '"error"' in data else data)
+
+
+def _frames(translator: anthropic.StreamTranslator, events: Iterable[Event]) -> Iterator[bytes]:
+    for event in events:
+        if not event.data:
+            continue
+        try:
+            decoded = json.loads(event.data)
+        except ValueError:
+            continue
+        for out in translator.feed(decoded):
+            yield frame(out) if isinstance(out, str) else frame(json.dumps(out))
 
 
 StateCallback = Callable[["RemoteProcess", State], None]

@@ -14,6 +14,9 @@ the key it got (worse than OpenAI, which masks it: lkn must never pass a key on)
   --hang            accept generation requests and never answer
   --cut-stream      end streams after the first chunk, without [DONE]
   --capture FILE    append every generation request (headers of interest + body) as JSON lines
+  --api anthropic   be Anthropic's Messages API instead: ``POST /v1/messages`` (``x-api-key`` and
+                    ``anthropic-version`` headers; ``message_start`` … ``message_stop`` events;
+                    errors as ``{"type": "error", "error": {"type", "message"}}``)
 """
 from __future__ import annotations
 
@@ -35,6 +38,16 @@ def error(status: int, message: str, type_: str, code: str | None = None) -> web
 
 @web.middleware
 async def auth(request: web.Request, handler: object) -> web.StreamResponse:
+    if ARGS.api == "anthropic":
+        if ARGS.key and request.headers.get("x-api-key") != ARGS.key:
+            return web.json_response({"type": "error", "error": {
+                "type": "authentication_error",
+                "message": f"invalid x-api-key {request.headers.get('x-api-key')}"}}, status=401)
+        if request.headers.get("anthropic-version") != "2023-06-01":
+            return web.json_response({"type": "error", "error": {
+                "type": "invalid_request_error",
+                "message": "anthropic-version header is required"}}, status=400)
+        return await handler(request)  # type: ignore[operator]
     given = request.headers.get("Authorization", "")
     if ARGS.key and given != f"Bearer {ARGS.key}":
         return error(401, f"Incorrect API key provided: {given.removeprefix('Bearer ')}",
@@ -99,6 +112,52 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if ARGS.capture:
+        with open(ARGS.capture, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"path": request.path, "body": body}) + "\n")
+    if ARGS.fail_status:
+        return web.json_response({"type": "error", "error": {
+            "type": "overloaded_error" if ARGS.fail_status >= 500 else "invalid_request_error",
+            "message": f"injected upstream error {ARGS.fail_status}"}}, status=ARGS.fail_status)
+    unknown = set(body) - {"model", "messages", "system", "max_tokens", "stop_sequences",
+                           "temperature", "top_p", "stream", "metadata"}
+    if unknown or "max_tokens" not in body or body.get("model") != ARGS.name:
+        return web.json_response({"type": "error", "error": {
+            "type": "invalid_request_error",
+            "message": f"bad request: unknown {sorted(unknown)} or no max_tokens or model"}},
+            status=400)
+    words = WORDS[:max(1, min(len(WORDS), int(body["max_tokens"])))]
+    stop = "max_tokens" if len(words) < len(WORDS) else "end_turn"
+    usage_in = {"input_tokens": 11, "output_tokens": 0}
+    if not body.get("stream"):
+        return web.json_response({
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": ARGS.name,
+            "content": [{"type": "text", "text": "".join(words)}], "stop_reason": stop,
+            "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": len(words)}})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+
+    async def event(name: str, data: dict[str, object]) -> None:
+        await resp.write(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
+                         .encode())
+    await event("message_start", {"message": {"id": "msg_fake", "type": "message",
+                                              "role": "assistant", "content": [],
+                                              "model": ARGS.name, "usage": usage_in}})
+    await event("content_block_start", {"index": 0, "content_block": {"type": "text",
+                                                                      "text": ""}})
+    await event("ping", {})
+    for w in words:
+        await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta",
+                                                                  "text": w}})
+    await event("content_block_stop", {"index": 0})
+    await event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
+                                  "usage": {"output_tokens": len(words)}})
+    await event("message_stop", {})
+    return resp
+
+
 def main() -> None:
     global ARGS
     p = argparse.ArgumentParser()
@@ -109,11 +168,13 @@ def main() -> None:
     p.add_argument("--hang", action="store_true")
     p.add_argument("--cut-stream", action="store_true")
     p.add_argument("--capture", default=None)
+    p.add_argument("--api", choices=["openai", "anthropic"], default="openai")
     ARGS = p.parse_args()
     app = web.Application(middlewares=[auth])
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", generate)
     app.router.add_post("/v1/completions", generate)
+    app.router.add_post("/v1/messages", messages)
     web.run_app(app, host="127.0.0.1", port=ARGS.port, print=None)
 
 
