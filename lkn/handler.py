@@ -53,6 +53,7 @@ class GatewayState:
 class RequestHandler:
     _cache: CacheTicket | None = None  # this request's response cache ticket, if any
     client_gone = False  # the client left mid-stream (counted as 499)
+    _arrived: float | None = None  # when this request first queued for an engine
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
@@ -140,7 +141,7 @@ class RequestHandler:
         return body
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
-                     headers: dict[str, str]) -> Lease:
+                     headers: dict[str, str], arrived: float | None = None) -> Lease:
         manager, s = self.state.manager, self.state.cfg.server
         answer = explicit_answer_budget(body)
         embeddings = route == "embeddings"
@@ -152,7 +153,7 @@ class RequestHandler:
             # Far from every limit: the exact count could not change the choice. One upstream
             # call per request instead of three.
             return await self._acquire(model, Demand(bound, answer, embeddings=embeddings),
-                                       bound, "bound", headers)
+                                       bound, "bound", headers, arrived)
         proc = manager.ready_process(model.name)
         live = None
         if proc is not None:
@@ -162,13 +163,16 @@ class RequestHandler:
         prompt_tokens, method = await count_prompt(
             route=route, body=body, live=live, local_path=local_path, local_kind=local_kind)
         return await self._acquire(model, Demand(prompt_tokens, answer, embeddings=embeddings),
-                                   prompt_tokens, method, headers)
+                                   prompt_tokens, method, headers, arrived)
 
     async def _acquire(self, model: ModelConfig, demand: Demand, prompt_tokens: int,
-                       method: str, headers: dict[str, str]) -> Lease:
+                       method: str, headers: dict[str, str],
+                       arrived: float | None = None) -> Lease:
         self.state.metrics.token_counts.inc(method)
         waited = time.monotonic()
-        lease = await self.state.manager.acquire(model, demand)
+        if self._arrived is None:
+            self._arrived = waited  # when this request first queued (an escalation keeps it)
+        lease = await self.state.manager.acquire(model, demand, arrived=arrived)
         self.state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
         headers["x-lkn-model"] = model.name
         headers["x-lkn-variant"] = str(lease.client.variant.ctx_size)
@@ -187,7 +191,8 @@ class RequestHandler:
                                    settings.top_k, settings.probe_tokens),
                 settings.probe_timeout_s)
             entropy = probe_math.aggregate(
-                [probe_math.normalized_entropy(p) for p in result.positions] or [None],
+                [probe_math.token_uncertainty(p, settings.probe_score)
+                 for p in result.positions] or [None],
                 settings.probe_aggregate, result.tokens)
             if entropy is None:
                 raise EngineRequestError("the probe returned no usable logprobs")
@@ -226,7 +231,11 @@ class RequestHandler:
             return body, lease, model
         lease.release()
         headers["x-lkn-escalated-from"] = model.name
-        return body, await self._lease(target, route, body, headers), target
+        m.escalations.inc(model.name, target.name)
+        # Queued by the time the request first arrived: behind a busy strong model it is the
+        # oldest, not the newest, request, so the wait bound (max_queue_wait_s) covers it.
+        # _lease sets x-lkn-model to the model that answers.
+        return body, await self._lease(target, route, body, headers, self._arrived), target
 
     # ------------------------------------------------------------------ forwarding
     async def _forward(self, request: web.Request, route: str, body: dict[str, Any],

@@ -144,6 +144,9 @@ class Metrics:
                                        LATENCY, ("model",))
         self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
                                      "applied", ("model", "intervention"))
+        self.escalations = Counter(r, "lkn_escalations_total", "Requests the homeostat "
+                                   "escalated, by the model asked for and the model that "
+                                   "answered", ("model", "to"))
         self.cache_requests = Counter(r, "lkn_cache_requests_total", "Response cache lookups "
                                       "by model and result (hit, miss, bypass)",
                                       ("model", "result"))

@@ -1,0 +1,80 @@
+"""Escalation through the gateway (fake engines): the escalated request queues for the strong
+model with the time it first arrived, the headers say what happened, metrics count it, and the
+answer-then-decide probe (several tokens, a quantile of their margins) decides."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Gateway, lua_str, write_config
+
+MSG = [{"role": "user", "content": "is a cat bigger than a mouse?"}]
+
+
+def setup(tmp_path: Path, fake_binary: str, gateway_factory: Any, entropy: str,
+          server: str = "") -> tuple[Gateway, Path]:
+    capture = tmp_path / "capture.jsonl"
+    cfg = write_config(tmp_path, f"""
+server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))}, {server} }}
+models = {{
+  {{ name = "small", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 2048,
+    args = {{ "--fake-capture", {lua_str(str(capture))}, "--fake-entropy", "{entropy}" }},
+    homeostasis = {{ mode = "homeostatic", threshold = 0.5, intervention = "escalate",
+                     escalate_to = "strong", probe_tokens = 6, probe_aggregate = "q75",
+                     probe_score = "margin" }} }},
+  {{ name = "strong", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 2048,
+    args = {{ "--fake-capture", {lua_str(str(capture))} }} }},
+}}
+""")
+    return gateway_factory(cfg), capture
+
+
+def record_acquires(gw: Gateway) -> list[dict[str, Any]]:
+    """Wrap the manager's acquire: each call's model, ``arrived`` and the time it was made."""
+    calls: list[dict[str, Any]] = []
+    manager = gw.manager
+    original = manager.acquire
+
+    async def acquire(model: Any, demand: Any, **kw: Any) -> Any:
+        calls.append({"model": model.name, "arrived": kw.get("arrived"),
+                      "called": time.monotonic()})
+        return await original(model, demand, **kw)
+    manager.acquire = acquire
+    return calls
+
+
+def test_escalated_request_keeps_its_arrival_time_and_says_so(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any) -> None:
+    # One engine at a time: the strong model is not loaded when the escalation comes (the
+    # VRAM-pressure case); the small one is stopped to make room.
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, "high",
+                        server="max_loaded_engines = 1")
+    calls = record_acquires(gw)
+    raw = gw.client().chat.completions.with_raw_response.create(model="small", messages=MSG,
+                                                                max_tokens=5)
+    assert raw.headers["x-lkn-model"] == "strong"
+    assert raw.headers["x-lkn-escalated-from"] == "small"
+    assert raw.headers["x-lkn-mode"] == "ANALYTIC"
+    assert raw.parse().model == "strong"
+    assert [c["model"] for c in calls] == ["small", "strong"]
+    first, escalated = calls
+    assert first["arrived"] is None  # a new request queues as it arrives
+    # the escalation queues with the time the request first queued, not its own
+    assert escalated["arrived"] is not None
+    assert escalated["arrived"] <= first["called"] < escalated["called"]
+    assert gw.call(gw.state.metrics.escalations.value, "small", "strong") == 1
+    probes = [json.loads(line) for line in capture.read_text().splitlines()
+              if json.loads(line)["model"] == "small"]
+    assert [p["max_tokens"] for p in probes] == [6]  # the answer budget, one probe
+
+
+def test_sure_answer_stays_with_the_small_model(tmp_path: Path, fake_binary: str,
+                                                gateway_factory: Any) -> None:
+    gw, _ = setup(tmp_path, fake_binary, gateway_factory, "low")
+    raw = gw.client().chat.completions.with_raw_response.create(model="small", messages=MSG)
+    assert raw.headers["x-lkn-model"] == "small" and raw.headers["x-lkn-mode"] == "FLUID"
+    assert "x-lkn-escalated-from" not in raw.headers
+    assert float(raw.headers["x-lkn-entropy"]) < 0.01  # margin of p=0.999 over 0.0001
+    assert gw.call(gw.state.metrics.escalations.value, "small", "strong") == 0
