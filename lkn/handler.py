@@ -186,9 +186,12 @@ class RequestHandler:
         m = self.state.metrics
         t0 = time.monotonic()
         try:
+            # never score more of the answer than the client asked for
+            n_tokens = min(settings.probe_tokens,
+                           explicit_answer_budget(body) or settings.probe_tokens)
             result = await asyncio.wait_for(
                 lease.client.probe(self.state.session, lease.base_url, route, body,
-                                   settings.top_k, settings.probe_tokens),
+                                   settings.top_k, n_tokens),
                 settings.probe_timeout_s)
             entropy = probe_math.aggregate(
                 [probe_math.token_uncertainty(p, settings.probe_score)

@@ -53,7 +53,7 @@ def test_escalated_request_keeps_its_arrival_time_and_says_so(
                         server="max_loaded_engines = 1")
     calls = record_acquires(gw)
     raw = gw.client().chat.completions.with_raw_response.create(model="small", messages=MSG,
-                                                                max_tokens=5)
+                                                                max_tokens=10)
     assert raw.headers["x-lkn-model"] == "strong"
     assert raw.headers["x-lkn-escalated-from"] == "small"
     assert raw.headers["x-lkn-mode"] == "ANALYTIC"
@@ -78,3 +78,20 @@ def test_sure_answer_stays_with_the_small_model(tmp_path: Path, fake_binary: str
     assert "x-lkn-escalated-from" not in raw.headers
     assert float(raw.headers["x-lkn-entropy"]) < 0.01  # margin of p=0.999 over 0.0001
     assert gw.call(gw.state.metrics.escalations.value, "small", "strong") == 0
+
+
+def test_stream_is_decided_before_its_first_byte(tmp_path: Path, fake_binary: str,
+                                                 gateway_factory: Any) -> None:
+    # Answer-then-decide on a stream: the probe (the answer budget, not streamed) runs first,
+    # so the stream's headers already name the model that answers. The probe scores no more
+    # tokens than the client asked for.
+    gw, capture = setup(tmp_path, fake_binary, gateway_factory, "high")
+    with gw.client().chat.completions.with_streaming_response.create(
+            model="small", messages=MSG, stream=True, max_tokens=5) as resp:
+        assert resp.headers["x-lkn-model"] == "strong"
+        assert resp.headers["x-lkn-escalated-from"] == "small"
+        text = "".join(resp.iter_lines())
+    assert "[DONE]" in text
+    bodies = [json.loads(line) for line in capture.read_text().splitlines()]
+    assert [(b["model"], b["max_tokens"], bool(b.get("stream"))) for b in bodies] == [
+        ("small", 5, False), ("strong", 5, True)]  # the budget, capped by max_tokens
