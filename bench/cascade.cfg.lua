@@ -32,7 +32,7 @@ models = {
       probe_tokens = 16,
       probe_score = "entropy",
       probe_aggregate = "q50",
-      threshold = 0.368,
+      threshold = 0.3684,
       probe_timeout_s = 10,
     },
   },

@@ -3,8 +3,8 @@
 Starts ``lkn serve --config bench/cascade.cfg.lua`` (SmolLM2-135M ``small`` with the calibrated
 answer-then-decide homeostat escalating to Qwen2.5-Coder-1.5B ``strong``; run
 scripts/bench-models.sh first) and asks every held-out question (bench/data/cascade_heldout.jsonl,
-never used for calibration) three ways, interleaved question by question, temperature 0,
-``max_tokens`` 16:
+never used for calibration) three ways, one pass over all questions each (so that no way of
+asking finds the prompt of another in an engine's cache), temperature 0, ``max_tokens`` 16:
 
 - small only (``"lkn": {"mode": "passthrough"}`` on ``small``);
 - strong only (passthrough on ``strong``);
@@ -118,20 +118,25 @@ def main() -> None:
         for model in ("small", "strong"):  # engine starts are not part of the measurement
             ask(base, model, {"question": "Hi", "answer": "", "match": "contains"},
                 {"mode": "passthrough"})
-        t_start = time.monotonic()
-        for i, q in enumerate(qs):
-            rows.append({"id": q["id"], "kind": q["kind"],
-                         "small": ask(base, "small", q, {"mode": "passthrough"}),
-                         "strong": ask(base, "strong", q, {"mode": "passthrough"}),
-                         "cascade": ask(base, "small", q, None)})
-            if (i + 1) % 25 == 0:
-                print(f"  {i + 1}/{len(qs)} ({time.monotonic() - t_start:.0f}s)",
-                      file=sys.stderr)
-        for q in qs[:args.stream]:
+        # One pass per way of asking, not interleaved by question: each engine holds one slot
+        # whose prompt cache would otherwise give the second way the first one's prefill.
+        rows = [{"id": q["id"], "kind": q["kind"]} for q in qs]
+        for key, model, lkn in (("small", "small", {"mode": "passthrough"}),
+                                ("cascade", "small", None),
+                                ("strong", "strong", {"mode": "passthrough"})):
+            t_start = time.monotonic()
+            for row, q in zip(rows, qs):
+                row[key] = ask(base, model, q, lkn)
+            print(f"  {key}: {len(qs)} questions in {time.monotonic() - t_start:.0f}s",
+                  file=sys.stderr)
+        streamed = qs[:args.stream]
+        for q in streamed:
             ttft["small only"].append(first_byte(base, "small", q, {"mode": "passthrough"})[0])
-            ttft["strong only"].append(first_byte(base, "strong", q, {"mode": "passthrough"})[0])
+        for q in streamed:
             seconds, used = first_byte(base, "small", q, None)
             ttft["cascade, kept" if used == "small" else "cascade, escalated"].append(seconds)
+        for q in streamed:
+            ttft["strong only"].append(first_byte(base, "strong", q, {"mode": "passthrough"})[0])
     with open(os.path.join(OUT, "cascade.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -151,7 +152,23 @@ def candidates() -> dict[str, Callable[[dict[str, Any]], float | None]]:
                 how, agg)
     c["self-consistency (5 samples)"] = lambda r: disagreement(r["samples"])
     c["self-consistency + greedy (6)"] = lambda r: disagreement([r["small"], *r["samples"]])
+    # Agreement in meaning, not wording: compare what the matching rule reads from each answer
+    # (the last number, the first yes/no). An upper bound for lkn, which does not know the
+    # answer's format; "contains" questions keep the whole normalized text.
+    c["self-consistency, extracted (6)"] = lambda r: disagreement(
+        [extracted(r["match"], t) for t in (r["small"], *r["samples"])])
     return c
+
+
+def extracted(rule: str, text: str) -> str:
+    low = text.lower().replace(",", "")
+    if rule == "number":
+        found = re.findall(r"-?\d+(?:\.\d+)?", low)
+        return found[-1] if found else low
+    if rule == "yesno":
+        m = re.search(r"\b(yes|no)\b", low)
+        return m.group(1) if m else low
+    return low
 
 
 def analyze(args: argparse.Namespace) -> None:
@@ -183,13 +200,13 @@ def analyze(args: argparse.Namespace) -> None:
             table.setdefault(n, {})[s] = (auroc(sc, wrong), *bootstrap(sc, wrong, base))
     print("\nAUROC for 'the small model is wrong' (95 % bootstrap interval; paired difference "
           "to first-token entropy)")
-    print(f"{'signal':<32}{'calibration':>32}{'held out':>32}")
+    print(f"{'signal':<32}{'calibration':>36}{'held out':>36}")
     for n, v in sorted(table.items(), key=lambda kv: -kv[1]["calib"][0]):
         cells = []
         for s in ("calib", "heldout"):
             a, lo, hi, dlo, dhi = v[s]
             cells.append(f"{a:.3f} [{lo:.2f},{hi:.2f}] Δ[{dlo:+.2f},{dhi:+.2f}]")
-        print(f"{n:<32}{cells[0]:>32}{cells[1]:>32}")
+        print(f"{n:<32}{cells[0]:>36}{cells[1]:>36}")
     positions = [answer_position(r["tokens"]) for r in rows]
     found = [p for p in positions if p is not None]
     print(f"\nanswer tokens: median {np.median([len(r['tokens']) for r in rows]):.0f}, "
