@@ -4,6 +4,7 @@ answer-then-decide probe (several tokens, a quantile of their margins) decides."
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,52 @@ def test_stream_is_decided_before_its_first_byte(tmp_path: Path, fake_binary: st
     bodies = [json.loads(line) for line in capture.read_text().splitlines()]
     assert [(b["model"], b["max_tokens"], bool(b.get("stream"))) for b in bodies] == [
         ("small", 5, False), ("strong", 5, True)]  # the budget, capped by max_tokens
+
+
+def test_escalation_queues_ahead_of_a_later_request_for_the_busy_strong_model(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any) -> None:
+    # strong is busy with a slow stream (A). C arrives for small, whose probe is slow; while it
+    # probes, B arrives for strong and queues. C is then escalated: it queues with its own
+    # arrival (before B's), so strong answers C before B once A is done. Both engines fit
+    # (vram_mb) and stay up: the order is the strong model's queue alone.
+    capture = tmp_path / "capture.jsonl"
+    cfg = write_config(tmp_path, f"""
+server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))} }}
+models = {{
+  {{ name = "small", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 2048,
+    vram_mb = 100, args = {{ "--fake-entropy", "high", "--fake-probe-delay-s", 1.5 }},
+    homeostasis = {{ mode = "homeostatic", threshold = 0.5, intervention = "escalate",
+                     escalate_to = "strong" }} }},
+  {{ name = "strong", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 2048,
+    vram_mb = 100,
+    args = {{ "--fake-capture", {lua_str(str(capture))}, "--fake-token-delay-s", 0.5 }} }},
+}}
+""")
+    gw = gateway_factory(cfg)
+    client = gw.client()
+    for model in ("small", "strong"):  # both engines up before the race
+        client.chat.completions.create(model=model, messages=MSG, max_tokens=1,
+                                       extra_body={"lkn": {"mode": "passthrough"}})
+    capture.write_text("")
+
+    def ask(name: str, model: str, stream: bool) -> None:
+        msgs = [{"role": "user", "content": name}]
+        if stream:
+            for _ in client.chat.completions.create(model=model, messages=msgs, stream=True,
+                                                    max_tokens=8):
+                pass
+        else:
+            client.chat.completions.create(model=model, messages=msgs, max_tokens=2)
+
+    threads = []
+    for name, model, stream, pause in (("A", "strong", True, 0.5), ("C", "small", False, 0.5),
+                                       ("B", "strong", False, 0.0)):
+        t = threading.Thread(target=ask, args=(name, model, stream))
+        t.start()
+        threads.append(t)
+        time.sleep(pause)
+    for t in threads:
+        t.join(60)
+    order = [json.loads(line)["messages"][0]["content"]
+             for line in capture.read_text().splitlines()]
+    assert order == ["A", "C", "B"]
