@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="wait up to this long for lkn to answer (e.g. right after a start)")
     p.set_defaults(func=_status)
     cli.register(sub)
+    from .calibrate import register as register_calibrate
+    register_calibrate(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s%(request_id)s: %(message)s")

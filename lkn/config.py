@@ -34,7 +34,8 @@ REMOTE_CTX = 131072  # a remote model's context when its config gives none
 REMOTE_PARALLEL = 64  # requests lkn sends a remote model at once unless parallel says
 HOMEOSTASIS_MODES = ("homeostatic", "passthrough")
 INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
-PROBE_AGGREGATES = ("first", "mean", "max", "answer")
+PROBE_AGGREGATES = ("first", "mean", "max", "answer", "q50", "q75", "q90")
+PROBE_SCORES = ("entropy", "margin", "surprise")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 DEFAULT_VERIFY_PROMPT = ("Think carefully, verify your assumptions, and reason step-by-step "
                          "before answering.")
@@ -54,6 +55,8 @@ class HomeostasisConfig:
     probe_timeout_s: float = 5.0
     probe_tokens: int = 1
     probe_aggregate: str = "first"
+    # The per-token uncertainty the aggregate combines (probe.token_uncertainty).
+    probe_score: str = "entropy"
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def _homeostasis(path: str, value: Any, base: HomeostasisConfig) -> HomeostasisC
         probe_timeout_s=t.get("probe_timeout_s", number(0.001), base.probe_timeout_s),
         probe_tokens=t.get("probe_tokens", integer(1), base.probe_tokens),
         probe_aggregate=t.get("probe_aggregate", choice(PROBE_AGGREGATES), base.probe_aggregate),
+        probe_score=t.get("probe_score", choice(PROBE_SCORES), base.probe_score),
     )
     t.finish()
     return result

@@ -82,6 +82,7 @@ class RequestHandler:
     _sticky: str | None = None               # the balancer's key for sticky backends
     _client_body: dict[str, Any] = {}        # the request as the client sent it (streams)
     ttft_s: float | None = None           # time to the first streamed event
+    _arrived: float | None = None  # when this request first queued for an engine
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
         self.state = state
@@ -340,7 +341,7 @@ class RequestHandler:
         return body
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
-                     headers: dict[str, str]) -> Lease:
+                     headers: dict[str, str], arrived: float | None = None) -> Lease:
         manager, s = self.state.manager, self.state.cfg.server
         answer = explicit_answer_budget(body)
         embeddings = route == "embeddings"
@@ -357,7 +358,7 @@ class RequestHandler:
             # Far from every limit: the exact count could not change the choice. One upstream
             # call per request instead of three.
             return await self._acquire(model, Demand(bound, answer, embeddings=embeddings),
-                                       bound, "bound", headers)
+                                       bound, "bound", headers, arrived)
         proc = manager.ready_process(model.name)
         live = None
         if proc is not None and model.engine in ("llamacpp", "sglang"):
@@ -367,17 +368,20 @@ class RequestHandler:
         prompt_tokens, method = await count_prompt(
             route=route, body=body, live=live, local_path=local_path, local_kind=local_kind)
         return await self._acquire(model, Demand(prompt_tokens, answer, embeddings=embeddings),
-                                   prompt_tokens, method, headers)
+                                   prompt_tokens, method, headers, arrived)
 
     async def _acquire(self, model: ModelConfig, demand: Demand, prompt_tokens: int,
-                       method: str, headers: dict[str, str]) -> Lease:
+                       method: str, headers: dict[str, str],
+                       arrived: float | None = None) -> Lease:
         self.state.metrics.token_counts.inc(method)
         headers["x-lkn-model"] = model.name  # known before the wait: loading streams carry it
         headers["x-lkn-prompt-tokens"] = f"{prompt_tokens};{method}"
         waited = time.monotonic()
+        if self._arrived is None:
+            self._arrived = waited  # when this request first queued (an escalation keeps it)
         if model.backends:
             demand = replace(demand, exclude=self._exclude, sticky_key=self._sticky)
-        acquiring = self.state.manager.acquire(model, demand)
+        acquiring = self.state.manager.acquire(model, demand, arrived=arrived)
         if self._loading is None:
             lease = await acquiring
         else:  # a stream: keep the client informed while it waits for a start or a swap
@@ -395,12 +399,16 @@ class RequestHandler:
         m = self.state.metrics
         t0 = time.monotonic()
         try:
+            # never score more of the answer than the client asked for
+            n_tokens = min(settings.probe_tokens,
+                           explicit_answer_budget(body) or settings.probe_tokens)
             result = await asyncio.wait_for(
                 lease.client.probe(self.state.session, lease.base_url, route, body,
-                                   settings.top_k, settings.probe_tokens),
+                                   settings.top_k, n_tokens),
                 settings.probe_timeout_s)
             entropy = probe_math.aggregate(
-                [probe_math.normalized_entropy(p) for p in result.positions] or [None],
+                [probe_math.token_uncertainty(p, settings.probe_score)
+                 for p in result.positions] or [None],
                 settings.probe_aggregate, result.tokens)
             if entropy is None:
                 raise EngineRequestError("the probe returned no usable logprobs")
@@ -439,7 +447,13 @@ class RequestHandler:
             return body, lease, model
         lease.release()
         headers["x-lkn-escalated-from"] = model.name
-        return body, await self._lease(target, route, body, headers), target
+        m.escalations.inc(model.name, target.name)
+        if self._loading is not None:
+            self._loading.model = target  # progress names what it now waits for
+        # Queued by the time the request first arrived: behind a busy strong model it is the
+        # oldest, not the newest, request, so the wait bound (max_queue_wait_s) covers it.
+        # _lease sets x-lkn-model to the model that answers.
+        return body, await self._lease(target, route, body, headers, self._arrived), target
 
     def _usage(self, model: str, usage: Usage | None) -> None:
         """The engine's usage report: metrics, and the traffic statistics' tokens/s."""

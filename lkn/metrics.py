@@ -165,6 +165,9 @@ class Metrics:
         self.fallbacks = Counter(r, "lkn_fallbacks_total", "Requests another model answered "
                                  "because the asked one failed before the first byte",
                                  ("model", "to"))
+        self.escalations = Counter(r, "lkn_escalations_total", "Requests the homeostat "
+                                   "escalated, by the model asked for and the model that "
+                                   "answered", ("model", "to"))
         self.cache_requests = Counter(r, "lkn_cache_requests_total", "Response cache lookups "
                                       "by model and result (hit, miss, bypass)",
                                       ("model", "result"))

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from lkn.probe import ANALYTIC, FLUID, aggregate, classify, normalized_entropy
+from lkn.probe import (ANALYTIC, FLUID, aggregate, classify, disagreement, normalized_entropy,
+                       token_uncertainty)
 
 LN = math.log
 
@@ -77,3 +78,51 @@ def test_answer_bearing_token(tokens: list[str], entropies: list[float | None],
 ])
 def test_classify(entropy: float, threshold: float, mode: str) -> None:
     assert classify(entropy, threshold) == mode
+
+
+# ---------------------------------------------------------------- answer-then-decide scores
+
+@pytest.mark.parametrize("logprobs, how, expected", [
+    ([LN(0.9), LN(0.05), LN(0.05)], "surprise", 0.1),
+    ([LN(0.9), LN(0.05), LN(0.05)], "margin", 1 - (0.9 - 0.05)),
+    ([LN(0.45), LN(0.45), LN(0.1)], "margin", 1.0),            # a tie: no margin at all
+    ([LN(0.6), LN(0.1), LN(0.3)], "margin", 1 - (0.6 - 0.3)),  # sorted, not in given order
+    ([0.0], "margin", 0.0),                                    # one candidate, p = 1
+    ([LN(0.4)], "margin", 0.6),                                # one candidate: p2 = 0
+    ([1e-7, -math.inf], "surprise", 0.0),                      # a logprob above 0 is p = 1
+    ([LN(0.25)] * 4, "entropy", 1.0),                          # entropy is normalized_entropy
+])
+def test_token_uncertainty(logprobs: list[float], how: str, expected: float) -> None:
+    assert token_uncertainty(logprobs, how) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("how", ["margin", "surprise", "entropy"])
+@pytest.mark.parametrize("logprobs", [[], [math.nan, -1.0], [math.inf]])
+def test_token_uncertainty_of_a_failed_position_is_none(logprobs: list[float],
+                                                        how: str) -> None:
+    assert token_uncertainty(logprobs, how) is None
+
+
+@pytest.mark.parametrize("values, how, expected", [
+    ([0.1, 0.2, 0.3, 0.4, 0.5], "q50", 0.3),
+    ([0.1, 0.2, 0.3, 0.4, 0.5], "q75", 0.4),
+    ([0.1, 0.2, 0.3, 0.4, 0.5], "q90", 0.46),          # linear interpolation
+    ([0.1, None, 0.5], "q50", 0.3),                     # failed positions left out
+    ([0.7], "q90", 0.7),
+    ([None, None], "q75", None),
+])
+def test_quantile_aggregates(values: list[float | None], how: str, expected: object) -> None:
+    got = aggregate(values, how)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize("answers, expected", [
+    (["Paris", "paris.", " Paris!"], 0.0),             # the same answer, written differently
+    (["Paris", "Lyon", "Paris", "Paris"], 0.25),
+    (["17", "19", "5", "17", "18"], 0.6),
+    (["a", "b"], 0.5),
+    ([], None),
+])
+def test_disagreement(answers: list[str], expected: float | None) -> None:
+    got = disagreement(answers)
+    assert got == (None if expected is None else pytest.approx(expected))

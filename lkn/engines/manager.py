@@ -380,7 +380,10 @@ class EngineManager:
             headers={"Retry-After": str(retry)})
 
     async def acquire(self, model: ModelConfig, demand: Demand, *,
-                      timeout_s: float | None = None) -> Lease:
+                      timeout_s: float | None = None, arrived: float | None = None) -> Lease:
+        """Queue for an engine of ``model``. ``arrived`` (this manager's clock): when the request
+        first reached lkn, for a request that comes back (an escalation): it queues by that
+        time, not as the newest, so the wait bound still holds for it."""
         s = self.cfg.server
         if self._closing:
             raise EngineUnavailable("lkn is shutting down and accepts no new requests")
@@ -399,7 +402,8 @@ class EngineManager:
         prefer = self._prefer(model, demand.sticky_key)
         if prefer:
             options = tuple(sorted(options, key=lambda o: (prefer.index(o.group), o.ctx)))
-        waiter = sched.Waiter(next(self._ids), model.name, options, now, prefer=prefer)
+        waiter = sched.Waiter(next(self._ids), model.name, options,
+                              now if arrived is None else min(arrived, now), prefer=prefer)
         future: asyncio.Future[EngineRecord] = asyncio.get_running_loop().create_future()
         timeout = s.queue_timeout_s if timeout_s is None else timeout_s
         self._pending[waiter.id] = _Pending(waiter, demand, now + timeout, future)

@@ -1,0 +1,261 @@
+"""The confidence cascade through lkn: does escalating only the uncertain requests pay?
+
+Starts ``lkn serve --config bench/cascade.cfg.lua`` (SmolLM2-135M ``small`` with the calibrated
+answer-then-decide homeostat escalating to Qwen2.5-Coder-1.5B ``strong``; run
+scripts/bench-models.sh first) and asks every held-out question (bench/data/cascade_heldout.jsonl,
+never used for calibration) three ways, one pass over all questions each (so that no way of
+asking finds the prompt of another in an engine's cache), temperature 0, ``max_tokens`` 16:
+
+- small only (``"lkn": {"mode": "passthrough"}`` on ``small``);
+- strong only (passthrough on ``strong``);
+- the cascade (``small`` with its configured homeostasis: probe, then FLUID -> small,
+  ANALYTIC -> strong, as ``x-lkn-model`` reports).
+
+From the same answers: random escalation at the cascade's share (expected accuracy and latency
+of sending a random share of the requests to strong directly, no probe) and the perfect choice
+(escalate exactly the questions small gets wrong and strong gets right). Accuracy intervals are
+95 % bootstrap intervals over questions. A streamed subset measures the time to first token of
+the cascade (the probe's answer budget is generated before the first byte) against small only.
+Prints the table, writes bench/out/cascade.png and bench/out/cascade.jsonl.
+
+    .venv/bin/python bench/cascade.py [--limit N] [--stream 40]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.request
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from _lkn import child, wait_until_up  # noqa: E402
+from lkn.answers import matches  # noqa: E402
+from lkn.calibrate_math import auroc, curve  # noqa: E402
+from lkn.config import load_config  # noqa: E402
+
+CONFIG = os.path.join(HERE, "cascade.cfg.lua")
+OUT = os.path.join(HERE, "out")
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    with open(os.path.join(HERE, "data", name)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def ask(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "temperature": 0, "max_tokens": 16,
+                            "messages": [{"role": "user", "content": q["question"]}]}
+    if lkn is not None:
+        body["lkn"] = lkn
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        data = json.load(resp)
+        headers = dict(resp.headers)
+    text = data["choices"][0]["message"]["content"] or ""
+    return {"text": text, "right": matches(q["match"], q["answer"], text),
+            "seconds": time.perf_counter() - t0, "model": headers.get("x-lkn-model"),
+            "score": float(headers["x-lkn-entropy"]) if "x-lkn-entropy" in headers else None,
+            "mode": headers.get("x-lkn-mode")}
+
+
+def first_byte(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None
+               ) -> tuple[float, str | None]:
+    """Seconds to the first content event of a streamed answer, and the model that answered."""
+    body: dict[str, Any] = {"model": model, "temperature": 0, "max_tokens": 16, "stream": True,
+                            "messages": [{"role": "user", "content": q["question"]}]}
+    if lkn is not None:
+        body["lkn"] = lkn
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first = None
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        for line in resp:
+            if first is None and line.startswith(b"data: {") and b'"content":"' in line:
+                first = time.perf_counter() - t0
+        model_used = resp.headers.get("x-lkn-model")
+    return (first if first is not None else time.perf_counter() - t0), model_used
+
+
+def boot_acc(right: np.ndarray, rounds: int = 1000) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    vals = [right[rng.integers(0, len(right), len(right))].mean() for _ in range(rounds)]
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    ap.add_argument("--stream", type=int, default=40, help="streamed questions for the TTFT")
+    ap.add_argument("--port", type=int, default=21080)
+    args = ap.parse_args()
+    qs = load("cascade_heldout.jsonl")
+    if args.limit:
+        qs = qs[:args.limit]
+    h = load_config(CONFIG).resolve("small").homeostasis  # type: ignore[union-attr]
+    os.makedirs(OUT, exist_ok=True)
+    address = f"127.0.0.1:{args.port}"
+    base = f"http://{address}"
+    argv = [sys.executable, "-m", "lkn", "serve", "--config", CONFIG, "--listen", address]
+    rows: list[dict[str, Any]] = []
+    ttft: dict[str, list[float]] = {"small only": [], "cascade, kept": [],
+                                    "cascade, escalated": [], "strong only": []}
+    with child(argv, os.path.join(OUT, "cascade-lkn.log")) as proc:
+        if wait_until_up(address, 60, lambda: proc.poll() is None) is None:
+            sys.exit("lkn did not start; see bench/out/cascade-lkn.log")
+        for model in ("small", "strong"):  # engine starts are not part of the measurement
+            ask(base, model, {"question": "Hi", "answer": "", "match": "contains"},
+                {"mode": "passthrough"})
+        # One pass per way of asking, not interleaved by question: each engine holds one slot
+        # whose prompt cache would otherwise give the second way the first one's prefill.
+        rows = [{"id": q["id"], "kind": q["kind"]} for q in qs]
+        for key, model, lkn in (("small", "small", {"mode": "passthrough"}),
+                                ("cascade", "small", None),
+                                ("strong", "strong", {"mode": "passthrough"})):
+            t_start = time.monotonic()
+            for row, q in zip(rows, qs):
+                row[key] = ask(base, model, q, lkn)
+            print(f"  {key}: {len(qs)} questions in {time.monotonic() - t_start:.0f}s",
+                  file=sys.stderr)
+        streamed = qs[:args.stream]
+        for q in streamed:
+            ttft["small only"].append(first_byte(base, "small", q, {"mode": "passthrough"})[0])
+        for q in streamed:
+            seconds, used = first_byte(base, "small", q, None)
+            ttft["cascade, kept" if used == "small" else "cascade, escalated"].append(seconds)
+        for q in streamed:
+            ttft["strong only"].append(first_byte(base, "strong", q, {"mode": "passthrough"})[0])
+    with open(os.path.join(OUT, "cascade.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    report(rows, ttft, h)
+
+
+def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> None:
+    n = len(rows)
+    small = np.array([r["small"]["right"] for r in rows])
+    strong = np.array([r["strong"]["right"] for r in rows])
+    casc = np.array([r["cascade"]["right"] for r in rows])
+    esc = np.array([r["cascade"]["model"] == "strong" for r in rows])
+    t_small = np.array([r["small"]["seconds"] for r in rows])
+    t_strong = np.array([r["strong"]["seconds"] for r in rows])
+    t_casc = np.array([r["cascade"]["seconds"] for r in rows])
+    share = esc.mean()
+    perfect_esc = ~small & strong
+    perfect = small | strong
+    print(f"\n{n} held-out questions through lkn; small = SmolLM2-135M Q4_1, strong = "
+          f"Qwen2.5-Coder-1.5B Q4_K_M, llama-server --threads 1 each, temperature 0, "
+          f"max_tokens 16")
+    print(f"cascade signal: probe_tokens {h.probe_tokens}, probe_score {h.probe_score}, "
+          f"probe_aggregate {h.probe_aggregate}, threshold {h.threshold}")
+    print(f"\n| | accuracy [95 % CI] | share of strong's accuracy | escalated | "
+          f"mean latency s | p50 s | p90 s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+
+    def line(name: str, right: np.ndarray | float, escalated: float, lat: np.ndarray | None,
+             note: str = "") -> None:
+        if isinstance(right, np.ndarray):
+            lo, hi = boot_acc(right)
+            acc = f"{right.mean():.3f} [{lo:.3f}, {hi:.3f}]"
+            value = right.mean()
+        else:
+            acc, value = f"{right:.3f} (expected)", right
+        lats = ("— | — | —" if lat is None else
+                f"{lat.mean():.3f} | {np.median(lat):.3f} | {np.percentile(lat, 90):.3f}")
+        print(f"| {name}{note} | {acc} | {value / strong.mean():.0%} | {escalated:.0%} | "
+              f"{lats} |")
+    line("small only", small, 0.0, t_small)
+    line("strong only", strong, 1.0, t_strong)
+    rand_acc = (1 - share) * small.mean() + share * strong.mean()
+    rand_lat = (1 - share) * t_small + share * t_strong
+    line("random escalation", rand_acc, share, rand_lat, " (same share, simulated)")
+    line("adopted cascade", casc, share, t_casc)
+    line("perfect choice", perfect, perfect_esc.mean(),
+         np.where(perfect_esc, t_strong, t_small), " (oracle)")
+    scores = np.array([r["cascade"]["score"] if r["cascade"]["score"] is not None else 1.0
+                       for r in rows])
+    a = auroc(scores, ~small)
+    rng = np.random.default_rng(0)
+    boots = [auroc(scores[idx], ~small[idx])
+             for idx in (rng.integers(0, n, n) for _ in range(1000))]
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    helps = ~small & strong
+    print(f"\nAUROC of the cascade's score (x-lkn-entropy) for 'small is wrong': {a:.3f} "
+          f"[{lo:.3f}, {hi:.3f}]; for 'escalating fixes it' (small wrong, strong right): "
+          f"{auroc(scores, helps):.3f}")
+    kept_same = [r["cascade"]["text"] == r["small"]["text"] for r in rows
+                 if r["cascade"]["model"] == "small"]
+    esc_same = [r["cascade"]["text"] == r["strong"]["text"] for r in rows
+                if r["cascade"]["model"] == "strong"]
+    print(f"the cascade's answer equals small-only's on {np.mean(kept_same or [np.nan]):.0%} "
+          f"of kept questions and strong-only's on {np.mean(esc_same or [np.nan]):.0%} of "
+          f"escalated ones (temperature 0: differences are batch/cache numerics)")
+    goal_acc = 0.95 * strong.mean()
+    print(f"goal: >= {goal_acc:.3f} (95 % of strong) escalating <= 50 %, AUROC >= 0.80: "
+          f"accuracy {casc.mean():.3f} at {share:.0%} escalated, AUROC {a:.3f}")
+    pts = curve(scores, small, strong)
+    print("\nthe same score at other thresholds (held-out answers re-scored, not re-run):")
+    print("| escalated | cascade accuracy | random | perfect |")
+    print("|---:|---:|---:|---:|")
+    useful = perfect_esc.sum()
+    for target in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        fit = [p for p in pts if p.escalated <= target + 1e-9]
+        p = max(fit, key=lambda p: p.escalated)
+        k = int(round(target * n))
+        perfect_acc = (small.sum() + min(k, useful)) / n
+        rand = (1 - target) * small.mean() + target * strong.mean()
+        print(f"| {target:.0%} (got {p.escalated:.0%}) | {p.cascade_accuracy:.3f} | "
+              f"{rand:.3f} | {perfect_acc:.3f} |")
+    if any(ttft.values()):
+        print("\ntime to first token, streamed (s):")
+        print("| | n | median | p90 |")
+        print("|---|---:|---:|---:|")
+        for name, v in ttft.items():
+            if v:
+                print(f"| {name} | {len(v)} | {np.median(v):.3f} | {np.percentile(v, 90):.3f} |")
+    plot(pts, small, strong, casc, share, perfect)
+
+
+def plot(pts: list[Any], small: np.ndarray, strong: np.ndarray, casc: np.ndarray,
+         share: float, perfect: np.ndarray) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot skipped: matplotlib is not installed")
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot([p.escalated for p in pts], [p.cascade_accuracy for p in pts],
+            label="cascade score, all thresholds")
+    ax.plot([0, 1], [small.mean(), strong.mean()], ls=":", color="grey", label="random")
+    n, useful = len(small), int((~small & strong).sum())
+    xs = np.linspace(0, 1, 101)
+    ax.plot(xs, [(small.sum() + min(int(round(x * n)), useful)) / n for x in xs], ls="--",
+            color="green", label="perfect choice")
+    ax.scatter([share], [casc.mean()], color="red", zorder=3, label="adopted cascade (run)")
+    ax.axhline(0.95 * strong.mean(), color="orange", lw=0.8, label="95 % of strong")
+    ax.axvline(0.5, color="black", lw=0.5)
+    ax.set_xlabel("share escalated to strong")
+    ax.set_ylabel("accuracy (held-out)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(OUT, "cascade.png")
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
+
+
+if __name__ == "__main__":
+    main()
