@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from tests.conftest import Gateway, http, lua_str, write_config
@@ -232,3 +233,55 @@ models = {{ {{ name = "solo", binary = {lua_str(fake_binary)}, model_file = "/x.
     r = http("POST", gw.base_url + "/admin/models/solo/backends",
              json.dumps({"id": "b", "upstream": {"url": "http://127.0.0.1:9/v1"}}))
     assert r.status_code == 409 and "declare backends" in r.json()["error"]["message"]
+
+
+def test_a_hanging_backend_times_out_and_the_request_moves_on(upstream: Any,
+                                                              make_gw: Any) -> None:
+    (stuck, _), (good, _) = upstream("--hang"), upstream()
+    gw = make_gw([remote(stuck, 'id = "stuck"').replace(
+                      'model = "remote-model" }', 'model = "remote-model", timeout_s = 1 }'),
+                  remote(good, 'id = "good"')], 'balance = "round_robin",')
+    client = gw.client()
+    for _ in range(3):
+        r = client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
+        assert r.parse().choices[0].message.content == "Paris is the capital."
+        assert r.headers["x-lkn-backend"] == "chat/good"
+
+
+def test_after_the_first_byte_nothing_is_retried(upstream: Any, make_gw: Any) -> None:
+    (cut, cut_capture), (good, good_capture) = upstream("--cut-stream"), upstream()
+    gw = make_gw([remote(cut, 'id = "cut"'), remote(good, 'id = "good"')],
+                 'balance = "round_robin",')
+    client = gw.client()
+    outcomes = []
+    for _ in range(4):
+        try:
+            text = "".join(c.choices[0].delta.content or "" for c in
+                           client.chat.completions.create(model="chat", messages=MSG,
+                                                          stream=True) if c.choices)
+            outcomes.append(text)
+        except openai.APIError as exc:  # the error event after a cut stream
+            outcomes.append(f"error: {exc.message}")
+    assert "Paris is the capital." in outcomes
+    cut_errors = [o for o in outcomes if o.startswith("error:")]
+    assert cut_errors and all("without [DONE]" in o for o in cut_errors)
+    assert served(cut_capture) + served(good_capture) == 4  # each request went to one only
+
+
+@pytest.mark.engine
+def test_the_real_llama_server_beside_a_fake_upstream(upstream: Any, make_gw: Any) -> None:
+    from tests.conftest import smollm2_path
+    url, _ = upstream()
+    local = (f'{{ id = "box", model_file = {lua_str(smollm2_path())}, ctx_size = 512, '
+             f'args = {{ "--threads", 1 }} }}')
+    gw = make_gw([local, remote(url, 'id = "cloud"')], 'balance = "round_robin",')
+    client = gw.client()
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 and time.monotonic() < deadline:
+        r = client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8,
+            temperature=0)
+        seen[r.headers["x-lkn-backend"]] = r.parse().choices[0].message.content or ""
+    assert set(seen) == {"chat/box", "chat/cloud"}
+    assert seen["chat/cloud"] == "Paris is the capital." and seen["chat/box"]

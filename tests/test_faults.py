@@ -281,6 +281,8 @@ async def test_a_client_gone_mid_stream_is_not_taken_for_an_engine_failure(
             key = "a@512"
 
         class client:  # noqa: N801
+            openai_wire = True
+
             @staticmethod
             def normalize_stream_data(data: str) -> str:
                 return data
