@@ -183,56 +183,65 @@ def reload_route(reloader: Callable[[], Reloader]) -> Callable[[web.Request],
 
 
 def backend_routes(reloader: Callable[[], Reloader]) -> tuple[Any, Any]:
+    """Each change is computed and recorded under the reload lock, against the config of that
+    moment: a SIGHUP reload in between can neither lose it nor see half of it."""
     async def add(request: web.Request) -> web.Response:
         state = _state(request)
-        model = _backends_model(state, request.match_info["name"])
         entry = parse_json_object(await request.read())
-        try:
-            backend = runtime_backend(state.cfg, model, entry)
-        except ConfigError as exc:
-            raise ConfigRejected(str(exc)) from None
-        if backend.upstream is None:
-            raise BadRequest("only upstream backends can be added at runtime", param="upstream")
-        cfg = await asyncio.shield(reloader().apply(
-            lambda cfg: with_backends(cfg, model.name, _model_of(cfg, model.name).backends
-                                      + (backend,))))
-        state.runtime.setdefault(model.name, {})[backend.name] = entry
-        return web.json_response({"model": model.name, "backend": backend.name,
-                                  "backends": [b.name for b in _model_of(cfg, model.name)
-                                               .backends]}, status=201)
+        added: list[ModelConfig] = []
+
+        def change(cfg: Config) -> Config:
+            model = _backends_model(cfg, request.match_info["name"])
+            try:
+                backend = runtime_backend(cfg, model, entry)
+            except ConfigError as exc:
+                raise ConfigRejected(str(exc)) from None
+            if backend.upstream is None:
+                raise BadRequest("only upstream backends can be added at runtime",
+                                 param="upstream")
+            state.runtime.setdefault(model.name, {})[backend.name] = entry
+            added.append(backend)
+            return with_backends(cfg, model.name, model.backends + (backend,))
+
+        cfg = await asyncio.shield(reloader().apply(change))
+        model = _backends_model(cfg, added[0].public)
+        return web.json_response({"model": model.name, "backend": added[0].name,
+                                  "backends": [b.name for b in model.backends]}, status=201)
 
     async def remove(request: web.Request) -> web.Response:
         state = _state(request)
-        model = _backends_model(state, request.match_info["name"])
-        name = f"{model.name}/{request.match_info['id']}"
-        if name not in state.runtime.get(model.name, {}):
-            if name in [b.name for b in model.backends]:
-                raise Conflict(f"backend {name} is declared in the config file: remove it "
-                               f"there and reload")
-            raise NotFound(f"model '{model.name}' has no backend {name}")
-        going = [r for r in state.manager.records() if r.model.name == name and r.running()]
-        remaining = tuple(b for b in model.backends if b.name != name)
-        if not remaining:
-            raise Conflict(f"{name} is the last backend of model '{model.name}'")
-        await asyncio.shield(reloader().apply(
-            lambda cfg: with_backends(cfg, model.name, tuple(
-                b for b in _model_of(cfg, model.name).backends if b.name != name))))
-        del state.runtime[model.name][name]
+        going: list[EngineRecord] = []
+        removed: list[str] = []
+
+        def change(cfg: Config) -> Config:
+            model = _backends_model(cfg, request.match_info["name"])
+            name = f"{model.name}/{request.match_info['id']}"
+            if name not in state.runtime.get(model.name, {}):
+                if name in [b.name for b in model.backends]:
+                    raise Conflict(f"backend {name} is declared in the config file: remove it "
+                                   f"there and reload")
+                raise NotFound(f"model '{model.name}' has no backend {name}")
+            remaining = tuple(b for b in model.backends if b.name != name)
+            if not remaining:
+                raise Conflict(f"{name} is the last backend of model '{model.name}'")
+            del state.runtime[model.name][name]
+            going.extend(r for r in state.manager.records()
+                         if r.model.name == name and r.running())
+            removed.append(name)
+            return with_backends(cfg, model.name, remaining)
+
+        await asyncio.shield(reloader().apply(change))
         # no new requests go to it; the ones in flight finish, then it stops
         await state.manager.wait_until(lambda: not any(r.running() for r in going),
                                        state.cfg.server.request_timeout_s,
-                                       f"draining backend {name}")
-        return web.json_response({"model": model.name, "removed": name})
+                                       f"draining backend {removed[0]}")
+        return web.json_response({"model": removed[0].split("/")[0], "removed": removed[0]})
 
     return add, remove
 
 
-def _model_of(cfg: Config, name: str) -> ModelConfig:
-    return next(m for m in cfg.models if m.name == name)
-
-
-def _backends_model(state: GatewayState, name: str) -> ModelConfig:
-    model = state.cfg.resolve(name)
+def _backends_model(cfg: Config, name: str) -> ModelConfig:
+    model = cfg.resolve(name)
     if model is None:
         raise ModelNotFound(f"The model '{name}' does not exist", param="model")
     if not model.backends:

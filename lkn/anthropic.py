@@ -19,7 +19,8 @@ from .errors import BadRequest
 
 VERSION = "2023-06-01"  # the anthropic-version header
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-          "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter"}
+          "model_context_window_exceeded": "length", "tool_use": "tool_calls",
+          "pause_turn": "stop", "refusal": "content_filter"}
 UNSUPPORTED = ("tools", "tool_choice", "functions", "logprobs", "top_logprobs",
                "response_format")
 

@@ -105,6 +105,8 @@ def ps_table(status: dict[str, Any]) -> str:
     rows = [("ENGINE", "STATE", "CONTEXT", "VRAM", "IN FLIGHT", "IDLE FOR", "REQ/MIN",
              "P95", "NOTES")]
     models = status.get("models", {})
+    breakers = {b["backend"]: b["breaker"]["state"] for m in models.values()
+                for b in m.get("backends", [])}
     for e in status.get("engines", []):
         traffic = models.get(e["model"], {}).get("traffic", {}).get("300s", {})
         notes = [n for n, on in (("pinned", e.get("pinned")), ("unloading", e.get("unloading")),
@@ -112,6 +114,10 @@ def ps_table(status: dict[str, Any]) -> str:
         failures = e.get("failures") or {}
         if failures.get("failed") and e["state"] != "ready":
             notes.append("FAILED")
+        if e.get("backend"):
+            breaker = breakers.get(e["backend"], "closed")
+            notes.append(f"backend {e['backend']}" + ("" if breaker == "closed"
+                                                      else f", circuit {breaker}"))
         p95 = traffic.get("p95_latency_s")
         rows.append((e["key"], e["state"], str(e.get("ctx_size", "-")),
                      f"~{e['vram_mb']} MiB", str(e["in_flight"]), _ago(e.get("idle_s")),

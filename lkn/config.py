@@ -8,6 +8,7 @@ in a production config should not silently fall back to a default.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +29,10 @@ __all__ = ["CacheConfig", "Config", "ConfigError", "HomeostasisConfig", "ModelCo
 ENGINES = ("llamacpp", "sglang", "command", "remote")  # "backends" is set by the config itself
 # what a backend table may not set: it belongs to the public model
 PUBLIC_ONLY = ("name", "aliases", "backends", "fallbacks", "context_fallback", "homeostasis",
-               "cache", "balance", "sticky_header", "breaker", "retries", "pinned")
+               "cache", "balance", "sticky_header", "breaker", "retries")
+# set on the public model, they hold for each backend that does not set its own
+INHERITED = ("parallel", "default_max_tokens", "idle_unload_s", "stop_grace_s",
+             "tokenizer_path", "pinned", "health_timeout_s")
 COMMAND_PLACEHOLDERS = ("{port}", "{model_file}", "{ctx_size}")
 REMOTE_CTX = 131072  # a remote model's context when its config gives none
 REMOTE_PARALLEL = 64  # requests lkn sends a remote model at once unless parallel says
@@ -124,6 +128,8 @@ class ModelConfig:
     # public one), balanced, with a circuit breaker each, retried before the first byte.
     backends: tuple[ModelConfig, ...] = ()
     parent: str | None = None
+    # the public model's INHERITED settings as written (for backends added at runtime)
+    backend_defaults: tuple[tuple[str, Any], ...] = ()
     weight: int = 1
     balance: str = "least_connections"
     sticky_header: str | None = None  # sticky: hash this header (default: the body's "user")
@@ -408,7 +414,9 @@ def _model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         raise _Reported(f"{path}: has errors")
     if backends:  # each backend is answerable to its public model's breaker settings
         model = replace(model, backends=tuple(replace(b, breaker=model.breaker)
-                                              for b in backends))
+                                              for b in backends),
+                        backend_defaults=tuple((k, t.value[k]) for k in INHERITED
+                                               if t.value.get(k) is not None))
     return model
 
 
@@ -419,7 +427,8 @@ def _backends(t: Table, name: str, server: ServerConfig) -> tuple[ModelConfig, .
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{t.key('backends')}: must be a non-empty list of backend tables, "
                           f"got {show(raw)}")
-    out = [_backend(f"{t.key('backends')}[{i}]", str(i), entry, name, server)
+    inherit = {k: t.value[k] for k in INHERITED if t.value.get(k) is not None}
+    out = [_backend(f"{t.key('backends')}[{i}]", str(i), entry, name, server, inherit)
            for i, entry in enumerate(raw, 1)]
     ids = [b.name for b in out]
     if len(set(ids)) != len(ids):
@@ -427,14 +436,14 @@ def _backends(t: Table, name: str, server: ServerConfig) -> tuple[ModelConfig, .
     return tuple(out)
 
 
-def _backend(path: str, default_id: str, entry: Any, name: str,
-             server: ServerConfig) -> ModelConfig:
+def _backend(path: str, default_id: str, entry: Any, name: str, server: ServerConfig,
+             inherit: dict[str, Any]) -> ModelConfig:
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: must be a table, got {show(entry)}")
     for key in PUBLIC_ONLY:
         if key in entry:
             report(ConfigError(f"{path}.{key}: belongs to the model, not to a backend"))
-    entry = {k: v for k, v in entry.items() if k not in PUBLIC_ONLY}
+    entry = {**inherit, **{k: v for k, v in entry.items() if k not in PUBLIC_ONLY}}
     weight = integer(1)(f"{path}.weight", entry.pop("weight", 1))
     label = string(f"{path}.id", entry.pop("id", default_id))
     if "/" in label:
@@ -454,7 +463,8 @@ def runtime_backend(cfg: Config, model: ModelConfig, entry: Any) -> ModelConfig:
                                   '{"id": "b2", "upstream": {"url": "http://host/v1"}}')
             if "id" not in entry:
                 raise ConfigError("backend.id: is required for a backend added at runtime")
-            backend = _backend("backend", "", entry, model.name, cfg.server)
+            backend = _backend("backend", "", entry, model.name, cfg.server,
+                               dict(model.backend_defaults))
         except _Reported:
             pass
         except ConfigError as exc:
@@ -497,7 +507,7 @@ def _upstream(path: str, value: Any) -> UpstreamConfig:
         raise ConfigError(f"{t.key('url')}: must start with http:// or https://, got {show(url)}")
     result = UpstreamConfig(
         url=url.rstrip("/"),
-        api_key_env=t.get("api_key_env", string, None),
+        api_key_env=t.get("api_key_env", env_name, None),
         model=t.get("model", string, None),
         timeout_s=t.get("timeout_s", number(0.001), None),
         health_path=t.get("health_path", health_path, "/models"),
@@ -518,6 +528,14 @@ def _command(t: Table, engine: str) -> tuple[str, ...]:
     elif engine != "command" and command:
         report(ConfigError(f'{t.key("command")}: only engine = "command" takes a command'))
     return command
+
+
+def env_name(path: str, value: Any) -> str:
+    """The name of an environment variable — never the key itself (it would be echoed)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ConfigError(f"{path}: must name an environment variable (letters, digits, _), "
+                          f"not hold the key (value not shown)")
+    return value
 
 
 def health_path(path: str, value: Any) -> str:

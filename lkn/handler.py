@@ -280,6 +280,9 @@ class RequestHandler:
         """Lease an engine of ``model`` and answer; None when it failed before the first byte
         and a fallback may try (``_failure`` holds the error, or the engine's error answer). A
         request no variant holds moves to the model's ``context_fallback``."""
+        for stale in ("x-lkn-backend", "x-lkn-entropy", "x-lkn-escalated-from",
+                      "x-lkn-intervention", "x-lkn-mode"):
+            headers.pop(stale, None)  # from a model or backend tried before
         fell_back = False
         while True:
             try:

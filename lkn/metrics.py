@@ -160,6 +160,10 @@ class Metrics:
                                        LATENCY, ("model",))
         self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
                                      "applied", ("model", "intervention"))
+        self.backend_requests = Counter(r, "lkn_backend_requests_total", "Answers of each "
+                                        "backend before the first byte: ok, or failed (connect "
+                                        "error, timeout, 5xx, 429)", ("model", "backend",
+                                                                      "outcome"))
         self.retries = Counter(r, "lkn_backend_retries_total", "Requests retried on another "
                                "backend after one failed before the first byte", ("model",))
         self.fallbacks = Counter(r, "lkn_fallbacks_total", "Requests another model answered "

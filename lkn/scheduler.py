@@ -224,7 +224,8 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
             continue
         board.actions.append(Grant(w.id, engine.key))
         board.slots[engine.key] = replace(engine, in_flight=engine.in_flight + 1, last_used=now)
-        _warm_preferred(w, board)
+        if not blocked:  # memory an overdue waiter's eviction counts on stays free
+            _warm_preferred(w, board)
 
     # 3. starts and evictions
     if overdue is not None and overdue in rest:

@@ -174,6 +174,8 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
                              started=time.monotonic(),
                              cache=ResponseCache(cfg, clock=time.monotonic), bus=bus)
         state.metrics.watch(lambda: _live(state))
+        manager.on_backend = lambda model, backend, ok: state.metrics.backend_requests.inc(
+            model, backend, "ok" if ok else "failed")
         app[STATE] = state
         app[RELOADER] = Reloader(app)
         housekeeping = asyncio.create_task(_housekeeping(state))

@@ -63,6 +63,8 @@ def with_instructions(messages: list[Any], text: str) -> list[Any]:
 def engine_body(body: dict[str, Any], *, engine: str, mode: str) -> dict[str, Any]:
     """The request as the engine should see it (``body`` is not changed)."""
     out = {k: v for k, v in body.items() if k not in LKN_FIELDS}
+    if engine not in ("llamacpp", "sglang"):
+        return out  # an OpenAI-compatible server takes reasoning_effort as OpenAI defines it
     instructions = body.get("developer_instructions")
     if isinstance(instructions, str) and instructions and isinstance(out.get("messages"), list):
         out["messages"] = with_instructions(out["messages"], instructions)

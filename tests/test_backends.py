@@ -285,3 +285,21 @@ def test_the_real_llama_server_beside_a_fake_upstream(upstream: Any, make_gw: An
         seen[r.headers["x-lkn-backend"]] = r.parse().choices[0].message.content or ""
     assert set(seen) == {"chat/box", "chat/cloud"}
     assert seen["chat/cloud"] == "Paris is the capital." and seen["chat/box"]
+
+
+def test_backends_inherit_the_models_settings(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, """
+models = { { name = "m", parallel = 8, default_max_tokens = 99, pinned = true,
+             backends = { { upstream = { url = "http://a/v1" } },
+                          { upstream = { url = "http://b/v1" }, parallel = 2 } } } }
+""")
+    a, b = cfg.models[0].backends
+    assert (a.parallel, a.default_max_tokens, a.pinned) == (8, 99, True)
+    assert (b.parallel, b.default_max_tokens) == (2, 99)  # its own wins
+    from lkn.config import ConfigError
+    with pytest.raises(ConfigError) as info:
+        write_config(tmp_path, 'models = { { name = "r", upstream = { url = "http://a/v1", '
+                               'api_key_env = "sk-live-123" } } }')
+    assert info.value.errors == ["models[1].upstream.api_key_env: must name an environment "
+                                 "variable (letters, digits, _), not hold the key (value not "
+                                 "shown)"]

@@ -129,3 +129,13 @@ def test_ps_table_shows_traffic_and_notes() -> None:
                                 "250ms", "pinned"]
     assert lines[2].split()[-1] == "FAILED"
     assert lines[-1] == "idle, could be unloaded: x@1"
+
+
+def test_ps_table_names_backends_and_open_circuits() -> None:
+    status: dict[str, Any] = {
+        "engines": [{"key": "chat/a@8192", "model": "chat", "backend": "chat/a",
+                     "state": "ready", "ctx_size": 8192, "vram_mb": 0, "in_flight": 0,
+                     "idle_s": 3.0}],
+        "models": {"chat": {"traffic": {}, "backends": [
+            {"backend": "chat/a", "breaker": {"state": "open"}}]}}}
+    assert ps_table(status).splitlines()[1].endswith("backend chat/a, circuit open")

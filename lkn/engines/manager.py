@@ -115,7 +115,9 @@ class EngineManager:
         self._closing = False
         self.generation = 1
         self.breakers: dict[str, Breaker] = {}  # by backend name
-        self._turn = 0                          # round robin's position
+        self._turns: dict[str, int] = {}        # round robin's position, per model
+        # Told of every backend answer (model, backend, ok): the metrics' per-backend counts.
+        self.on_backend: Callable[[str, str, bool], None] | None = None
         self._rng = random.Random()
         self.starts = 0
         self.start_failures = 0
@@ -281,11 +283,17 @@ class EngineManager:
                    for r in self._active.values())
 
     # ------------------------------------------------------------------ backends
-    def report(self, record: EngineRecord, ok: bool) -> None:
-        """A backend's answer (before the first byte) for its circuit breaker."""
+    def report(self, record: EngineRecord, ok: bool, *, active: bool = False) -> None:
+        """A backend's answer (before the first byte) for its circuit breaker. An active
+        health check counts only when it fails: a server whose health path answers while its
+        completions fail must still open."""
         if record.model.parent is None:
             return
+        if active and ok:
+            return
         name, policy, now = record.model.name, record.model.breaker, self._clock()
+        if self.on_backend is not None and not active:
+            self.on_backend(record.model.parent, name, ok)
         before = self.breakers.get(name, Breaker())
         after = before.record(ok, policy, now)
         self.breakers[name] = after
@@ -307,7 +315,7 @@ class EngineManager:
                 ok = (await proc.client.check_ready(self._session, proc.base_url)).ready
             except Exception:  # unreachable, timed out, a missing key: all the same here
                 ok = False
-            self.report(record, ok)
+            self.report(record, ok, active=True)
 
         await asyncio.gather(*(one(r) for r in running))
 
@@ -325,10 +333,10 @@ class EngineManager:
     def _prefer(self, model: ModelConfig, key: str | None) -> tuple[str, ...]:
         if not model.backends:
             return ()
-        self._turn += 1
+        turn = self._turns[model.name] = self._turns.get(model.name, -1) + 1  # per model
         backends = [Backend(b.name, b.weight, sum(r.in_flight for r in self._records_of(b)))
                     for b in model.backends]
-        return tuple(balance_order(model.balance, backends, turn=self._turn, rng=self._rng,
+        return tuple(balance_order(model.balance, backends, turn=turn, rng=self._rng,
                                    key=key))
 
     def processes(self) -> list[EngineProcess]:

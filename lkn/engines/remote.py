@@ -95,7 +95,7 @@ class RemoteEngine(EngineClient):
             data = json.loads(raw)
         except ValueError:
             return raw
-        return json.dumps(anthropic.from_message(data, self.model.name)).encode()
+        return json.dumps(anthropic.from_message(data, self.model.public)).encode()
 
     async def translate_stream(self, source: AsyncIterator[bytes],
                                body: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -105,7 +105,7 @@ class RemoteEngine(EngineClient):
             return
         options = body.get("stream_options")
         translator = anthropic.StreamTranslator(
-            self.model.name,
+            self.model.public,
             include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
         parser = SSEParser()
         async for chunk in source:
@@ -147,9 +147,14 @@ class RemoteEngine(EngineClient):
 
     async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
                     body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
-        return await openai_probe(session, base_url + self.upstream_path(route),
-                                  self.prepare_body(route, body), route, top_k, n_tokens,
-                                  headers=self.headers())
+        if self.anthropic:  # no logprobs there: pass through without a wasted call
+            raise EngineRequestError("Anthropic's Messages API gives no logprobs to probe")
+        try:
+            return await openai_probe(session, base_url + self.upstream_path(route),
+                                      self.prepare_body(route, body), route, top_k, n_tokens,
+                                      headers=self.headers())
+        except EngineRequestError as exc:  # it may quote the upstream's error, key included
+            raise EngineRequestError(self.scrub(str(exc))) from None
 
     def normalize_error(self, status: int, raw: bytes) -> dict[str, Any]:
         return super().normalize_error(status, self.scrub(raw.decode("utf-8", "replace"))
