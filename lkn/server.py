@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from . import admin
+from . import admin, ui_static
 from .bound import warm_shapes
 from .cache import ResponseCache
 from .config import Config, load_config, parse_listen
@@ -127,10 +127,11 @@ async def auth_middleware(request: web.Request,
     """Client keys (``api_keys``) guard the OpenAI routes; admin keys (``admin_keys``) guard
     ``/admin/`` and ``/status``. Without admin keys ``/admin/`` answers loopback only, and
     ``/status`` answers loopback, else is guarded like the OpenAI routes. Health, readiness,
-    metrics and CORS preflights are open."""
+    metrics, the dashboard's static files (``/ui/``: no data in them) and CORS preflights are
+    open."""
     s = request.app[STATE].cfg.server
     path = request.path
-    if path in OPEN_PATHS or path.startswith("/health/") or (
+    if path in OPEN_PATHS or path.startswith("/health/") or ui_static.is_ui_path(path) or (
             request.method == "OPTIONS" and s.cors_origins):
         return await handler(request)
     if admin.is_admin_path(path) and s.admin_keys:
@@ -262,6 +263,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     admin.add_routes(app, lambda: app[RELOADER])
+    ui_static.add_routes(app)
     if cfg.server.cors_origins:
         _cors(app, cfg.server.cors_origins)
     return app
