@@ -17,6 +17,7 @@ import pytest
 
 from lkn.ui_static import CONTENT_TYPES, UI_DIR
 from tests.conftest import ROOT, Gateway, http, lua_str, smollm2_path, write_config
+from tests.sglang_support import fake_python, hf_dir, sg_config  # noqa: F401
 
 CHROMIUM = (os.environ.get("LKN_CHROMIUM") or shutil.which("chromium")
             or shutil.which("chromium-browser"))
@@ -358,4 +359,54 @@ def test_the_timeline_and_histogram_math_in_the_browser(
                 p.feed(':2}\\r\\n\\r\\n')];
     }""")
     assert [[json.loads(d) for d in batch] for batch in frames] == [[{"a": 1}], [{"b": 2}]]
+    assert tab.errors == []
+
+
+@needs_browser
+def test_the_queue_panel_lists_a_waiting_request_and_cancels_it(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any, tab: Page) -> None:
+    gw = gateway_factory(write_config(tmp_path, fake_lua(fake_binary, tmp_path / "logs",
+                                                         args='"--fake-load-s", 10')))
+    page = tab.live(gw)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(http, "POST", gw.base_url + "/v1/chat/completions",
+                             json.dumps({"model": "fake", "messages": MSG}),
+                             {"x-request-id": "slow-1"})
+        row = page.locator('#inflight-table tr[data-id="slow-1"]')
+        row.wait_for()  # the engine takes 10 s to start: the request waits for it
+        assert row.locator("td").nth(1).inner_text() == "fake"
+        page.locator('#models-table tr[data-model="fake"] td[data-field="waiting"]',
+                     has_text="1").wait_for()
+        assert engine_card(page, "fake@2048").locator(".state").inner_text() == "◐ starting"
+        row.get_by_role("button", name="cancel request slow-1").click()
+        result = answer.result(30)
+    assert result.status_code == 503 and result.json()["error"]["code"] == "request_cancelled"
+    page.locator("#message", has_text="cancelled 1 request(s) with id slow-1").wait_for()
+    page.locator('#requests-table tr[data-id="slow-1"] td[data-field="status"]',
+                 has_text="503 error").wait_for()
+    assert tab.errors == []
+
+
+@needs_browser
+def test_sleep_and_wake_buttons_of_an_engine_that_can_sleep(
+        tmp_path: Path, hf_dir: Path, fake_python: str, fake_binary: str,
+        gateway_factory: Any, tab: Page) -> None:
+    gw = gateway_factory(sg_config(tmp_path, hf_dir, fake_python, fake_binary,
+                                   sg_extra="sleep_when_idle_s = 600, "
+                                            "mem_fraction_static = 0.5"))
+    page = tab.live(gw)
+    card = engine_card(page, "sg@4096")
+    assert card.locator('button[data-action="sleep"]').is_disabled()  # not running yet
+    card.locator('button[data-action="load"]').click()
+    page.locator('article.engine[data-key="sg@4096"][data-state="ready"]').wait_for()
+    page.locator("#message", has_text="load sg: done").wait_for()
+    card.locator('button[data-action="sleep"]').click()
+    page.locator('article.engine[data-key="sg@4096"][data-state="asleep"]').wait_for()
+    assert card.locator(".state").inner_text() == "☾ asleep"
+    page.locator("#message", has_text="sleep sg: done").wait_for()
+    card.locator('button[data-action="wake"]').click()
+    page.locator('article.engine[data-key="sg@4096"][data-state="ready"]').wait_for()
+    page.locator("#message", has_text="wake sg: done").wait_for()
+    # a llama-server engine cannot sleep: its button stays off
+    assert engine_card(page, "llama@2048").locator('button[data-action="sleep"]').is_disabled()
     assert tab.errors == []
