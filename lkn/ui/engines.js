@@ -7,6 +7,13 @@ import { bar, duration, el, mib, variantOf } from "./format.js";
 const SYMBOLS = { ready: "●", starting: "◐", stopping: "◑", asleep: "☾", stopped: "○",
                   failed: "✕" };
 const RUNNING = new Set(["starting", "ready", "stopping", "asleep"]);
+// What each button asks of the admin API: load starts this variant, the others act on the model.
+const ACTIONS = {
+  load: "start {} (or swap it in); answers when it is ready",
+  unload: "stop every engine of {} once its requests in flight are done",
+  sleep: "release the memory of {}'s engine and keep it running",
+  wake: "take back the memory of {}'s engine",
+};
 
 function stateText(engine) {
   const notes = [engine.retired && "retired", engine.unloading && "unloading",
@@ -31,9 +38,11 @@ class EngineCard {
     this.error = el("p", { class: "engine-error" });
     this.buttons = {};
     const actions = el("div", { class: "actions" });
-    for (const action of ["load", "unload", "sleep", "wake"]) {
+    for (const [action, what] of Object.entries(ACTIONS)) {
+      const target = action === "load" ? engine.key : engine.model;
       const button = el("button", { type: "button", "data-action": action,
-                                    "aria-label": `${action} ${engine.key}`,
+                                    "aria-label": `${action} ${target}`,
+                                    title: what.replace("{}", target),
                                     text: action[0].toUpperCase() + action.slice(1) });
       button.addEventListener("click", () => act(action, this.model, variantOf(this.key)));
       this.buttons[action] = button;
