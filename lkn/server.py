@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from . import admin, ui_static
+from . import admin
 from .bound import warm_shapes
 from .cache import ResponseCache
 from .config import Config, load_config, parse_listen
@@ -33,6 +33,7 @@ from .handler import STATE, GatewayState, RequestHandler, models_payload
 from .inflight import REQUEST_ID, request_id
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .ui_static import add_routes as add_ui_routes, is_ui_path
 from .notify import Notifier
 from .tokens import local_source, warm_local_tokenizers
 
@@ -131,7 +132,7 @@ async def auth_middleware(request: web.Request,
     open."""
     s = request.app[STATE].cfg.server
     path = request.path
-    if path in OPEN_PATHS or path.startswith("/health/") or ui_static.is_ui_path(path) or (
+    if path in OPEN_PATHS or path.startswith("/health/") or is_ui_path(path) or (
             request.method == "OPTIONS" and s.cors_origins):
         return await handler(request)
     if admin.is_admin_path(path) and s.admin_keys:
@@ -263,7 +264,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     admin.add_routes(app, lambda: app[RELOADER])
-    ui_static.add_routes(app)
+    add_ui_routes(app)
     if cfg.server.cors_origins:
         _cors(app, cfg.server.cors_origins)
     return app
