@@ -145,6 +145,10 @@ def engine_card(page: Any, key: str) -> Any:
     return page.locator(f'article.engine[data-key="{key}"]')
 
 
+def cell(row: Any, field: str) -> str:
+    return str(row.locator(f'td[data-field="{field}"]').inner_text())
+
+
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """lkn with two SmolLM2 models on llama-server, one engine at a time (a change of model is
@@ -190,14 +194,13 @@ def test_a_chat_request_appears_in_the_requests_table_within_two_seconds(
                                                                   max_tokens=4)
     row = page.locator(f'#requests-table tr[data-id="{raw.headers["x-request-id"]}"]')
     row.wait_for(timeout=2000)
-    cell = lambda name: row.locator(f'td[data-field="{name}"]').inner_text()  # noqa: E731
-    assert cell("model") == "smol"
-    assert cell("mode") == raw.headers["x-lkn-mode"] and cell("mode") in ("FLUID", "ANALYTIC")
-    assert cell("variant") == raw.headers["x-lkn-variant"] == "512"
+    assert cell(row, "model") == "smol"
+    assert cell(row, "mode") == raw.headers["x-lkn-mode"] in ("FLUID", "ANALYTIC")
+    assert cell(row, "variant") == raw.headers["x-lkn-variant"] == "512"
     tokens, _, method = raw.headers["x-lkn-prompt-tokens"].partition(";")
-    assert cell("prompt") == f"{tokens} ({method})"
-    assert cell("entropy") == f"{float(raw.headers['x-lkn-entropy']):.3f}"
-    assert cell("status") == "200 ok" and cell("latency").endswith(" ms")
+    assert cell(row, "prompt") == f"{tokens} ({method})"
+    assert cell(row, "entropy") == f"{float(raw.headers['x-lkn-entropy']):.3f}"
+    assert cell(row, "status") == "200 ok" and cell(row, "latency").endswith(" ms")
     # the entropy histogram counts it, with the model's threshold marked
     figure = page.locator('#entropy figure[data-model="smol"]')
     assert figure.locator(".threshold-label").text_content() == "threshold 0.5"
