@@ -30,6 +30,14 @@ ADMIN = {"Authorization": "Bearer adm-1"}
 LIVE = "() => document.getElementById('connection').textContent === 'live'"
 
 
+def chat(gw: Gateway, model: str, *, api_key: str = "x", **kw: Any) -> Any:
+    """One chat completion through the openai SDK: the raw response (with lkn's headers). The
+    client is closed at once: a socket left to the garbage collector is a ResourceWarning."""
+    with gw.client(api_key=api_key) as client:
+        return client.chat.completions.with_raw_response.create(model=model, messages=MSG,
+                                                                **kw)
+
+
 def fake_lua(binary: str, logs: Path, server: str = "", args: str = "") -> str:
     return f"""
 server = {{ engine_start_timeout_s = 20, stop_grace_s = 1, log_dir = {lua_str(str(logs))},
@@ -82,15 +90,14 @@ def test_status_tells_the_dashboard_each_models_settings_and_waiting_requests(
     gw = gateway_factory(write_config(tmp_path, fake_lua(fake_binary, tmp_path / "logs",
                                                          args='"--fake-load-s", 1.5')))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(lambda: gw.client().chat.completions.create(model="fake",
-                                                                         messages=MSG))
+        answer = pool.submit(chat, gw, "fake")
         waiting = []
         deadline = time.monotonic() + 10
         while not answer.done() and time.monotonic() < deadline:
             waiting.append(http("GET", gw.base_url + "/status").json()["models"]["fake"]
                            ["waiting"])
             time.sleep(0.05)
-        assert answer.result(30).choices
+        assert answer.result(30).parse().choices
     assert 1 in waiting  # while its engine was starting
     model = http("GET", gw.base_url + "/status").json()["models"]["fake"]
     assert model["waiting"] == 0 and model["state"] == "idle"
@@ -190,8 +197,7 @@ def test_the_page_loads_without_console_errors(smol: Gateway, tab: Page) -> None
 def test_a_chat_request_appears_in_the_requests_table_within_two_seconds(
         smol: Gateway, tab: Page) -> None:
     page = tab.live(smol)
-    raw = smol.client().chat.completions.with_raw_response.create(model="smol", messages=MSG,
-                                                                  max_tokens=4)
+    raw = chat(smol, "smol", max_tokens=4)
     row = page.locator(f'#requests-table tr[data-id="{raw.headers["x-request-id"]}"]')
     row.wait_for(timeout=2000)
     assert cell(row, "model") == "smol"
@@ -233,9 +239,8 @@ def test_load_and_unload_buttons_drive_the_engine_and_the_panel_says_so(
 @needs_browser
 @pytest.mark.engine
 def test_a_swap_shows_on_the_timeline(smol: Gateway, tab: Page) -> None:
-    client = smol.client()
-    client.chat.completions.create(model="smol", messages=MSG, max_tokens=2)
-    client.chat.completions.create(model="smol-b", messages=MSG, max_tokens=2)
+    chat(smol, "smol", max_tokens=2)
+    chat(smol, "smol-b", max_tokens=2)
     page = tab.live(smol)  # the swap is in the history the page reads on connecting
     swap = page.locator("#swaps li", has_text="smol@512 stopped to make room for smol-b@512")
     swap.first.wait_for()
@@ -248,7 +253,7 @@ def test_a_swap_shows_on_the_timeline(smol: Gateway, tab: Page) -> None:
 @needs_browser
 @pytest.mark.engine
 def test_the_log_of_a_selected_engine_and_follow_mode(smol: Gateway, tab: Page) -> None:
-    smol.client().chat.completions.create(model="smol", messages=MSG, max_tokens=2)
+    chat(smol, "smol", max_tokens=2)
     page = tab.live(smol)
     page.locator("#logs-engine").select_option("smol@512")
     page.locator("#logs-lines").fill("20")
@@ -303,8 +308,7 @@ def test_with_admin_keys_the_page_asks_for_the_key_and_keeps_it_for_the_session(
         assert page.evaluate("localStorage.length") == 0
         assert page.evaluate("document.cookie") == ""
         # the event stream is read with the key: a request shows up
-        raw = gw.client(api_key="client-1").chat.completions.with_raw_response.create(
-            model="fake", messages=MSG)
+        raw = chat(gw, "fake", api_key="client-1")
         page.locator(f'#requests-table tr[data-id="{raw.headers["x-request-id"]}"]').wait_for()
         engine_card(page, "fake@2048").locator('button[data-action="unload"]').click()
         page.locator('article.engine[data-key="fake@2048"][data-state="stopped"]').wait_for()
