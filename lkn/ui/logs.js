@@ -57,7 +57,9 @@ export class LogsPanel {
       await this.api.stream(`${path}&follow=1`, (event) => {
         count += 1;
         const atEnd = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
-        out.append(`${count > 1 ? "\n" : ""}${event.line}`);
+        // A follower that falls behind is told how many lines it missed, not sent them.
+        const text = event.dropped ? `[… ${event.dropped} lines missed …]` : event.line;
+        out.append(`${count > 1 ? "\n" : ""}${text}`);
         if (count > KEEP_LINES) {
           out.textContent = out.textContent.split("\n").slice(-KEEP_LINES).join("\n");
           count = KEEP_LINES;
