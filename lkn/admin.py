@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .config import ModelConfig
 from .engines import operations
 from .engines.records import EngineRecord
 from .errors import BadRequest, ModelNotFound
@@ -73,8 +72,7 @@ def status_payload(state: GatewayState, window_s: float | None = None) -> dict[s
     engines = m.describe()
     windows = DEFAULT_WINDOWS + ((window_s,) if window_s and window_s not in DEFAULT_WINDOWS
                                  else ())
-    models = {model.name: {**_model_status(state, model.name, engines, now, windows),
-                           **_model_settings(state, model, engines)}
+    models = {model.name: _model_status(state, model.name, engines, now, windows)
               for model in state.cfg.models}
     running = [e for e in engines if e["state"] in ("starting", "ready", "stopping")]
     return {"uptime_s": round(now - state.started, 1),
@@ -100,25 +98,21 @@ def _model_status(state: GatewayState, name: str, engines: list[dict[str, Any]],
     return {"state": "active" if busy else "idle" if loaded else "unloaded",
             "engines": [e["engine"] for e in mine],
             "last_used_s_ago": round(now - last, 1) if last is not None else None,
-            "traffic": state.traffic.windows(name, now, windows)}
+            "traffic": state.traffic.windows(name, now, windows),
+            **_model_settings(state, name)}
 
 
-def _model_settings(state: GatewayState, model: ModelConfig,
-                    engines: list[dict[str, Any]]) -> dict[str, Any]:
+def _model_settings(state: GatewayState, name: str) -> dict[str, Any]:
     """What the dashboard shows beside the traffic: the homeostat's settings (its histogram
-    marks the threshold), the variants (load buttons), whether the engine can sleep, and
-    ``waiting``: the model's requests in lkn that hold none of its engines yet — queued for one,
-    having their tokens counted, or served by the model they escalated to."""
+    marks the threshold), the variants (load buttons) and whether the engine can sleep."""
+    model = next(m for m in state.cfg.models if m.name == name)
     h = model.homeostasis
-    requests = sum(1 for r in state.inflight.describe() if r["model"] == model.name)
-    leases = sum(e["in_flight"] for e in engines if e["model"] == model.name)
     return {"homeostasis": {"mode": h.mode, "threshold": h.threshold,
                             "intervention": h.intervention},
             "variants": [v.ctx_size for v in model.variants],
             "can_sleep": any(r.process.client.supports_sleep for r in state.manager.records()
-                             if r.model.name == model.name and not r.retired),
-            "pinned": model.pinned,
-            "waiting": max(0, requests - leases)}
+                             if r.model.name == name and not r.retired),
+            "pinned": model.pinned}
 
 
 async def status(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
-// The queue panel: how many requests wait for an engine, per model, and every request lkn holds
-// now (with a button to cancel one through the admin API).
+// The queue panel: how many requests wait for an engine and how many engines answer, per model
+// the requests lkn holds now, and each of them (with a button to cancel it).
 import { duration, el } from "./format.js";
 
 function perMinute(model) {
@@ -8,15 +8,15 @@ function perMinute(model) {
 }
 
 export function renderQueue(nodes, status, cancel) {
-  const waiting = Object.values(status.models).reduce((n, m) => n + (m.waiting || 0), 0);
+  const inLkn = new Map();
+  for (const r of status.requests) inLkn.set(r.model, (inLkn.get(r.model) || 0) + 1);
   nodes.summary.textContent = `${status.queued} queued for an engine, ${status.in_flight} `
-    + `being answered by one; ${status.requests.length} requests in lkn `
-    + `(${waiting} without an engine yet)`;
+    + `being answered by one; ${status.requests.length} requests in lkn`;
   nodes.models.replaceChildren(...Object.entries(status.models).map(([name, model]) =>
     el("tr", { "data-model": name },
        el("th", { scope: "row", text: name }),
        el("td", { text: model.state }),
-       el("td", { "data-field": "waiting", text: String(model.waiting ?? 0) }),
+       el("td", { "data-field": "requests", text: String(inLkn.get(name) || 0) }),
        el("td", { text: perMinute(model) }),
        el("td", { text: model.homeostasis
          ? `${model.homeostasis.mode} (threshold ${model.homeostasis.threshold})` : "–" }))));
