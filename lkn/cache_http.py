@@ -49,6 +49,7 @@ class CacheTicket:
         self._include_usage = include_usage
         self._accumulator: StreamAccumulator | None = None
         self._relayed_to_end = False
+        self._stored = False
 
     @classmethod
     def open(cls, cache: ResponseCache, metrics: Metrics, request: web.Request, route: str,
@@ -94,6 +95,11 @@ class CacheTicket:
         self._accumulator = StreamAccumulator()
         async for chunk in chunks:
             self._accumulator.feed(chunk)
+            if self._accumulator.done and not self._relayed_to_end:
+                # Stored before the client sees [DONE]: a client that asks again at once is
+                # answered from the cache, not by a race with this request's last steps.
+                self._relayed_to_end = True
+                self._store_stream()
             yield chunk
         self._relayed_to_end = True
 
@@ -113,9 +119,14 @@ class CacheTicket:
                 return
             self._cache.store(self.lookup, raw, has_usage=answer.get("usage") is not None)
             return
+        if not self._stored:
+            self._store_stream()
+
+    def _store_stream(self) -> None:
         acc = self._accumulator
-        if acc is None or not self._relayed_to_end:
+        if acc is None or not self._relayed_to_end or self._stored:
             return
+        self._stored = True
         acc.finish()
         assembled = acc.answer()
         if assembled is None:
