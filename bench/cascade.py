@@ -51,13 +51,20 @@ def load(name: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def ask(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None) -> dict[str, Any]:
+def _request(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None,
+             stream: bool = False) -> urllib.request.Request:
     body: dict[str, Any] = {"model": model, "temperature": 0, "max_tokens": 16,
                             "messages": [{"role": "user", "content": q["question"]}]}
+    if stream:
+        body["stream"] = True
     if lkn is not None:
         body["lkn"] = lkn
-    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    return urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                  headers={"Content-Type": "application/json"})
+
+
+def ask(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None) -> dict[str, Any]:
+    req = _request(base, model, q, lkn)
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=300) as resp:
         data = json.load(resp)
@@ -72,12 +79,7 @@ def ask(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None) ->
 def first_byte(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None
                ) -> tuple[float, str | None]:
     """Seconds to the first content event of a streamed answer, and the model that answered."""
-    body: dict[str, Any] = {"model": model, "temperature": 0, "max_tokens": 16, "stream": True,
-                            "messages": [{"role": "user", "content": q["question"]}]}
-    if lkn is not None:
-        body["lkn"] = lkn
-    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = _request(base, model, q, lkn, stream=True)
     t0 = time.perf_counter()
     first = None
     with urllib.request.urlopen(req, timeout=300) as resp:
@@ -160,8 +162,8 @@ def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> 
           f"max_tokens 16")
     print(f"cascade signal: probe_tokens {h.probe_tokens}, probe_score {h.probe_score}, "
           f"probe_aggregate {h.probe_aggregate}, threshold {h.threshold}")
-    print(f"\n| | accuracy [95 % CI] | share of strong's accuracy | escalated | "
-          f"mean latency s | p50 s | p90 s |")
+    print("\n| | accuracy [95 % CI] | share of strong's accuracy | escalated | "
+          "mean latency s | p50 s | p90 s |")
     print("|---|---|---:|---:|---:|---:|---:|")
 
     def line(name: str, right: np.ndarray | float, escalated: float, lat: np.ndarray | None,
