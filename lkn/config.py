@@ -150,6 +150,12 @@ class ModelConfig:
         return self.backends or (self,)
 
     @property
+    def engine_tokenizes(self) -> bool:
+        """Its engine counts tokens itself (``/tokenize``), and lkn reads its tokenizer from
+        its model file: llama-server and SGLang. Others count only with ``tokenizer_path``."""
+        return self.engine in ("llamacpp", "sglang")
+
+    @property
     def public(self) -> str:
         """The name clients use (a backend's parent)."""
         return self.parent or self.name

@@ -44,9 +44,12 @@ class LknError(Exception):
             self.code = code
         self.extra_headers = dict(headers or {})
 
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code, "source": "lkn"}}
+    def body(self, request_id: str = "") -> dict[str, Any]:
+        error = {"message": self.message, "type": self.type, "param": self.param,
+                 "code": self.code, "source": "lkn"}
+        if request_id:
+            error["request_id"] = request_id
+        return {"error": error}
 
     def headers(self) -> dict[str, str]:
         h = {ERROR_SOURCE_HEADER: "lkn"}

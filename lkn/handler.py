@@ -80,7 +80,6 @@ class RequestHandler:
     _failed_backend: str | None = None       # the backend that just failed (it is retried)
     _exclude: frozenset[str] = frozenset()   # backends this request failed on
     _sticky: str | None = None               # the balancer's key for sticky backends
-    _client_body: dict[str, Any] = {}        # the request as the client sent it (streams)
     ttft_s: float | None = None           # time to the first streamed event
     _arrived: float | None = None  # when this request first queued for an engine
 
@@ -207,10 +206,8 @@ class RequestHandler:
     async def _error_event(self, exc: LknError) -> web.StreamResponse:
         """An error after the SSE headers went out: an error event, then the end."""
         assert self._early is not None
-        body = exc.body()
-        body["error"]["request_id"] = self.request_id
         with contextlib.suppress(ConnectionResetError):
-            await self._early.write(frame_json(body))
+            await self._early.write(frame_json(exc.body(self.request_id)))
             await self._early.write_eof()
         return self._early
 
@@ -348,7 +345,7 @@ class RequestHandler:
         manager, s = self.state.manager, self.state.cfg.server
         answer = explicit_answer_budget(body)
         embeddings = route == "embeddings"
-        if model.engine in ("remote", "command", "backends") and model.tokenizer_path is None:
+        if not model.engine_tokenizes and model.tokenizer_path is None:
             # A server lkn has no tokenizer for counts for itself and refuses what does not
             # fit: the smallest variant that holds the answer budget is started.
             return await self._acquire(model, Demand(0, answer, embeddings=embeddings), 0,
@@ -364,7 +361,7 @@ class RequestHandler:
                                        bound, "bound", headers, arrived)
         proc = manager.ready_process(model.name)
         live = None
-        if proc is not None and model.engine in ("llamacpp", "sglang"):
+        if proc is not None and model.engine_tokenizes:
             client, base = proc.client, proc.base_url
             live = lambda: client.count_tokens(self.state.session, base, route, body)  # noqa: E731
         local_path, local_kind = local_source(model)
@@ -521,15 +518,15 @@ class RequestHandler:
                             answer_usage(raw, time.monotonic() - sent))
                 return web.Response(body=await thinking.response(raw), status=upstream.status,
                                     content_type="application/json", headers=headers)
-            self._client_body = body
             return await self._relay_stream(request, upstream, lease, headers, started, thinking,
-                                            strip_usage=strip_usage)
+                                            strip_usage=strip_usage, body=body)
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             lease: Lease, headers: dict[str, str],
                             started: float,
                             thinking: ThinkingRelay | None = None, *,
-                            strip_usage: bool = False) -> web.StreamResponse:
+                            strip_usage: bool = False,
+                            body: dict[str, Any] | None = None) -> web.StreamResponse:
         resp = self._early
         if resp is None:
             resp = web.StreamResponse(status=200, headers=sse_headers(headers))
@@ -543,7 +540,7 @@ class RequestHandler:
         try:
             source = upstream.content.iter_any()
             if not lease.client.openai_wire:  # e.g. Anthropic's events, as OpenAI chunks
-                source = lease.client.translate_stream(source, self._client_body)
+                source = lease.client.translate_stream(source, body or {})
             # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
             relayed = thinking.stream(source) if thinking is not None and thinking.splits \
                 else source
@@ -582,10 +579,8 @@ class RequestHandler:
                        f"(it stopped or crashed mid-answer)")
         if failure is not None:
             log.warning("stream for model=%s failed: %s", model, failure)
-            error = UpstreamError(failure).body()
-            error["error"]["request_id"] = self.request_id
             try:
-                await resp.write(frame_json(error))
+                await resp.write(frame_json(UpstreamError(failure).body(self.request_id)))
             except ConnectionResetError:
                 pass
         try:

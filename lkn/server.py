@@ -50,10 +50,7 @@ class Lifecycle:
 
 
 def _error_response(exc: LknError, rid: str = "") -> web.Response:
-    body = exc.body()
-    if rid:
-        body["error"]["request_id"] = rid
-    return web.json_response(body, status=exc.status, headers=exc.headers())
+    return web.json_response(exc.body(rid), status=exc.status, headers=exc.headers())
 
 
 @web.middleware

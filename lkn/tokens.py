@@ -132,7 +132,7 @@ atexit.register(local_tokenizer.cache_clear)
 def local_source(model: ModelConfig) -> tuple[str, str]:
     """Where a model's tokenizer is read from without its engine: (path, "gguf" | "hf")."""
     path = model.tokenizer_path or model.variants[0].model_file
-    if model.engine in ("remote", "command"):  # whatever tokenizer the operator pointed at
+    if not model.engine_tokenizes:  # whatever tokenizer the operator pointed at
         return path, "gguf" if path.endswith(".gguf") else "hf"
     return path, "hf" if model.engine == "sglang" else "gguf"
 

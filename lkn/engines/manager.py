@@ -319,6 +319,9 @@ class EngineManager:
 
         await asyncio.gather(*(one(r) for r in running))
 
+    def _in_flight_of(self, model: ModelConfig) -> int:
+        return sum(r.in_flight for r in self._records_of(model))
+
     def _backend_allowed(self, group: str, policy: BreakerPolicy, now: float) -> bool:
         return self.breakers.get(group, Breaker()).allows(policy, now)
 
@@ -326,7 +329,7 @@ class EngineManager:
         now = self._clock()
         return [{"backend": b.name, "weight": b.weight,
                  "upstream": b.upstream.url if b.upstream else None,
-                 "in_flight": sum(r.in_flight for r in self._records_of(b)),
+                 "in_flight": self._in_flight_of(b),
                  "breaker": self.breakers.get(b.name, Breaker()).describe(b.breaker, now)}
                 for b in model.backends]
 
@@ -334,8 +337,7 @@ class EngineManager:
         if not model.backends:
             return ()
         turn = self._turns[model.name] = self._turns.get(model.name, -1) + 1  # per model
-        backends = [Backend(b.name, b.weight, sum(r.in_flight for r in self._records_of(b)))
-                    for b in model.backends]
+        backends = [Backend(b.name, b.weight, self._in_flight_of(b)) for b in model.backends]
         return tuple(balance_order(model.balance, backends, turn=turn, rng=self._rng,
                                    key=key))
 

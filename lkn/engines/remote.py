@@ -99,10 +99,7 @@ class RemoteEngine(EngineClient):
 
     async def translate_stream(self, source: AsyncIterator[bytes],
                                body: dict[str, Any]) -> AsyncIterator[bytes]:
-        if not self.anthropic:
-            async for chunk in source:
-                yield chunk
-            return
+        """Anthropic's events as OpenAI chunks (the relay calls this only off OpenAI's wire)."""
         options = body.get("stream_options")
         translator = anthropic.StreamTranslator(
             self.model.public,
