@@ -349,7 +349,7 @@ class RequestHandler:
             # A server lkn has no tokenizer for counts for itself and refuses what does not
             # fit: the smallest variant that holds the answer budget is started.
             return await self._acquire(model, Demand(0, answer, embeddings=embeddings), 0,
-                                       "skipped", headers)
+                                       "skipped", headers, arrived)
         bound = prompt_bound(route, body, await model_shape(model))
         if bound is not None and bound_decides(
                 manager.variants(model), bound, answer_tokens=answer, margin=s.token_margin,

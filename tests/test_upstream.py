@@ -121,10 +121,15 @@ def test_the_homeostat_escalates_to_a_remote_model(upstream: Any, make_gw: Any) 
     gw = make_gw(url, local='args = { "--fake-entropy", "high" }, homeostasis = { '
                             'mode = "homeostatic", intervention = "escalate", '
                             'escalate_to = "remote", threshold = 0.1 }')
+    from tests.test_escalation_gateway import record_acquires
+    calls = record_acquires(gw)
     raw = gw.client().chat.completions.with_raw_response.create(model="local", messages=MSG)
     assert raw.parse().choices[0].message.content == "Paris is the capital."
     assert raw.headers["x-lkn-escalated-from"] == "local"
     assert raw.headers["x-lkn-model"] == "remote"
+    # the remote model counts no tokens, and still queues by the request's first arrival
+    assert [c["model"] for c in calls] == ["local", "remote"]
+    assert calls[1]["arrived"] is not None
 
 
 def test_a_remote_model_is_configured_without_files(tmp_path: Path) -> None:
