@@ -237,6 +237,21 @@ def read_until(resp: Any, wanted: bytes, limit: int = 60) -> list[bytes]:
     return seen
 
 
+def wait_http(url: str, timeout_s: float, what: str, status: int | None = None) -> None:
+    """Until ``url`` answers a GET (with ``status``, when given); fails the test after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            got = http("GET", url, timeout=2).status_code
+            if status is None or got == status:
+                return
+        except OSError:  # not listening yet
+            pass
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def lkn_daemon(config: Path, port: int, **popen: Any) -> Iterator[tuple[Any, Any]]:
     """``python -m lkn serve`` as a real daemon; yields (process, openai client) once it
@@ -277,14 +292,7 @@ def upstream(tmp_path: Path) -> Iterator[Any]:
         proc = subprocess.Popen([sys.executable, str(FAKE_UPSTREAM), "--port", str(port),
                                  "--key", SECRET, "--capture", str(capture), *flags])
         procs.append(proc)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if http("GET", f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code:
-                    break
-            except OSError:  # not listening yet
-                assert time.monotonic() < deadline, "fake upstream did not start"
-                time.sleep(0.05)
+        wait_http(f"http://127.0.0.1:{port}/v1/models", 20, "fake upstream")
         return f"http://127.0.0.1:{port}/v1", capture
 
     yield start

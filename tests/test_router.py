@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from tests.conftest import ROOT, free_port, http, lkn_daemon, lua_str
+from tests.conftest import ROOT, free_port, lkn_daemon, lua_str, wait_http
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None,
                                 reason="sglang-router is not installed (the test extra has it)")
@@ -51,16 +50,7 @@ def test_two_lkn_nodes_behind_sgl_router_survive_one_killed(tmp_path: Path,
              "--health-check-endpoint", "/ready", "--health-check-interval-secs", "1",
              "--worker-urls", f"http://127.0.0.1:{p1}", f"http://127.0.0.1:{p2}"], **quiet)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if http("GET", f"http://127.0.0.1:{router_port}/health",
-                            timeout=2).status_code == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, "the router did not start"
-                time.sleep(0.2)
+            wait_http(f"http://127.0.0.1:{router_port}/health", 60, "the router", status=200)
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{router_port}/v1",
                                    api_key="x", max_retries=0, timeout=60)
             client.chat.completions.create(model="m", messages=MSG)  # engines warm
