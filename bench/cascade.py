@@ -38,8 +38,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from _lkn import child, wait_until_up  # noqa: E402
-from lkn.answers import matches  # noqa: E402
-from lkn.calibrate_math import auroc, curve  # noqa: E402
+from lkn.homeostat.answers import matches  # noqa: E402
+from lkn.homeostat.calibration import auroc, curve  # noqa: E402
 from lkn.config import load_config  # noqa: E402
 
 CONFIG = os.path.join(HERE, "cascade.cfg.lua")

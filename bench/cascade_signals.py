@@ -37,10 +37,10 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from _lkn import child, smollm2  # noqa: E402
-from lkn.answers import matches  # noqa: E402
-from lkn.calibrate_math import auroc, bootstrap  # noqa: E402
+from lkn.homeostat.answers import matches  # noqa: E402
+from lkn.homeostat.calibration import auroc, bootstrap  # noqa: E402
 from lkn.engines.llamacpp import default_binary  # noqa: E402
-from lkn.probe import aggregate, answer_position, disagreement, token_uncertainty  # noqa: E402
+from lkn.homeostat.probe import aggregate, answer_position, disagreement, token_uncertainty  # noqa: E402
 
 STRONG = os.path.join(os.path.dirname(HERE), ".models", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
 OUT = os.path.join(HERE, "out")

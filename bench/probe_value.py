@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from _lkn import running_lkn  # noqa: E402
-from lkn.probe import aggregate, answer_position, normalized_entropy  # noqa: E402
+from lkn.homeostat.probe import aggregate, answer_position, normalized_entropy  # noqa: E402
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
-from lkn import scheduler as sched  # noqa: E402
+from lkn.fleet import scheduler as sched  # noqa: E402
 
 MODELS = ("big", "mid", "small")
 SHARE = (0.6, 0.3, 0.1)

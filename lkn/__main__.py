@@ -11,15 +11,15 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from . import cli
-from .config import load_config, missing_model_files, parse_listen, summary
-from .errors import ConfigError
-from .inflight import REQUEST_ID
-from .loop import run
+from lkn import cli
+from lkn.config import load_config, missing_model_files, parse_listen, summary
+from lkn.errors import ConfigError
+from lkn.ops.inflight import REQUEST_ID
+from lkn.gateway.loop import run
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from lkn.gateway.server import serve
 
     try:
         cfg = load_config(args.config)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="wait up to this long for lkn to answer (e.g. right after a start)")
     p.set_defaults(func=_status)
     cli.register(sub)
-    from .calibrate import register as register_calibrate
+    from lkn.calibrate import register as register_calibrate
     register_calibrate(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level,

@@ -26,11 +26,11 @@ from typing import Any, Sequence
 import aiohttp
 import numpy as np
 
-from .answers import matches, parse_item
-from .calibrate_math import Point, auroc, bootstrap, curve, threshold_for_accuracy
-from .calibrate_math import threshold_for_share
-from .config import Config, load_config
-from .errors import ConfigError
+from lkn.homeostat.answers import matches, parse_item
+from lkn.homeostat.calibration import Point, auroc, bootstrap, curve, threshold_for_accuracy
+from lkn.homeostat.calibration import threshold_for_share
+from lkn.config import Config, load_config
+from lkn.errors import ConfigError
 
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 async def measure(cfg: Config, model: str, strong: str | None,
                   questions: Sequence[dict[str, Any]], max_tokens: int) -> list[dict[str, Any]]:
     """Every question through an in-process gateway: score, answer, right (and strong_right)."""
-    from .server import serve
+    from lkn.gateway.server import serve
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

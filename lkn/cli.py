@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Iterator
 
-from .config import parse_listen
+from lkn.config import parse_listen
 
 DEFAULT_ADDRESS = "127.0.0.1:8080"
 

@@ -10,7 +10,7 @@ boundary and ``plain_data_events`` says whether a run of events is already frame
 """
 from __future__ import annotations
 
-from . import fastjson
+from lkn import fastjson
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -66,7 +66,18 @@ def frame(data: str) -> bytes:
 
 
 def frame_json(obj: Any) -> bytes:
-    return b"data: " + fastjson.dumps(obj) + b"\n\n"
+    return frame_bytes(fastjson.dumps(obj))
+
+
+def frame_bytes(payload: bytes) -> bytes:
+    """One event whose payload is already encoded (one line: JSON)."""
+    return b"data: " + payload + b"\n\n"
+
+
+def sse_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The headers of every event stream lkn sends: ``headers`` plus the stream's own."""
+    return {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"}
 
 
 class EventSplitter:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lkn.answers import matches, parse_item
+from lkn.homeostat.answers import matches, parse_item
 
 
 @pytest.mark.parametrize("rule, answer, text, expected", [

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from lkn.anthropic import StreamTranslator, from_message, to_messages_request
+from lkn.engines.anthropic import StreamTranslator, from_message, to_messages_request
 from lkn.errors import BadRequest
 from tests.conftest import SECRET, Gateway, http, lua_str, write_config
 

@@ -164,7 +164,7 @@ models = { { name = "m", aliases = { "mm" },
 
 def test_active_health_checks_open_the_circuit_of_a_dead_backend(
         upstream: Any, make_gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lkn import server
+    from lkn.gateway import server
     from tests.conftest import engine_processes
     monkeypatch.setattr(server, "BACKEND_CHECK_S", 0.2)
     (u1, _), (u2, _) = upstream(), upstream()

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from lkn.balance import Backend, order
-from lkn.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerPolicy
+from lkn.fleet.balance import Backend, order
+from lkn.fleet.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerPolicy
 
 THREE = [Backend("a"), Backend("b"), Backend("c")]
 

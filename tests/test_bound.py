@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from lkn.bound import TemplateShape, prompt_bound
-from lkn.selector import VariantInfo, bound_decides
+from lkn.engines.bound import TemplateShape, prompt_bound
+from lkn.fleet.selector import VariantInfo, bound_decides
 
 SHAPE = TemplateShape(fixed=100, per_message=30)
 

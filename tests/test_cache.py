@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lkn.cache import (BYPASS, ENTRY_OVERHEAD, HIT, MISS, ResponseCache, Store, deterministic,
+from lkn.cache.store import (BYPASS, ENTRY_OVERHEAD, HIT, MISS, ResponseCache, Store, deterministic,
                        model_fingerprint, request_key)
 from lkn.config import CacheConfig, ConfigError, HomeostasisConfig, build_config
 

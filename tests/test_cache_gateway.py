@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from lkn.server import reload_config
+from lkn.gateway.server import reload_config
 from tests.conftest import Gateway, http, lua_str, write_config
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -133,7 +133,7 @@ def test_no_cache_and_lkn_cache_false_bypass_and_store_nothing(gw: Gateway,
     assert metric(gw, "lkn_cache_requests_total", model="fake", result="bypass") == 4
     bad = http("POST", gw.base_url + "/v1/chat/completions", json.dumps(
         {"model": "fake", "messages": MSG, "lkn": {"cache": "no"}}))
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lkn.cache"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lkn.cache.store"
 
 
 def test_sampled_requests_are_never_cached_but_seeded_ones_are(gw: Gateway,

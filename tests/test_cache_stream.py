@@ -8,7 +8,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.completion import Completion
 
-from lkn.cache_stream import StreamAccumulator, replay
+from lkn.cache.stream import StreamAccumulator, replay
 from lkn.sse import SSEParser
 
 HEAD = {"id": "chatcmpl-1", "created": 7, "model": "m", "object": "chat.completion.chunk"}

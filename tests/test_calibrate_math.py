@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lkn.calibrate_math import (auroc, bootstrap, curve, threshold_for_accuracy,
+from lkn.homeostat.calibration import (auroc, bootstrap, curve, threshold_for_accuracy,
                                 threshold_for_share)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lkn.chat_template import read_template_info
-from lkn.gguf import GGUFError, read_array_items
-from lkn.tokens import local_tokenizer
+from lkn.engines.chat_template import read_template_info
+from lkn.engines.gguf import GGUFError, read_array_items
+from lkn.engines.tokens import local_tokenizer
 from tests.conftest import ROOT, smollm2_path
 
 

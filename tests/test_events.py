@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from lkn.events import EventBus
+from lkn.ops.events import EventBus
 
 
 async def test_subscribers_get_events_in_order_and_late_ones_see_history() -> None:

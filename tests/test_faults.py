@@ -13,18 +13,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-import lkn.server
+import lkn.gateway.server
 from lkn.config import build_config, load_config
 from lkn.engines.base import EngineClient
 from lkn.engines.gpu import GpuMonitor
 from lkn.engines.logs import LogRing
-from lkn.engines.manager import EngineManager
+from lkn.fleet.manager import EngineManager
 from lkn.engines.process import State, StateCallback
-from lkn.engines.records import Demand
+from lkn.fleet.records import Demand
 from lkn.errors import EngineUnavailable
-from lkn.handler import GatewayState, RequestHandler
-from lkn.metrics import Metrics
-from lkn.server import RELOADER, reload_config
+from lkn.request.handler import GatewayState, RequestHandler
+from lkn.ops.metrics import Metrics
+from lkn.gateway.server import RELOADER, reload_config
 from tests.conftest import Gateway, http, lua_str, write_config
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -287,7 +287,7 @@ async def test_a_client_gone_mid_stream_is_not_taken_for_an_engine_failure(
             def normalize_stream_data(data: str) -> str:
                 return data
 
-    monkeypatch.setattr("lkn.handler.web.StreamResponse", GoneClient)
+    monkeypatch.setattr("lkn.request.handler.web.StreamResponse", GoneClient)
     cfg = build_config({"models": [{"name": "a", "model_file": "/x", "ctx_size": 8}]})
     state = GatewayState(cfg=cfg, manager=None, session=None, metrics=Metrics(),  # type: ignore[arg-type]
                          started=time.monotonic())

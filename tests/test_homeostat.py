@@ -4,7 +4,7 @@ import pytest
 
 from lkn.config import HomeostasisConfig
 from lkn.errors import BadRequest
-from lkn.homeostat import request_overrides, with_reasoning, with_verify_prompt
+from lkn.homeostat.interventions import request_overrides, with_reasoning, with_verify_prompt
 
 V = "Verify."
 

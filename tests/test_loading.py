@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from lkn import loading
+from lkn.request import loading
 from tests.conftest import Gateway, lua_str, read_until, write_config
 
 MSG = [{"role": "user", "content": "hello there"}]

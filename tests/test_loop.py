@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from lkn.loop import loop_factory, run
+from lkn.gateway.loop import loop_factory, run
 
 
 def test_lkn_serves_on_uvloop_when_it_is_installed() -> None:

@@ -24,9 +24,9 @@ from lkn.config import Config, build_config
 from lkn.engines.base import EngineClient
 from lkn.engines.gpu import GpuMonitor
 from lkn.engines.logs import LogRing
-from lkn.engines.manager import EngineManager
+from lkn.fleet.manager import EngineManager
 from lkn.engines.process import EngineStartError, State, StateCallback
-from lkn.engines.records import Demand, Lease
+from lkn.fleet.records import Demand, Lease
 from lkn.errors import LknError
 
 BUDGET = 1000

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from lkn.notify import Notifier
+from lkn.ops.notify import Notifier
 from tests.conftest import free_port, lkn_daemon, lua_str
 
 

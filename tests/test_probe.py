@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lkn.probe import (ANALYTIC, FLUID, aggregate, classify, disagreement, normalized_entropy,
+from lkn.homeostat.probe import (ANALYTIC, FLUID, aggregate, classify, disagreement, normalized_entropy,
                        token_uncertainty)
 
 LN = math.log

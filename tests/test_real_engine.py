@@ -18,9 +18,9 @@ import openai
 import psutil
 import pytest
 
-from lkn.bound import model_shape, prompt_bound
+from lkn.engines.bound import model_shape, prompt_bound
 from lkn.engines.process import State
-from lkn.tokens import count_locally
+from lkn.engines.tokens import count_locally
 from tests.conftest import (Gateway, free_port, http, lkn_daemon, lua_str, smollm2_path,
                             write_config)
 
@@ -228,7 +228,7 @@ def test_probe_on_real_engine(gw: Gateway) -> None:
     result = gw.call(proc.client.probe, gw.state.session, proc.base_url, "chat",
                      {"model": "smol", "messages": SHORT}, 10, 1)
     assert len(result.positions) == 1 and len(result.positions[0]) == 10
-    from lkn.probe import normalized_entropy
+    from lkn.homeostat.probe import normalized_entropy
     h = normalized_entropy(result.positions[0])
     assert h is not None and 0.0 <= h <= 1.0
 

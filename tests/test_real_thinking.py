@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lkn.thinking import engine_body
+from lkn.relay.thinking import engine_body
 from tests.conftest import TESTS, Gateway, http, lua_str, smollm2_path, write_config
 
 pytestmark = pytest.mark.engine

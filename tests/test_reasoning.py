@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lkn.reasoning import (ANALYSIS, COMMENTARY, FINAL, H_CHANNEL, H_END, H_MESSAGE, H_START,
+from lkn.relay.reasoning import (ANALYSIS, COMMENTARY, FINAL, H_CHANNEL, H_END, H_MESSAGE, H_START,
                            THINK_CLOSE, THINK_OPEN, Piece, ReasoningParser, join, split)
 
 HARMONY_FULL = ("<|channel|>analysis<|message|>The user wants 2+2.<|end|>"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lkn.scheduler import (ASLEEP, READY, STARTING, STOPPING, Grant, Option, Slot, Start, Stop,
+from lkn.fleet.scheduler import (ASLEEP, READY, STARTING, STOPPING, Grant, Option, Slot, Start, Stop,
                            Waiter, admit, decide)
 
 A512 = Option("a@512", 512, 1000)

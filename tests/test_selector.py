@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from lkn.errors import ContextLengthExceeded
-from lkn.scheduler import Option
-from lkn.selector import (VariantInfo, candidate_options, explicit_answer_budget, need,
+from lkn.fleet.scheduler import Option
+from lkn.fleet.selector import (VariantInfo, candidate_options, explicit_answer_budget, need,
                           options_for)
 
 VARIANTS = [VariantInfo("m@512", 512, 400), VariantInfo("m@2048", 2048, 700),

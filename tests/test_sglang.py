@@ -18,8 +18,8 @@ from lkn.config import ConfigError, ModelConfig, VariantConfig
 from lkn.engines.llamacpp import LlamaCppEngine
 from lkn.engines.process import EngineStartError, State
 from lkn.engines.sglang import SGLangEngine
-from lkn.probe import normalized_entropy
-from lkn.tokens import count_locally
+from lkn.homeostat.probe import normalized_entropy
+from lkn.engines.tokens import count_locally
 from tests.conftest import FAKE_SGLANG, Gateway, http, lua_str, write_config
 from tests.sglang_support import (MSG, dead, fake_python, gw, hf_dir,  # noqa: F401
                                   sg_process)

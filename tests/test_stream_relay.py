@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lkn.sse import EventSplitter, plain_data_events
-from lkn.stream_relay import StreamRelay
+from lkn.relay.stream import StreamRelay
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from lkn.homeostat import without_reasoning
-from lkn.thinking import StreamShaper, engine_body, split_message
+from lkn.homeostat.interventions import without_reasoning
+from lkn.relay.thinking import StreamShaper, engine_body, split_message
 
 MSG = [{"role": "user", "content": "hi"}]
 

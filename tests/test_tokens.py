@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from lkn.tokens import count_locally, count_prompt, estimate_tokens
+from lkn.engines.tokens import count_locally, count_prompt, estimate_tokens
 from tests.conftest import smollm2_path
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from lkn.traffic import Finished, TrafficStats, p95
+from lkn.ops.traffic import Finished, TrafficStats, p95
 
 
 @pytest.mark.parametrize("values, expected", [

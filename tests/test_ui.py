@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from lkn.ui_static import CONTENT_TYPES, UI_DIR
+from lkn.gateway.ui_static import CONTENT_TYPES, UI_DIR
 from tests.conftest import ROOT, Gateway, http, lua_str, smollm2_path, write_config
 from tests.sglang_support import fake_python, hf_dir, sg_config  # noqa: F401
 

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from lkn import fastjson
-from lkn.upstream import with_usage
-from lkn.usage import Usage, answer_usage, read_usage
+from lkn.engines.upstream import with_usage
+from lkn.ops.usage import Usage, answer_usage, read_usage
 
 U = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from lkn.errors import BadRequest
-from lkn.validate import validate_chat
+from lkn.request.validate import validate_chat
 
 MSG = [{"role": "user", "content": "hi"}]
 PERSON = {"type": "object", "properties": {"name": {"type": "string"},

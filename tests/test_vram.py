@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 
 from lkn.config import ModelConfig, VariantConfig
-from lkn.gguf import read_metadata
-from lkn.vram import estimate_mb, gguf_shape, variant_vram_mb
+from lkn.engines.gguf import read_metadata
+from lkn.engines.vram import estimate_mb, gguf_shape, variant_vram_mb
 from tests.conftest import smollm2_path
 
 MIB = 1024 * 1024

@@ -15,8 +15,8 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from ..config import ModelConfig, VariantConfig
-from .footprint import Footprint
+from lkn.config import ModelConfig, VariantConfig
+from lkn.engines.footprint import Footprint
 
 
 class EngineRequestError(Exception):
@@ -67,7 +67,7 @@ class EngineClient(ABC):
 
     @property
     def key(self) -> str:
-        return f"{self.model.name}@{self.variant.ctx_size}"
+        return self.model.variant_name(self.variant)
 
     # ---- process
     @abstractmethod

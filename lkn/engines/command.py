@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import EngineClient, EngineRequestError, ProbeResult, Readiness, openai_probe
+from lkn.engines.base import EngineClient, EngineRequestError, ProbeResult, Readiness, openai_probe
 
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=5)
 

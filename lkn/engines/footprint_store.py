@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Any
 
-from .footprint import Footprint
+from lkn.engines.footprint import Footprint
 
 log = logging.getLogger("lkn.footprint")
 FILE_NAME = "footprints.json"

@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 
-from .base import (EngineClient, EngineRequestError, ProbeResult, Readiness, openai_probe,
+from lkn.engines.base import (EngineClient, EngineRequestError, ProbeResult, Readiness, openai_probe,
                    read_json)
-from .footprint import REPORT_MARKER, Footprint, parse_footprint
+from lkn.engines.footprint import REPORT_MARKER, Footprint, parse_footprint
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 

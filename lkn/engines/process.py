@@ -27,11 +27,11 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from .base import EngineClient
-from .logs import LogRing
-from .proctree import (PortError, PortPool, die_with_parent, kill_survivors, process_tree,
+from lkn.engines.base import EngineClient
+from lkn.engines.logs import LogRing
+from lkn.engines.proctree import (PortError, PortPool, die_with_parent, kill_survivors, process_tree,
                        signal_group, wait_exit)
-from .registry import TAG_ENV, EngineRegistry, kill_tree_of
+from lkn.engines.registry import TAG_ENV, EngineRegistry, kill_tree_of
 
 log = logging.getLogger("lkn.engine")
 

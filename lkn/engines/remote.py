@@ -17,14 +17,14 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import aiohttp
 
-from .. import anthropic
-from ..config import ModelConfig, UpstreamConfig, VariantConfig
-from ..errors import BadRequest
-from ..sse import Event, SSEParser, frame
-from .base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
+from lkn.engines import anthropic
+from lkn.config import ModelConfig, UpstreamConfig, VariantConfig
+from lkn.errors import BadRequest
+from lkn.sse import Event, SSEParser, frame
+from lkn.engines.base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
                    openai_probe)
-from .logs import LogRing
-from .process import EngineStartError, State
+from lkn.engines.logs import LogRing
+from lkn.engines.process import EngineStartError, State
 
 log = logging.getLogger("lkn.remote")
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10)

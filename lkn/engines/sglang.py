@@ -30,8 +30,8 @@ from typing import Any
 
 import aiohttp
 
-from ..tokens import generation_prompt
-from .base import (EngineClient, EngineCrashed, EngineRequestError, ProbeResult, Readiness,
+from lkn.engines.tokens import generation_prompt
+from lkn.engines.base import (EngineClient, EngineCrashed, EngineRequestError, ProbeResult, Readiness,
                    read_json)
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)

@@ -1,0 +1,1 @@
+"""The response cache: the store, its HTTP ticket, stream assembly."""

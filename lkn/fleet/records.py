@@ -1,0 +1,162 @@
+"""One record per engine instance, and the lease a request holds on one.
+
+An ``EngineRecord`` is everything the manager knows about one engine of one config generation:
+its spec (model + variant), the ``EngineProcess`` that owns the child, requests in flight, last
+use, VRAM estimate, whether a reload retired it, and its failure history. Grants and leases
+carry the record itself, never a key string, so a reload that replaces a variant can never make a
+lease point at the wrong engine. The process state is read from ``EngineProcess``, never copied;
+the record only adds what the manager itself is doing to the engine (starting, stopping,
+releasing memory).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lkn.fleet import scheduler as sched
+from lkn.config import ModelConfig, VariantConfig
+from lkn.fleet.failures import FailureHistory, FailurePolicy
+from lkn.engines.base import EngineClient
+from lkn.engines.process import EngineProcess, State
+
+if TYPE_CHECKING:
+    from lkn.fleet.manager import EngineManager
+
+_SCHED_STATE = {State.STARTING: sched.STARTING, State.READY: sched.READY,
+                State.STOPPING: sched.STOPPING, State.ASLEEP: sched.ASLEEP}
+
+
+def variant_key(model: ModelConfig, variant: VariantConfig) -> str:
+    """A variant's name, for people and for the running config's table: ``model@ctx``."""
+    return model.variant_name(variant)
+
+
+def engine_identity(client: EngineClient) -> str:
+    """What a running engine was started from: its command line (port left out), its own
+    environment and its health settings. A reload restarts an engine only if this changed."""
+    return json.dumps({"kind": type(client).__qualname__, "argv": client.argv(0),
+                       "env": sorted(client.model.env), "health": client.health_settings()},
+                      sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a request needs from a model, kept so that a reload can re-plan a queued request."""
+    prompt_tokens: int
+    answer_tokens: int | None  # max_tokens / max_completion_tokens as sent, None if absent
+    embeddings: bool = False
+    ctx: int | None = None  # only this variant (an operator's load)
+    exclude: frozenset[str] = frozenset()  # backends this request already failed on
+    sticky_key: str | None = None          # for balance = "sticky"
+
+
+class EngineRecord:
+    vram_estimate_mb: int | None = None     # from the model's files (lkn.vram)
+    vram_measured_mb: float | None = None   # the engine's own report (engines.footprint)
+
+    def __init__(self, record_id: int, model: ModelConfig, variant: VariantConfig,
+                 process: EngineProcess, vram_mb: int, identity: str) -> None:
+        self.id = record_id
+        self.model = model
+        self.variant = variant
+        self.process = process
+        self.vram_mb = vram_mb
+        self.identity = identity
+        self.in_flight = 0
+        self.last_used = 0.0
+        self.retired = False
+        self.unloading = False   # an operator unloads it: no grants, stopped once idle
+        self.stop_reason = ""    # why the current or last stop was made (events, logs)
+        self.stops = 0           # times it reached STOPPED or FAILED (an unload waits for one)
+        self.starting = False    # a start (or wake) task of the manager is running
+        self.stopping = False    # a stop task is running
+        self.releasing = False   # memory is being released (sleep): no grants meanwhile
+        self.stop_retry_at = 0.0  # after a stop that failed unexpectedly: not before this
+        self.history = FailureHistory()
+        self.crashes = 0
+
+    @property
+    def key(self) -> str:
+        """The variant's name, for people: ``model@ctx``. Not unique across reloads."""
+        return variant_key(self.model, self.variant)
+
+    @property
+    def slot_id(self) -> str:
+        """Unique for the manager's lifetime: the scheduler's name for this engine."""
+        return f"{self.key}#{self.id}"
+
+    def adopt(self, model: ModelConfig, variant: VariantConfig, vram_mb: int, *,
+              start_timeout_s: float, stop_grace_s: float) -> None:
+        """A reload kept this engine (same identity): take the new spec's other settings,
+        the process's timeouts included (read at its next start or stop)."""
+        self.model, self.variant, self.vram_mb = model, variant, vram_mb
+        client = self.process.client
+        client.model, client.variant = model, variant
+        self.process.start_timeout_s = start_timeout_s
+        self.process.stop_grace_s = client.stop_grace_s(stop_grace_s)
+
+    def running(self) -> bool:
+        return self.sched_state() is not None
+
+    def sched_state(self) -> str | None:
+        if self.stopping or self.releasing:
+            return sched.STOPPING
+        if self.starting:
+            return sched.STARTING
+        return _SCHED_STATE.get(self.process.state)
+
+    def slot(self) -> sched.Slot | None:
+        state = self.sched_state()
+        if state is None:
+            return None  # stopped or failed: holds nothing
+        return sched.Slot(self.slot_id, self.model.name, self.variant.ctx_size, self.vram_mb,
+                          state, self.in_flight, self.last_used,
+                          self.retired or self.unloading, capacity=self.model.parallel,
+                          pinned=self.model.pinned and not self.retired,
+                          local=self.model.upstream is None)
+
+    def refusing(self, policy: FailurePolicy, now: float) -> bool:
+        """FAILED and not due for its next try: requests get a fast 503."""
+        return (not self.running() and self.history.failed(policy)
+                and not self.history.may_start(policy, now))
+
+    def startable(self, policy: FailurePolicy, now: float) -> bool:
+        return self.running() or self.history.may_start(policy, now)
+
+    def describe(self, policy: FailurePolicy, now: float) -> dict[str, Any]:
+        d = self.process.describe()
+        h = self.history
+        retry = h.retry_at(policy)
+        idle = (round(now - self.last_used, 1) if self.last_used and not self.in_flight
+                and self.process.state in (State.READY, State.ASLEEP) else None)
+        d.update(engine=self.slot_id, model=self.model.public,
+                 backend=self.model.name if self.model.parent else None, in_flight=self.in_flight,
+                 vram_mb=self.vram_mb, vram_estimate_mb=self.vram_estimate_mb,
+                 vram_measured_mb=self.vram_measured_mb, retired=self.retired,
+                 unloading=self.unloading, pinned=self.model.pinned, idle_s=idle,
+                 crashes=self.crashes,
+                 failures={"consecutive": h.consecutive, "failed": h.failed(policy),
+                           "retry_in_s": round(max(0.0, retry - now), 1) if retry else 0.0,
+                           "last_error": h.last_error or None})
+        return d
+
+
+class Lease:
+    """The right to send one request to one engine; release it when the answer is relayed."""
+
+    def __init__(self, manager: EngineManager, record: EngineRecord) -> None:
+        self._manager = manager
+        self.record = record
+        self.process = record.process
+        self.client = record.process.client
+        self.released = False
+
+    @property
+    def base_url(self) -> str:
+        return self.process.base_url
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._manager.release(self.record)

@@ -1,0 +1,1 @@
+"""The aiohttp application: routes, middleware, status, admin, reload, serve, the UI."""

@@ -1,0 +1,1 @@
+"""The homeostat: probe math, interventions, calibration math."""

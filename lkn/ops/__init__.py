@@ -1,0 +1,1 @@
+"""Operations: events, metrics, usage, traffic, requests in flight, notifications. Imports nothing of lkn but its leaves."""

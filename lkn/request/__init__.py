@@ -1,0 +1,1 @@
+"""One request's path: the handler, sizing, forwarding, loading feedback, validation."""

@@ -1,0 +1,75 @@
+"""Loading feedback: a streaming request that waits for an engine start or a swap gets its SSE
+headers at once and a comment every few seconds (``: loading smollm2@2048, 12 s``), so proxies
+(nginx, Cloudflare) and clients see progress instead of a silent connection they cut.
+
+A model with ``loading_events = true`` sends the progress as ``reasoning_content`` deltas of the
+chat stream instead (llama-swap's ``sendLoadingState``): clients that show reasoning show it.
+Off by default: it changes the answer's reasoning.
+
+Only waits longer than ``GRACE_S`` do this: a request served by a ready engine answers exactly as
+it would without lkn. Once the headers are out, an error is an error event (the handler's job).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any, Awaitable
+
+from aiohttp import web
+
+from lkn.config import ModelConfig
+from lkn.sse import frame_json, sse_headers
+from lkn.fleet.manager import EngineManager
+from lkn.fleet.records import Lease
+
+GRACE_S = 0.05      # a ready engine grants within this; only longer waits send headers early
+INTERVAL_S = 3.0    # between two progress messages
+
+
+class LoadingFeedback:
+    def __init__(self, request: web.Request, route: str, model: ModelConfig,
+                 manager: EngineManager, headers: dict[str, str]) -> None:
+        self._request = request
+        self._route = route
+        self.model = model  # the model being waited for (a fallback replaces it)
+        self._manager = manager
+        self._headers = headers
+        self._id = f"chatcmpl-lkn-loading-{uuid.uuid4().hex[:12]}"
+        self.response: web.StreamResponse | None = None  # prepared once the wait got long
+
+    async def wait(self, acquiring: Awaitable[Lease]) -> Lease:
+        """Await ``acquiring`` (the engine lease), sending progress while it takes long. If
+        the client goes away or this task is cancelled, the lease request is cancelled, and a
+        lease granted at that very moment is given back."""
+        task = asyncio.ensure_future(acquiring)
+        started = time.monotonic()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=GRACE_S)
+            while not done:
+                await self._progress(time.monotonic() - started)
+                done, _ = await asyncio.wait({task}, timeout=INTERVAL_S)
+            return task.result()
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                (await task).release()
+            raise
+
+    async def _progress(self, waited: float) -> None:
+        what = f"{self._manager.waiting_on(self.model.name)}, {waited:.0f} s"
+        if self.response is None:
+            self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers))
+            await self.response.prepare(self._request)
+        if self.model.loading_events and self._route == "chat":
+            await self.response.write(frame_json(self._chunk(what + "\n")))
+        else:
+            await self.response.write(f": {what}\n\n".encode())
+
+    def _chunk(self, text: str) -> dict[str, Any]:
+        return {"id": self._id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.model.name,
+                "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                   "reasoning_content": text},
+                             "finish_reason": None}]}

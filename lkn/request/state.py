@@ -1,0 +1,38 @@
+"""What every request of one running gateway shares: the config in force, the engine manager,
+the HTTP session to the engines, metrics, the cache and the operators' runtime backends."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from lkn.cache.store import ResponseCache
+from lkn.config import Config
+from lkn.fleet.manager import EngineManager
+from lkn.ops.events import EventBus
+from lkn.ops.inflight import InFlight
+from lkn.ops.metrics import Metrics
+from lkn.ops.traffic import TrafficStats
+
+
+@dataclass
+class GatewayState:
+    cfg: Config
+    manager: EngineManager
+    session: aiohttp.ClientSession
+    metrics: Metrics
+    started: float
+    last_reload_error: str | None = None
+    reloads: int = 0
+    cache: ResponseCache | None = None
+    bus: EventBus = field(default_factory=EventBus)
+    traffic: TrafficStats = field(default_factory=TrafficStats)
+    inflight: InFlight = field(default_factory=InFlight)
+    # Upstream backends registered through the admin API, as they were sent (model -> backend
+    # name -> JSON): re-applied after every reload, gone at restart.
+    runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+STATE = web.AppKey("lkn_state", GatewayState)
