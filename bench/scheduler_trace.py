@@ -8,9 +8,9 @@ load), each answer ``--service-s`` (+-50 %), and an engine answers ``--parallel`
 - **fifo**: requests are handled strictly in arrival order; when the head of the queue wants
   another model, nothing else is dispatched until the running engine drained and was swapped
   (llama-swap without collation).
-- **collate**: ``lkn.scheduler.decide`` with no wait bound: queued requests for the ready model
+- **collate**: ``lkn.fleet.scheduler.decide`` with no wait bound: queued requests for the ready model
   are always served first (what a collating swapper without a bound does).
-- **lkn**: ``lkn.scheduler.decide`` itself, driven by the same event loop: collation of queued
+- **lkn**: ``lkn.fleet.scheduler.decide`` itself, driven by the same event loop: collation of queued
   requests for the ready model, bounded by ``max_queue_wait_s``.
 
 Wait = time from arrival to the start of the answer. Prints a table; writes bench/out/scheduler.png.

@@ -218,7 +218,7 @@ def test_overlapping_reloads_apply_in_order_and_coalesce(
             time.sleep(0.5)  # the first reload reads the file, then takes its time
         return cfg
 
-    monkeypatch.setattr(lkn.server, "load_config", slow_first_load)
+    monkeypatch.setattr(lkn.gateway.server, "load_config", slow_first_load)
 
     async def two_reloads() -> None:
         first = asyncio.ensure_future(reload_config(gw.app))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -17,6 +18,9 @@ import aiohttp
 
 from lkn.config import ModelConfig, VariantConfig
 from lkn.engines.footprint import Footprint
+from lkn.engines.upstream import JSON_HEADERS, encode
+
+RECONNECT_WINDOW_S = 0.5  # a pooled connection the engine closed fails at once, not later
 
 
 class EngineRequestError(Exception):
@@ -108,6 +112,28 @@ class EngineClient(ABC):
     # ---- requests
     def upstream_path(self, route: str) -> str:
         return ROUTES[route]
+
+    async def send(self, session: aiohttp.ClientSession, base_url: str, route: str,
+                   payload: dict[str, Any], *,
+                   timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """POST a request body (already prepared for this engine) to the engine's path for
+        ``route``; the response is the caller's to read and close. EngineRequestError when the
+        request cannot be made (a remote upstream's key vanished from the environment);
+        aiohttp's errors and TimeoutError as they come."""
+        extra = self.headers()
+        headers = {**JSON_HEADERS, **extra} if extra else JSON_HEADERS
+        url = base_url + self.upstream_path(route)
+        data = encode(payload)
+        sent = time.monotonic()
+        try:
+            return await session.post(url, data=data, headers=headers, timeout=timeout)
+        except aiohttp.ServerDisconnectedError:
+            if time.monotonic() - sent > RECONNECT_WINDOW_S:
+                raise  # the engine had the request and died on it: never run it twice
+            # The engine closed a pooled keep-alive connection just as it was reused
+            # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
+            # fresh connection.
+            return await session.post(url, data=data, headers=headers, timeout=timeout)
 
     def prepare_body(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         out = dict(body)

@@ -36,7 +36,8 @@ from lkn.errors import (BadRequest, EngineUnavailable, GatewayTimeout, LknError,
                       QueueFull)
 from lkn.ops.events import EventBus
 from lkn.fleet.failures import FailurePolicy, record_failure, record_ready
-from lkn.fleet.selector import VariantInfo, options_for
+from lkn.fleet.model_selector import ModelSelector
+from lkn.fleet.selector import VariantInfo
 from lkn.engines.vram import variant_vram_mb
 from lkn.engines.base import EngineClient
 from lkn.engines.footprint import Footprint
@@ -94,6 +95,7 @@ class EngineManager:
         self.cfg = cfg
         self.bus = events or EventBus()
         self._session = session
+        self.selector = ModelSelector(self, session)
         self._client_factory = client_factory
         self._gpu = gpu or GpuMonitor()
         self._spawn = spawn
@@ -359,13 +361,7 @@ class EngineManager:
     # ------------------------------------------------------------------ leases
     def _options(self, model: ModelConfig, demand: Demand,
                  now: float) -> tuple[sched.Option, ...]:
-        s = self.cfg.server
-        options = options_for(model.name, self.variants(model),
-                              prompt_tokens=demand.prompt_tokens,
-                              answer_tokens=demand.answer_tokens,
-                              default_max_tokens=model.default_max_tokens,
-                              margin=s.token_margin, budget_mb=s.vram_budget_mb,
-                              embeddings=demand.embeddings)
+        options = self.selector.options(model, demand)
         if model.backends:  # open circuits and backends this request already failed on
             options = tuple(o for o in options if o.group not in demand.exclude
                             and self._backend_allowed(o.group, model.breaker, now))

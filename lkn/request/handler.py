@@ -33,20 +33,17 @@ from lkn.ops.traffic import Finished, TrafficStats
 from lkn.homeostat.interventions import (request_overrides, with_reasoning, with_verify_prompt,
                         without_reasoning)
 from lkn.ops.metrics import Metrics
-from lkn.engines.bound import model_shape, prompt_bound
-from lkn.fleet.selector import bound_decides, explicit_answer_budget
+from lkn.fleet.selector import explicit_answer_budget
 from lkn.sse import frame_bytes, frame_json, sse_headers
 from lkn.relay.stream import StreamRelay
 from lkn.relay.thinking_stream import ThinkingRelay
-from lkn.engines.tokens import count_prompt, local_source
-from lkn.engines.upstream import JSON_HEADERS, encode, upstream_timeout, with_usage
+from lkn.engines.upstream import upstream_timeout, with_usage
 from lkn.ops.usage import Usage, answer_usage, read_usage
 from lkn.request.validate import VALIDATORS, parse_json_object
 
 from lkn.request.state import GatewayState
 
 log = logging.getLogger("lkn.request.handler")
-RECONNECT_WINDOW_S = 0.5  # a pooled connection the engine closed fails at once, not later
 
 
 
@@ -319,33 +316,9 @@ class RequestHandler:
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
                      headers: dict[str, str], arrived: float | None = None) -> Lease:
-        manager, s = self.state.manager, self.state.cfg.server
-        answer = explicit_answer_budget(body)
-        embeddings = route == "embeddings"
-        if not model.engine_tokenizes and model.tokenizer_path is None:
-            # A server lkn has no tokenizer for counts for itself and refuses what does not
-            # fit: the smallest variant that holds the answer budget is started.
-            return await self._acquire(model, Demand(0, answer, embeddings=embeddings), 0,
-                                       "skipped", headers, arrived)
-        bound = prompt_bound(route, body, await model_shape(model))
-        if bound is not None and bound_decides(
-                manager.variants(model), bound, answer_tokens=answer, margin=s.token_margin,
-                default_max_tokens=model.default_max_tokens, budget_mb=s.vram_budget_mb,
-                embeddings=embeddings):
-            # Far from every limit: the exact count could not change the choice. One upstream
-            # call per request instead of three.
-            return await self._acquire(model, Demand(bound, answer, embeddings=embeddings),
-                                       bound, "bound", headers, arrived)
-        proc = manager.ready_process(model.name)
-        live = None
-        if proc is not None and model.engine_tokenizes:
-            client, base = proc.client, proc.base_url
-            live = lambda: client.count_tokens(self.state.session, base, route, body)  # noqa: E731
-        local_path, local_kind = local_source(model)
-        prompt_tokens, method = await count_prompt(
-            route=route, body=body, live=live, local_path=local_path, local_kind=local_kind)
-        return await self._acquire(model, Demand(prompt_tokens, answer, embeddings=embeddings),
-                                   prompt_tokens, method, headers, arrived)
+        sizing = await self.state.manager.selector.size(model, route, body)
+        return await self._acquire(model, sizing.demand, sizing.demand.prompt_tokens,
+                                   sizing.method, headers, arrived)
 
     async def _acquire(self, model: ModelConfig, demand: Demand, prompt_tokens: int,
                        method: str, headers: dict[str, str],
@@ -449,28 +422,14 @@ class RequestHandler:
         payload = thinking.prepare(client.prepare_body(route, body))
         # usage feeds the metrics (an engine with another wire format reports it its own way)
         strip_usage = stream and client.openai_wire and with_usage(payload)
-        url = lease.base_url + client.upstream_path(route)
         whole = client.request_timeout_s or s.request_timeout_s
         timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
-        data = encode(payload)
+        sent = time.monotonic()
         try:
-            extra = client.headers()
+            upstream = await client.send(self.state.session, lease.base_url, route, payload,
+                                         timeout=timeout)
         except EngineRequestError as exc:  # a remote upstream's key vanished from the env
             raise EngineUnavailable(str(exc)) from None
-        send = {**JSON_HEADERS, **extra} if extra else JSON_HEADERS
-        try:
-            sent = time.monotonic()
-            try:
-                upstream = await self.state.session.post(url, data=data, headers=send,
-                                                         timeout=timeout)
-            except aiohttp.ServerDisconnectedError:
-                if time.monotonic() - sent > RECONNECT_WINDOW_S:
-                    raise  # the engine had the request and died on it: never run it twice
-                # The engine closed a pooled keep-alive connection just as it was reused
-                # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
-                # fresh connection.
-                upstream = await self.state.session.post(url, data=data, headers=send,
-                                                         timeout=timeout)
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
         except aiohttp.ClientError as exc:
