@@ -36,9 +36,13 @@ CAPITALS = {
     "Iceland": "Reykjavik", "Ghana": "Accra", "Senegal": "Dakar", "Jordan": "Amman",
     "Syria": "Damascus", "Lebanon": "Beirut", "Nepal": "Kathmandu",
 }
-SIZES = {"mouse": 1, "rabbit": 3, "cat": 4, "dog": 6, "sheep": 10, "human": 12, "cow": 20,
-         "horse": 21, "giraffe": 30, "elephant": 40, "whale": 60, "ant": 0, "bee": 0.5,
-         "fox": 5, "lion": 15}
+# Sizes (arbitrary units) of the animals both question sets compare; cascade's "bigger"
+# questions use the first fifteen of them in this order (its held-out split depends on it).
+SIZES = {"mouse": 1, "rabbit": 3, "cat": 4, "dog": 6, "sheep": 10, "pig": 11, "human": 12,
+         "cow": 20, "horse": 21, "bear": 19, "giraffe": 30, "elephant": 40, "whale": 60,
+         "ant": 0, "bee": 0.5, "hamster": 1.5, "fox": 5, "wolf": 8, "lion": 15, "tiger": 16}
+CASCADE_ANIMALS = ["mouse", "rabbit", "cat", "dog", "sheep", "human", "cow", "horse", "giraffe",
+                   "elephant", "whale", "ant", "bee", "fox", "lion"]
 LEGS = {"spider": 8, "dog": 4, "chicken": 2, "ant": 6, "cat": 4, "horse": 4, "duck": 2,
         "bee": 6, "octopus": 8, "human": 2, "cow": 4, "beetle": 6, "crab": 10, "snake": 0,
         "fish": 0, "penguin": 2, "elephant": 4, "butterfly": 6}
@@ -88,9 +92,9 @@ def letters(rng: random.Random) -> Item:
 
 
 def bigger(rng: random.Random) -> Item:
-    a, b = rng.sample([x for x in SIZES], 2)
+    a, b = rng.sample(CASCADE_ANIMALS, 2)
     while SIZES[a] == SIZES[b]:
-        a, b = rng.sample([x for x in SIZES], 2)
+        a, b = rng.sample(CASCADE_ANIMALS, 2)
     return {"question": f"Is a {a} bigger than a {b}? Answer yes or no.",
             "answer": "yes" if SIZES[a] > SIZES[b] else "no", "match": "yesno"}
 

@@ -34,29 +34,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from _lkn import running_lkn  # noqa: E402
+from cascade_questions import CAPITALS as CASCADE_CAPITALS, SIZES  # noqa: E402
 from lkn.homeostat.probe import aggregate, answer_position, normalized_entropy  # noqa: E402
 
-CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid",
-    "Portugal": "Lisbon", "Japan": "Tokyo", "China": "Beijing", "Russia": "Moscow",
-    "Egypt": "Cairo", "Greece": "Athens", "Austria": "Vienna", "Norway": "Oslo",
-    "Sweden": "Stockholm", "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw",
-    "Ireland": "Dublin", "Hungary": "Budapest", "Canada": "Ottawa", "Australia": "Canberra",
-    "Brazil": "Brasilia", "Argentina": "Buenos Aires", "Mexico": "Mexico City", "Peru": "Lima",
-    "Chile": "Santiago", "Colombia": "Bogota", "India": "New Delhi", "Thailand": "Bangkok",
-    "Vietnam": "Hanoi", "Indonesia": "Jakarta", "Turkey": "Ankara", "Iran": "Tehran",
-    "Iraq": "Baghdad", "Kenya": "Nairobi", "Nigeria": "Abuja", "Morocco": "Rabat",
-    "South Korea": "Seoul", "the Philippines": "Manila", "Belgium": "Brussels",
-    "the Netherlands": "Amsterdam", "Switzerland": "Bern", "Czechia": "Prague",
-    "Romania": "Bucharest", "Ukraine": "Kyiv", "Cuba": "Havana", "New Zealand": "Wellington",
-    "Pakistan": "Islamabad", "Saudi Arabia": "Riyadh", "Ethiopia": "Addis Ababa",
-    "Venezuela": "Caracas",
-}
-ALIASES = {"Kyiv": ("kiev",), "Bogota": ("bogotá",), "Brasilia": ("brasília",),
-           "New Delhi": ("delhi",)}
-SIZES = {"mouse": 1, "rabbit": 3, "cat": 4, "dog": 6, "sheep": 10, "pig": 11, "human": 12,
-         "cow": 20, "horse": 21, "bear": 19, "giraffe": 30, "elephant": 40, "whale": 60,
-         "ant": 0, "bee": 0.5, "hamster": 1.5, "fox": 5, "wolf": 8, "lion": 15, "tiger": 16}
+# One source of facts for both question sets (probe_value asks about the first 50 capitals)
+CAPITALS = {country: (city if isinstance(city, str) else city[0])
+            for country, city in list(CASCADE_CAPITALS.items())[:50]}
+ALIASES = {city[0]: tuple(a.lower() for a in city[1:])
+           for city in CASCADE_CAPITALS.values() if not isinstance(city, str)}
 FRUITS = ["apple", "banana", "orange", "mango", "pear", "grape", "cherry", "peach", "plum",
           "kiwi", "lemon", "strawberry", "pineapple", "watermelon"]
 NOT_FRUITS = ["carrot", "potato", "onion", "cabbage", "spinach", "chair", "hammer", "car",
