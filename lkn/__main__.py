@@ -155,7 +155,7 @@ def _not_an_h2_probe(record: logging.LogRecord) -> bool:
 
 
 def _with_request_id(record: logging.LogRecord) -> bool:
-    """Log lines written while a request is served carry its id: ``lkn.handler [req-…]: …``."""
+    """Log lines written while a request is served carry its id: ``lkn.request.handler [req-…]: …``."""
     rid = REQUEST_ID.get()
     record.request_id = f" [{rid}]" if rid else ""
     return True
