@@ -6,7 +6,6 @@ open ``lkn logs -f`` or dashboard does not hold the exit for the whole drain tim
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
@@ -113,13 +112,13 @@ async def _open_stream(request: web.Request) -> web.StreamResponse:
 
 async def close_streams(app: web.Application) -> None:
     """An ``on_shutdown`` hook: end every stream still open."""
-    for task in list(app[STREAMS]):
+    streams = app[STREAMS]
+    for task in list(streams):  # a copy: each task leaves the set as it ends
         task.cancel()
 
 
 def add_routes(app: web.Application) -> None:
-    streams: set[asyncio.Task[Any]] = set()
-    app[STREAMS] = streams
+    app[STREAMS] = set()
     app.on_shutdown.append(close_streams)
     app.router.add_get("/admin/engines/{engine}/logs", logs)
     app.router.add_get("/admin/events", events)
