@@ -4,15 +4,16 @@
                   [--strong strong] [--share 0.5 | --accuracy 0.9] [--plot out.png]
 
 Runs the gateway in this process with the config (engines start as for ``serve``), sends every
-question of the JSONL file (``{"question", "answer", "match"}``, see answers.py) to ``--model``
-at temperature 0 in homeostatic mode with ``intervention = "none"``, so the score is exactly what
-lkn computes for that model's settings (``probe_tokens``, ``probe_aggregate``, ``probe_score``,
-``top_k``), and scores the answer. With ``--strong`` the same question also goes to that model
-(passthrough), and the table shows the cascade's accuracy. Prints the AUROC of the score for
-"the answer is wrong", a table of thresholds by share escalated, and the threshold for the
-target: the largest share not above ``--share``, or the smallest share reaching ``--accuracy``
-(the cascade's accuracy with ``--strong``, else the kept answers'). ``--plot`` writes accuracy
-vs share escalated and the ROC curve (needs matplotlib; skipped with a message without it).
+question of the JSONL file (``{"question", "answer", "match"}``, see homeostat/answers.py) to
+``--model`` at temperature 0 in homeostatic mode with ``intervention = "none"``, so the score is
+exactly what lkn computes for that model's settings (``probe_tokens``, ``probe_aggregate``,
+``probe_score``, ``top_k``), and scores the answer. With ``--strong`` the same question also
+goes to that model (passthrough), and the table shows the cascade's accuracy. Prints the AUROC
+of the score for "the answer is wrong", a table of thresholds by share escalated, and the
+threshold for the target: the largest share not above ``--share``, or the smallest share
+reaching ``--accuracy`` (the cascade's accuracy with ``--strong``, else the kept answers').
+``--plot`` writes accuracy vs share escalated and the ROC curve (needs matplotlib; skipped with
+a message without it).
 """
 from __future__ import annotations
 

@@ -114,14 +114,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ``/status`` answers loopback, else is guarded like the OpenAI routes. Health, readiness,
     metrics, the dashboard's static files (``/ui/``: no data in them) and CORS preflights are
     open."""
-    s = request.app[STATE].cfg.server
+    settings = request.app[STATE].cfg.server
     path = request.path
     if path in OPEN_PATHS or path.startswith("/health/") or is_ui_path(path) or (
-            request.method == "OPTIONS" and s.cors_origins):
+            request.method == "OPTIONS" and settings.cors_origins):
         return await handler(request)
     admin = is_admin_path(path)
-    if admin and s.admin_keys:
-        if not _matches(_token(request), s.admin_keys):
+    if admin and settings.admin_keys:
+        if not _matches(_token(request), settings.admin_keys):
             raise Unauthorized("invalid or missing admin key: send 'Authorization: Bearer "
                                "<admin key>' (server.admin_keys)")
         return await handler(request)
@@ -129,7 +129,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if path.startswith("/admin/") and not local:
         raise Forbidden("the admin API answers only on loopback (and not to other sites' "
                         "pages in a browser) when server.admin_keys is not set")
-    if s.api_keys and not local and not _matches(_token(request), s.api_keys):
+    if settings.api_keys and not local and not _matches(_token(request), settings.api_keys):
         raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
 
