@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -11,7 +10,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from lkn import cli
+from lkn import cli, fastjson
 from lkn.config import load_config, missing_model_files, parse_listen, summary
 from lkn.errors import ConfigError
 from lkn.ops.inflight import REQUEST_ID
@@ -62,8 +61,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def health_url(address: str) -> str:
-    host, port = parse_listen(address)
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/health"
+    return cli.base_url(address) + "/health"
 
 
 def wait_until_up(address: str, timeout_s: float,
@@ -74,7 +72,7 @@ def wait_until_up(address: str, timeout_s: float,
     while True:
         try:
             with urllib.request.urlopen(health_url(address), timeout=5) as resp:
-                data: dict[str, Any] = json.load(resp)
+                data: dict[str, Any] = fastjson.loads(resp.read())
                 return data
         except (urllib.error.URLError, OSError, ValueError):
             if time.monotonic() >= deadline or not still_starting():
@@ -155,7 +153,8 @@ def _not_an_h2_probe(record: logging.LogRecord) -> bool:
 
 
 def _with_request_id(record: logging.LogRecord) -> bool:
-    """Log lines written while a request is served carry its id: ``lkn.handler [req-…]: …``."""
+    """Log lines written while a request is served carry its id:
+    ``lkn.request.handler [req-…]: …``."""
     rid = REQUEST_ID.get()
     record.request_id = f" [{rid}]" if rid else ""
     return True

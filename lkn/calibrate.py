@@ -4,28 +4,30 @@
                   [--strong strong] [--share 0.5 | --accuracy 0.9] [--plot out.png]
 
 Runs the gateway in this process with the config (engines start as for ``serve``), sends every
-question of the JSONL file (``{"question", "answer", "match"}``, see answers.py) to ``--model``
-at temperature 0 in homeostatic mode with ``intervention = "none"``, so the score is exactly what
-lkn computes for that model's settings (``probe_tokens``, ``probe_aggregate``, ``probe_score``,
-``top_k``), and scores the answer. With ``--strong`` the same question also goes to that model
-(passthrough), and the table shows the cascade's accuracy. Prints the AUROC of the score for
-"the answer is wrong", a table of thresholds by share escalated, and the threshold for the
-target: the largest share not above ``--share``, or the smallest share reaching ``--accuracy``
-(the cascade's accuracy with ``--strong``, else the kept answers'). ``--plot`` writes accuracy
-vs share escalated and the ROC curve (needs matplotlib; skipped with a message without it).
+question of the JSONL file (``{"question", "answer", "match"}``, see homeostat/answers.py) to
+``--model`` at temperature 0 in homeostatic mode with ``intervention = "none"``, so the score is
+exactly what lkn computes for that model's settings (``probe_tokens``, ``probe_aggregate``,
+``probe_score``, ``top_k``), and scores the answer. With ``--strong`` the same question also
+goes to that model (passthrough), and the table shows the cascade's accuracy. Prints the AUROC
+of the score for "the answer is wrong", a table of thresholds by share escalated, and the
+threshold for the target: the largest share not above ``--share``, or the smallest share
+reaching ``--accuracy`` (the cascade's accuracy with ``--strong``, else the kept answers').
+``--plot`` writes accuracy vs share escalated and the ROC curve (needs matplotlib; skipped with
+a message without it).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import sys
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import aiohttp
 import numpy as np
 
+from lkn import fastjson
 from lkn.homeostat.answers import matches, parse_item
 from lkn.homeostat.calibration import Point, auroc, bootstrap, curve, threshold_for_accuracy
 from lkn.homeostat.calibration import threshold_for_share
@@ -57,7 +59,7 @@ def load_questions(path: str, default_rule: str) -> list[dict[str, Any]]:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    obj = json.loads(line)
+                    obj = fastjson.loads(line)
                 except ValueError as exc:
                     raise ValueError(f"line {i}: not JSON ({exc})") from None
                 items.append(parse_item(i, obj, default_rule))
@@ -137,32 +139,50 @@ async def _ask(session: aiohttp.ClientSession, url: str, model: str, question: s
         return data["choices"][0]["message"].get("content") or "", dict(resp.headers)
 
 
-def _arrays(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    scored = [r for r in rows if r["score"] is not None]
-    scores = np.array([r["score"] for r in scored], dtype=np.float64)
-    right = np.array([r["right"] for r in scored], dtype=bool)
-    strong = (np.array([r["strong_right"] for r in scored], dtype=bool)
-              if scored and "strong_right" in scored[0] else None)
-    return scores, right, strong
+@dataclass(frozen=True)
+class Scored:
+    """The rows whose probe gave a score, as columns: lists for ``curve`` (which takes
+    sequences) and arrays for the numpy math (AUROC, bootstrap, the ROC plot)."""
+    scores: list[float]
+    right: list[bool]
+    strong: list[bool] | None  # with --strong: whether the strong model answered right
+
+    @classmethod
+    def of(cls, rows: Sequence[dict[str, Any]]) -> Scored:
+        scored = [r for r in rows if r["score"] is not None]
+        return cls(scores=[float(r["score"]) for r in scored],
+                   right=[bool(r["right"]) for r in scored],
+                   strong=([bool(r["strong_right"]) for r in scored]
+                           if scored and "strong_right" in scored[0] else None))
+
+    def points(self) -> list[Point]:
+        return curve(self.scores, self.right, self.strong)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The scores, and whether each answer was wrong (what the score should predict)."""
+        return (np.array(self.scores, dtype=np.float64),
+                ~np.array(self.right, dtype=bool))
 
 
 def report(rows: Sequence[dict[str, Any]], share: float | None,
            accuracy: float | None) -> str:
-    scores, right, strong = _arrays(rows)
-    failed = len(rows) - len(scores)
-    lines = [f"{len(rows)} questions, {len(scores)} scored"
+    scored = Scored.of(rows)
+    failed = len(rows) - len(scored.scores)
+    lines = [f"{len(rows)} questions, {len(scored.scores)} scored"
              + (f" ({failed} probes failed and are left out)" if failed else "")]
-    if len(scores) == 0:
+    if not scored.scores:
         return "\n".join(lines + ["nothing to calibrate: every probe failed"])
-    lines.append(f"accuracy of the model: {right.mean():.3f}"
-                 + ("" if strong is None else f"; of the strong model: {strong.mean():.3f}"))
-    a = auroc(scores, ~right)
-    lo, hi, _, _ = bootstrap(scores, ~right)
+    lines.append(f"accuracy of the model: {np.mean(scored.right):.3f}"
+                 + ("" if scored.strong is None
+                    else f"; of the strong model: {np.mean(scored.strong):.3f}"))
+    scores, wrong = scored.arrays()
+    a = auroc(scores, wrong)
+    lo, hi, _, _ = bootstrap(scores, wrong)
     lines.append(f"AUROC of the score for a wrong answer: {a:.3f} (95 % bootstrap "
                  f"[{lo:.3f}, {hi:.3f}])")
-    points = curve(scores, right, strong)
+    points = scored.points()
     header = f"{'escalate':>9}{'threshold':>11}{'kept acc':>10}"
-    header += "" if strong is None else f"{'cascade acc':>13}"
+    header += "" if scored.strong is None else f"{'cascade acc':>13}"
     lines += ["", header]
     for s in SHARES:
         lines.append(_row(threshold_for_share(points, s)))
@@ -193,20 +213,20 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed in this environment"
-    scores, right, strong = _arrays(rows)
-    if len(scores) == 0:
+    scored = Scored.of(rows)
+    if not scored.scores:
         return "plot skipped: nothing was scored"
-    points = curve(scores, right, strong)
+    points = scored.points()
+    scores, wrong = scored.arrays()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     esc = [p.escalated for p in points]
     ax1.plot(esc, [p.kept_accuracy for p in points], label="kept answers")
-    if strong is not None:
+    if scored.strong is not None:
         ax1.plot(esc, [p.cascade_accuracy for p in points], label="cascade")
-        ax1.axhline(strong.mean(), color="grey", ls="--", label="strong model")
+        ax1.axhline(float(np.mean(scored.strong)), color="grey", ls="--", label="strong model")
     ax1.set_xlabel("share escalated")
     ax1.set_ylabel("accuracy")
     ax1.legend(fontsize=8)
-    wrong = ~right
     order = np.argsort(-scores, kind="stable")
     tpr = np.r_[0, np.cumsum(wrong[order]) / max(1, wrong.sum())]
     fpr = np.r_[0, np.cumsum(~wrong[order]) / max(1, (~wrong).sum())]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import sys
 import urllib.error
@@ -17,6 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Iterator
 
+from lkn import fastjson
 from lkn.config import parse_listen
 
 DEFAULT_ADDRESS = "127.0.0.1:8080"
@@ -56,7 +56,7 @@ def _open(req: urllib.request.Request, address: str, timeout: float | None) -> A
         with exc:
             raw = exc.read()
         try:
-            message = json.loads(raw)["error"]["message"]
+            message = fastjson.loads(raw)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = raw.decode("utf-8", "replace").strip()[:300]
         raise CommandFailed(f"lkn refused ({exc.code}): {message}") from None
@@ -71,7 +71,7 @@ def call(address: str, method: str, path: str, timeout: float | None = 30) -> An
     """One admin call; ``timeout`` None for calls that wait for engines (load, unload)."""
     with _open(_request(address, method, path), address, timeout) as resp:
         try:
-            return json.load(resp)
+            return fastjson.loads(resp.read())
         except (ValueError, OSError, http.client.HTTPException) as exc:
             raise CommandFailed(f"lkn on {address} sent an unreadable answer ({exc})") from None
 
@@ -83,7 +83,7 @@ def follow(address: str, path: str) -> Iterator[dict[str, Any]]:
             for raw in resp:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 if line.startswith("data: "):
-                    yield json.loads(line[6:])
+                    yield fastjson.loads(line[6:])
         except (ValueError, OSError, http.client.HTTPException) as exc:
             raise CommandFailed(f"the stream from lkn on {address} broke off ({exc})") from None
 

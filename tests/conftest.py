@@ -20,7 +20,8 @@ import pytest
 
 from lkn.__main__ import wait_until_up
 from lkn.config import Config, load_config
-from lkn.gateway.server import STATE, serve
+from lkn.gateway.keys import STATE
+from lkn.gateway.server import serve
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from lkn.gateway.server import reload_config
+from lkn.gateway.reload import reload_config
 from tests.conftest import Gateway, http, lua_str, write_config
 
 MSG = [{"role": "user", "content": "hello there"}]

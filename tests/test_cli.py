@@ -67,7 +67,7 @@ def test_ps_load_unload_logs_reload_against_a_running_lkn(tmp_path: Path,
         log.seek(0)
         lines = [x for x in log.read().splitlines() if "[trace-42]" in x]
     # every line lkn wrote while serving that request carries its id
-    assert any("lkn.handler [trace-42]: POST /v1/chat/completions model=a status=200" in x
+    assert any("lkn.request.handler [trace-42]: POST /v1/chat/completions model=a status=200" in x
                for x in lines), lines
 
 

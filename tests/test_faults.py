@@ -24,7 +24,8 @@ from lkn.fleet.records import Demand
 from lkn.errors import EngineUnavailable
 from lkn.request.handler import GatewayState, RequestHandler
 from lkn.ops.metrics import Metrics
-from lkn.gateway.server import RELOADER, reload_config
+from lkn.gateway.keys import RELOADER
+from lkn.gateway.reload import reload_config
 from tests.conftest import Gateway, http, lua_str, write_config
 
 MSG = [{"role": "user", "content": "hello there"}]

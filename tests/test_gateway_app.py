@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from lkn.gateway.server import STATE, create_app, reload_config
+from lkn.gateway.keys import STATE
+from lkn.gateway.reload import reload_config
+from lkn.gateway.server import create_app
 from tests.conftest import write_config
 
 LUA = """
@@ -130,7 +132,7 @@ async def test_without_admin_keys_the_admin_api_is_loopback_only(
     from aiohttp.test_utils import make_mocked_request
 
     from lkn.errors import Forbidden
-    from lkn.gateway.server import auth_middleware
+    from lkn.gateway.middleware import auth_middleware
 
     app = create_app(write_config(tmp_path, LUA))
     app[STATE] = type("S", (), {"cfg": write_config(tmp_path, LUA)})()  # only cfg is read
@@ -179,7 +181,7 @@ async def test_status_without_admin_keys_is_open_on_loopback_only(
     from aiohttp.test_utils import make_mocked_request
 
     from lkn.errors import Unauthorized
-    from lkn.gateway.server import auth_middleware
+    from lkn.gateway.middleware import auth_middleware
 
     app = create_app(write_config(tmp_path, LUA))
     app[STATE] = type("S", (), {"cfg": write_config(tmp_path, LUA)})()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lkn.gateway.server import reload_config
+from lkn.gateway.reload import reload_config
 from tests.conftest import ROOT, Gateway, free_port, lkn_daemon, lua_str, write_config
 
 MSG = [{"role": "user", "content": "hi"}]

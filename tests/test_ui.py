@@ -79,7 +79,7 @@ def test_every_dashboard_file_is_package_data() -> None:
     """A normal install ships only what pyproject's package-data names (an editable one reads
     the source tree): every file the page loads must match one of its patterns."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["lkn"]
+    patterns = config["tool"]["setuptools"]["package-data"]["lkn.gateway"]
     files = sorted(p.relative_to(UI_DIR.parent).as_posix() for p in UI_DIR.iterdir())
     assert "ui/index.html" in files and "ui/app.js" in files
     assert [f for f in files if not any(fnmatch(f, p) for p in patterns)] == []

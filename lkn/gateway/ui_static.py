@@ -1,11 +1,11 @@
 """The dashboard's files (``/ui/``): HTML, CSS and JavaScript modules shipped inside the package
-(``lkn/ui/``), served as they are — no build step, nothing fetched from elsewhere.
+(``lkn/gateway/ui/``), served as they are: no build step, nothing fetched from elsewhere.
 
 They hold no data: every panel reads ``/status`` and the admin API with the operator's key, so
-the files themselves are served without any key (server.py's ``auth_middleware`` lets ``/ui/``
-through). A strict Content-Security-Policy keeps the page to its own scripts and its own origin,
-so nothing injected into it (a model name, an engine's log line) can read the admin key the page
-keeps in sessionStorage.
+the files themselves are served without any key (middleware.py's ``auth_middleware`` lets
+``/ui/`` through). A strict Content-Security-Policy keeps the page to its own scripts and its
+own origin, so nothing injected into it (a model name, an engine's log line) can read the admin
+key the page keeps in sessionStorage.
 """
 from __future__ import annotations
 

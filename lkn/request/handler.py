@@ -531,17 +531,3 @@ def _why(failure: LknError | web.StreamResponse | None) -> str:
         return failure.message
     return f"the engine answered HTTP {failure.status}" if failure is not None else "?"
 
-
-def models_payload(state: GatewayState) -> dict[str, Any]:
-    created = int(time.time() - (time.monotonic() - state.started))
-    data = []
-    for m in state.cfg.models:
-        loaded = state.manager.is_loaded(m.name)
-        for name in m.names:
-            data.append({"id": name, "object": "model", "created": created, "owned_by": "lkn",
-                         "loaded": loaded,
-                         "lkn": {"model": m.name, "alias_of": m.name if name != m.name else None,
-                                 "engine": m.engine,
-                                 "contexts": sorted({v.ctx_size for v in m.variants}),
-                                 "embeddings": m.embeddings}})
-    return {"object": "list", "data": data}
