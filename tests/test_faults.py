@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-import lkn.gateway.server
+import lkn.gateway.reload
 from lkn.config import build_config, load_config
 from lkn.engines.base import EngineClient
 from lkn.engines.gpu import GpuMonitor
@@ -219,7 +219,7 @@ def test_overlapping_reloads_apply_in_order_and_coalesce(
             time.sleep(0.5)  # the first reload reads the file, then takes its time
         return cfg
 
-    monkeypatch.setattr(lkn.gateway.server, "load_config", slow_first_load)
+    monkeypatch.setattr(lkn.gateway.reload, "load_config", slow_first_load)
 
     async def two_reloads() -> None:
         first = asyncio.ensure_future(reload_config(gw.app))
