@@ -4,7 +4,7 @@ Engines that can sleep (SGLang with ``sleep_when_idle_s``) release their memory 
 running; others with ``idle_unload_s`` stop. Idle time counts from the last finished request
 (for an unload: or from becoming ready, so an engine loaded and never used still goes). Pinned
 engines, remote servers and engines with requests in flight never count as idle. The manager
-runs ``sleep_idle()`` now and then and carries out what these rules say.
+runs ``sleep_idle()`` now and then: ``give_back()`` carries out what these rules say.
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from lkn.fleet import scheduler as sched
 from lkn.fleet.records import EngineRecord
 
 log = logging.getLogger("lkn.manager")
+
+# The manager's wait_until: (condition, timeout_s, what it waits for, for the timeout's message)
+WaitUntil = Callable[[Callable[[], bool], float, str], Awaitable[None]]
 
 
 def _idle(record: EngineRecord) -> bool:
@@ -61,11 +64,37 @@ def unload_candidates(records: Iterable[EngineRecord], now: float,
     return sorted(out, key=lambda c: -c.idle_s)
 
 
+async def sleep(record: EngineRecord, then: Callable[[], None]) -> bool:
+    """Put the engine to sleep; ``then`` runs once it is done, or failed (the manager's kick).
+    False if the engine declined."""
+    # Marked before the await: no request is granted to it while it releases memory.
+    record.releasing = True
+    try:
+        return await record.process.sleep()
+    finally:
+        record.releasing = False
+        then()
+
+
+async def drain_then_sleep(record: EngineRecord, wait_until: WaitUntil, timeout_s: float,
+                           then: Callable[[], None]) -> bool:
+    """An operator's sleep: no new grants, wait until its requests are done, then sleep."""
+    record.releasing = True
+    try:
+        await wait_until(lambda: not record.in_flight, timeout_s, f"draining {record.key}")
+    except BaseException:
+        record.releasing = False
+        then()
+        raise
+    return await sleep(record, then)
+
+
 async def give_back(records: Iterable[EngineRecord], now: float,
                     stop: Callable[[EngineRecord, str], None],
-                    sleep: Callable[[EngineRecord], Awaitable[bool]]) -> None:
-    """Carry out the policy once: ``stop`` the engines due to unload, then ``sleep`` those due
-    to sleep, one after the other (each is asked again just before: the sleeps await)."""
+                    then: Callable[[], None]) -> None:
+    """Carry out the policy once: ``stop`` the engines due to unload, then put those due to
+    sleep to sleep, one after the other (each is asked again just before: the sleeps
+    await)."""
     records = list(records)
     for record in records:
         unload = unload_after(record, now)
@@ -75,6 +104,6 @@ async def give_back(records: Iterable[EngineRecord], now: float,
         if not sleep_due(record, now):
             continue
         try:
-            await sleep(record)
+            await sleep(record, then)
         except Exception as exc:
             log.warning("could not put %s to sleep: %s", record.key, exc)

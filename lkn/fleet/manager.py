@@ -38,7 +38,6 @@ from lkn.fleet import idle
 from lkn.fleet import scheduler as sched
 from lkn.fleet.admission import admissible
 from lkn.fleet.backend_pool import BackendPool
-from lkn.fleet.breaker import Breaker
 from lkn.fleet.failures import record_failure, record_ready
 from lkn.fleet.footprints import Footprints
 from lkn.fleet.model_selector import ModelSelector
@@ -100,22 +99,12 @@ class EngineManager:
 
     @property
     def on_backend(self) -> Callable[[str, str, bool], None] | None:
-        """Told of every backend answer (model, backend, ok): the metrics' per-backend
-        counts."""
+        """Told of every backend answer (model, backend, ok): the metrics' counts."""
         return self._backends.on_backend
 
     @on_backend.setter
     def on_backend(self, hook: Callable[[str, str, bool], None] | None) -> None:
         self._backends.on_backend = hook
-
-    @property
-    def breakers(self) -> dict[str, Breaker]:
-        """Each backend's circuit breaker, by backend name."""
-        return self._backends.breakers
-
-    # ------------------------------------------------------------------ records
-    def records(self) -> list[EngineRecord]:
-        return self._table.records()
 
     # ------------------------------------------------------------------ reload
     def reload(self, cfg: Config) -> None:
@@ -148,6 +137,9 @@ class EngineManager:
         self._waiting.replan(options)
 
     # ------------------------------------------------------------------ queries
+    def records(self) -> list[EngineRecord]:
+        return self._table.records()
+
     def variants(self, model: ModelConfig) -> list[VariantInfo]:
         return self._table.variants(model)
 
@@ -231,11 +223,9 @@ class EngineManager:
             record = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The client went away while queued; a grant made at the same instant goes back.
-            self._waiting.remove(waiter.id)
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self.release(future.result())
-            elif not future.done():
-                future.cancel()
+            granted = self._waiting.withdraw(waiter.id, future)
+            if granted is not None:
+                self.release(granted)
             self._kick()
             raise
         return Lease(self, record)
@@ -278,15 +268,8 @@ class EngineManager:
         """Release the engine's memory once its in-flight requests are done (no new grants
         meanwhile); the next request wakes it. False if the engine declined (busy inside, or
         no longer ready)."""
-        record.releasing = True
-        try:
-            await self.wait_until(lambda: not record.in_flight, self.cfg.server.request_timeout_s,
-                                  f"draining {record.key}")
-        except BaseException:
-            record.releasing = False
-            self._kick()
-            raise
-        return await self._sleep(record)
+        return await idle.drain_then_sleep(record, self.wait_until,
+                                           self.cfg.server.request_timeout_s, self.kick)
 
     def unload_candidates(self, min_idle_s: float = 60.0) -> list[dict[str, Any]]:
         """Ready engines, not pinned, idle for ``min_idle_s`` or more: longest idle first."""
@@ -297,17 +280,8 @@ class EngineManager:
         """Idle engines give their memory back (the rules: ``lkn.fleet.idle``): those that can
         sleep release it and keep running, others with ``idle_unload_s`` stop. The next
         request starts or wakes them."""
-        await idle.give_back(self._table.active(), self._clock(), self._stop, self._sleep)
+        await idle.give_back(self._table.active(), self._clock(), self._stop, self.kick)
         self.kick()
-
-    async def _sleep(self, record: EngineRecord) -> bool:
-        # Marked before the await: no request is granted to it while it releases memory.
-        record.releasing = True
-        try:
-            return await record.process.sleep()
-        finally:
-            record.releasing = False
-            self.kick()
 
     # ------------------------------------------------------------------ decisions
     def kick(self) -> None:
@@ -330,15 +304,9 @@ class EngineManager:
             # only a child lkn spawned reports its buffers; a remote server never measures
             report = proc.start_report if isinstance(proc, EngineProcess) else []
             self._footprints.learn(record, report, self.cfg.server.vram_overhead_mb)
-        if proc.state in (State.STOPPED, State.FAILED):
-            record.unloading = False  # unloaded: the next request may start it again
-            record.stops += 1
-        elif proc.state is State.STARTING:
-            record.stop_reason = ""
+        crashed = record.note_state(old, self._clock())
         self.bus.publish("engine", **record.event(old))
-        if proc.state is State.FAILED and old in (State.READY, State.ASLEEP):
-            record.crashes += 1
-            record.history = record_failure(record.history, proc.last_error, self._clock())
+        if crashed:
             log.warning("engine %s crashed (%d in a row); it restarts on demand", record.key,
                         record.history.consecutive)
         self.kick()
@@ -472,15 +440,11 @@ class EngineManager:
                         self.in_flight(), drain_s)
         if self._timer is not None:
             self._timer.cancel()
-        stops = await asyncio.gather(*(r.process.stop() for r in self.records()),
-                                     return_exceptions=True)
+        failed = await self._table.stop_all()
         await self._tasks.cancel_all()
-        for r in self.records():
-            r.process.logs.close()
-        failed = [r.key for r, result in zip(self.records(), stops)
-                  if isinstance(result, BaseException)]
+        self._table.close_logs()
         if failed:  # the state file stays: the next lkn sweeps what could not be stopped
-            log.error("shutdown: could not stop %s: %s", ", ".join(failed),
-                      [str(x) for x in stops if isinstance(x, BaseException)])
+            log.error("shutdown: could not stop %s: %s", ", ".join(k for k, _ in failed),
+                      [str(x) for _, x in failed])
         elif self._registry is not None:
             self._registry.close()

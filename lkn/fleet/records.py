@@ -2,9 +2,9 @@
 
 An ``EngineRecord`` is everything the manager knows about one engine of one config generation:
 its spec (model + variant), the process that owns the child (or watches a remote server),
-requests in flight, last use, VRAM estimate, whether a reload retired it, and its failure history. Grants and leases
-carry the record itself, never a key string, so a reload that replaces a variant can never make a
-lease point at the wrong engine. The process state is read from the process, never copied;
+requests in flight, last use, VRAM estimate, whether a reload retired it, and its failure
+history. Grants and leases carry the record itself, never a key string, so a reload that
+replaces a variant can never make a lease point at the wrong engine. The process state is read from the process, never copied;
 the record only adds what the manager itself is doing to the engine (starting, stopping,
 releasing memory).
 """
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from lkn.fleet import scheduler as sched
 from lkn.config import ModelConfig, VariantConfig
-from lkn.fleet.failures import FailureHistory, FailurePolicy
+from lkn.fleet.failures import FailureHistory, FailurePolicy, record_failure
 from lkn.engines.base import EngineClient
 from lkn.engines.process import EngineProcess, State
 from lkn.engines.remote import RemoteProcess
@@ -119,6 +119,21 @@ class EngineRecord:
 
     def startable(self, policy: FailurePolicy, now: float) -> bool:
         return self.running() or self.history.may_start(policy, now)
+
+    def note_state(self, old: State, now: float) -> bool:
+        """Bookkeeping for a state change of its process (from ``old``); True when the change
+        was a crash (FAILED after READY or ASLEEP: a failure for the backoff)."""
+        state = self.process.state
+        if state in (State.STOPPED, State.FAILED):
+            self.unloading = False  # unloaded: the next request may start it again
+            self.stops += 1
+        elif state is State.STARTING:
+            self.stop_reason = ""
+        if state is State.FAILED and old in (State.READY, State.ASLEEP):
+            self.crashes += 1
+            self.history = record_failure(self.history, self.process.last_error, now)
+            return True
+        return False
 
     def event(self, old: State) -> dict[str, Any]:
         """The bus's ``engine`` event for the state change from ``old`` to the current."""

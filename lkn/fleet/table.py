@@ -8,6 +8,7 @@ manager grants, starts and stops.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable, Iterator
 
@@ -91,6 +92,18 @@ class EngineTable:
             else:
                 keep.append(r)
         self._retired = keep
+
+    async def stop_all(self) -> list[tuple[str, BaseException]]:
+        """Stop every engine at once (shutdown); what could not be stopped, and why."""
+        records = self.records()
+        stops = await asyncio.gather(*(r.process.stop() for r in records),
+                                     return_exceptions=True)
+        return [(r.key, result) for r, result in zip(records, stops)
+                if isinstance(result, BaseException)]
+
+    def close_logs(self) -> None:
+        for r in self.records():
+            r.process.logs.close()
 
     # ------------------------------------------------------------------ reading
     def records(self) -> list[EngineRecord]:

@@ -45,6 +45,17 @@ class WaitQueue:
     def remove(self, waiter_id: int) -> Waiting | None:
         return self._by_id.pop(waiter_id, None)
 
+    def withdraw(self, waiter_id: int,
+                 future: asyncio.Future[EngineRecord]) -> EngineRecord | None:
+        """The waiter's client went away: it leaves the queue. Returns the record if it was
+        granted one at the same instant (the caller gives it back)."""
+        self._by_id.pop(waiter_id, None)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        if not future.done():
+            future.cancel()
+        return None
+
     def queued_for(self, model_name: str) -> int:
         return sum(1 for w in self._by_id.values() if w.waiter.model == model_name)
 
