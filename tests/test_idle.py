@@ -90,7 +90,7 @@ async def test_give_back_stops_the_unloadable_and_sleeps_the_sleepers() -> None:
         return True
 
     sleeper = record(SLEEP, rid=1, sleeps=True)
-    sleeper.process.sleep = fake_sleep
+    setattr(sleeper.process, "sleep", fake_sleep)  # the stand-in process learns to sleep
     stopper, busy = record(UNLOAD, rid=2), record(UNLOAD, rid=3, in_flight=1)
     stopped: list[tuple[str, str]] = []
     kicks: list[None] = []
