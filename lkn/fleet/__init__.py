@@ -1,1 +1,2 @@
-"""The fleet of engines: the manager, its records, the pure scheduler and selector, balancing, breakers."""
+"""The fleet of engines: the manager and its helpers (records, the wait queue, backends,
+footprints, the idle policy), the pure scheduler and selector, balancing, breakers."""

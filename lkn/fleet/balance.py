@@ -19,8 +19,6 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from lkn.config import STRATEGIES
-
 
 @dataclass(frozen=True)
 class Backend:

@@ -17,10 +17,10 @@ import aiohttp
 
 from lkn.config import Config, ModelConfig
 from lkn.engines.bound import model_shape, prompt_bound
-from lkn.engines.process import EngineProcess
+
 from lkn.engines.tokens import count_prompt, local_source
 from lkn.fleet import scheduler as sched
-from lkn.fleet.records import Demand
+from lkn.fleet.records import Demand, Process
 from lkn.fleet.selector import VariantInfo, bound_decides, explicit_answer_budget, options_for
 
 
@@ -30,7 +30,7 @@ class FleetView(Protocol):
     @property
     def cfg(self) -> Config: ...
     def variants(self, model: ModelConfig) -> list[VariantInfo]: ...
-    def ready_process(self, model_name: str) -> EngineProcess | None: ...
+    def ready_process(self, model_name: str) -> Process | None: ...
 
 
 @dataclass(frozen=True)

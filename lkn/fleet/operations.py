@@ -22,7 +22,7 @@ from typing import Any
 
 from lkn.fleet import scheduler as sched
 from lkn.config import ModelConfig
-from lkn.errors import BadRequest, EngineUnavailable, LknError, ModelNotFound
+from lkn.errors import BadRequest, EngineUnavailable, LknError
 from lkn.fleet.manager import EngineManager
 from lkn.engines.process import EngineStartError, State
 from lkn.fleet.records import Demand, EngineRecord

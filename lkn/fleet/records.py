@@ -1,10 +1,10 @@
 """One record per engine instance, and the lease a request holds on one.
 
 An ``EngineRecord`` is everything the manager knows about one engine of one config generation:
-its spec (model + variant), the ``EngineProcess`` that owns the child, requests in flight, last
-use, VRAM estimate, whether a reload retired it, and its failure history. Grants and leases
-carry the record itself, never a key string, so a reload that replaces a variant can never make a
-lease point at the wrong engine. The process state is read from ``EngineProcess``, never copied;
+its spec (model + variant), the process that owns the child (or watches a remote server),
+requests in flight, last use, VRAM estimate, whether a reload retired it, and its failure
+history. Grants and leases carry the record itself, never a key string, so a reload that
+replaces a variant can never make a lease point at the wrong engine. The process state is read from the process, never copied;
 the record only adds what the manager itself is doing to the engine (starting, stopping,
 releasing memory).
 """
@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from lkn.fleet import scheduler as sched
 from lkn.config import ModelConfig, VariantConfig
-from lkn.fleet.failures import FailureHistory, FailurePolicy
+from lkn.fleet.failures import FailureHistory, FailurePolicy, record_failure
 from lkn.engines.base import EngineClient
 from lkn.engines.process import EngineProcess, State
+from lkn.engines.remote import RemoteProcess
 
-if TYPE_CHECKING:
-    from lkn.fleet.manager import EngineManager
+# What runs an engine: a child process lkn owns, or a server elsewhere that lkn only watches.
+Process = EngineProcess | RemoteProcess
 
 _SCHED_STATE = {State.STARTING: sched.STARTING, State.READY: sched.READY,
                 State.STOPPING: sched.STOPPING, State.ASLEEP: sched.ASLEEP}
-
-
-def variant_key(model: ModelConfig, variant: VariantConfig) -> str:
-    """A variant's name, for people and for the running config's table: ``model@ctx``."""
-    return model.variant_name(variant)
 
 
 def engine_identity(client: EngineClient) -> str:
@@ -56,7 +52,7 @@ class EngineRecord:
     vram_measured_mb: float | None = None   # the engine's own report (engines.footprint)
 
     def __init__(self, record_id: int, model: ModelConfig, variant: VariantConfig,
-                 process: EngineProcess, vram_mb: int, identity: str) -> None:
+                 process: Process, vram_mb: int, identity: str) -> None:
         self.id = record_id
         self.model = model
         self.variant = variant
@@ -79,7 +75,7 @@ class EngineRecord:
     @property
     def key(self) -> str:
         """The variant's name, for people: ``model@ctx``. Not unique across reloads."""
-        return variant_key(self.model, self.variant)
+        return self.model.variant_name(self.variant)
 
     @property
     def slot_id(self) -> str:
@@ -124,6 +120,30 @@ class EngineRecord:
     def startable(self, policy: FailurePolicy, now: float) -> bool:
         return self.running() or self.history.may_start(policy, now)
 
+    def note_state(self, old: State, now: float) -> bool:
+        """Bookkeeping for a state change of its process (from ``old``); True when the change
+        was a crash (FAILED after READY or ASLEEP: a failure for the backoff)."""
+        state = self.process.state
+        if state in (State.STOPPED, State.FAILED):
+            self.unloading = False  # unloaded: the next request may start it again
+            self.stops += 1
+        elif state is State.STARTING:
+            self.stop_reason = ""
+        if state is State.FAILED and old in (State.READY, State.ASLEEP):
+            self.crashes += 1
+            self.history = record_failure(self.history, self.process.last_error, now)
+            return True
+        return False
+
+    def event(self, old: State) -> dict[str, Any]:
+        """The bus's ``engine`` event for the state change from ``old`` to the current."""
+        state = self.process.state
+        reason = (self.stop_reason if state in (State.STOPPING, State.STOPPED)
+                  else self.process.last_error if state is State.FAILED else "")
+        return {"engine": self.slot_id, "key": self.key, "model": self.model.name,
+                "ctx": self.variant.ctx_size, "state": state.value, "previous": old.value,
+                "reason": reason, "vram_mb": self.vram_mb}
+
     def describe(self, policy: FailurePolicy, now: float) -> dict[str, Any]:
         d = self.process.describe()
         h = self.history
@@ -142,10 +162,15 @@ class EngineRecord:
         return d
 
 
+class Releaser(Protocol):
+    """Who takes a lease back: the manager (a Protocol, so records need not import it)."""
+    def release(self, record: EngineRecord) -> None: ...
+
+
 class Lease:
     """The right to send one request to one engine; release it when the answer is relayed."""
 
-    def __init__(self, manager: EngineManager, record: EngineRecord) -> None:
+    def __init__(self, manager: Releaser, record: EngineRecord) -> None:
         self._manager = manager
         self.record = record
         self.process = record.process

@@ -69,8 +69,8 @@ def options_for(model: str, variants: Sequence[VariantInfo], *, prompt_tokens: i
 def candidate_options(model: str, variants: Sequence[VariantInfo], need: int, *,
                       budget_mb: int, prompt_tokens: int) -> tuple[Option, ...]:
     fitting = [v for v in variants if v.vram_mb <= budget_mb]
-    options = tuple(Option(v.key, v.ctx, v.vram_mb, v.local, v.group) for v in sorted(fitting, key=lambda v: v.ctx)
-                    if v.ctx >= need)
+    options = tuple(Option(v.key, v.ctx, v.vram_mb, v.local, v.group)
+                    for v in sorted(fitting, key=lambda v: v.ctx) if v.ctx >= need)
     if options:
         return options
     largest = max((v.ctx for v in fitting), default=0)

@@ -1,0 +1,166 @@
+"""The queue of requests waiting for an engine, and when the manager must look at it again.
+
+Each queued request is a ``Waiting``: the scheduler's ``Waiter`` (its options, arrival, backend
+preference), the ``Demand`` it was planned from (a reload plans it again), the deadline of its
+own timeout and the future its ``acquire()`` awaits. The queue grants, expires and fails them;
+which waiter gets which engine is the scheduler's business, never the queue's.
+
+``wake_at()`` is the pure rule for the manager's one timer: the next deadline, wait bound,
+backoff end or stop retry still ahead.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Iterator
+
+from lkn.errors import GatewayTimeout, LknError
+from lkn.fleet import scheduler as sched
+from lkn.fleet.failures import FailurePolicy
+from lkn.fleet.records import Demand, EngineRecord
+
+
+@dataclass
+class Waiting:
+    waiter: sched.Waiter
+    demand: Demand
+    deadline: float  # its own timeout (queue_timeout_s, or the caller's)
+    future: asyncio.Future[EngineRecord]
+
+
+class WaitQueue:
+    def __init__(self) -> None:
+        self._by_id: dict[int, Waiting] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Waiting]:
+        return iter(list(self._by_id.values()))
+
+    def add(self, waiting: Waiting) -> None:
+        self._by_id[waiting.waiter.id] = waiting
+
+    def remove(self, waiter_id: int) -> Waiting | None:
+        return self._by_id.pop(waiter_id, None)
+
+    def withdraw(self, waiter_id: int,
+                 future: asyncio.Future[EngineRecord]) -> EngineRecord | None:
+        """The waiter's client went away: it leaves the queue. Returns the record if it was
+        granted one at the same instant (the caller gives it back)."""
+        self._by_id.pop(waiter_id, None)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        if not future.done():
+            future.cancel()
+        return None
+
+    def queued_for(self, model_name: str) -> int:
+        return sum(1 for w in self._by_id.values() if w.waiter.model == model_name)
+
+    def live(self) -> list[Waiting]:
+        """The waiters still waiting (not failed or cancelled meanwhile), in arrival order."""
+        return [w for w in self._by_id.values() if not w.future.done()]
+
+    def snapshot(self, usable: Callable[[str], bool]) -> list[sched.Waiter]:
+        """The live waiters for the scheduler, each with only its ``usable`` options: a variant
+        waiting out a backoff is left out for now, so a request that another variant can hold
+        is served by it."""
+        waiters = []
+        for w in self.live():
+            options = tuple(o for o in w.waiter.options if usable(o.key))
+            # a copy only when an option is left out: this runs on every event
+            waiters.append(w.waiter if len(options) == len(w.waiter.options)
+                           else replace(w.waiter, options=options))
+        return waiters
+
+    def grant(self, waiter_id: int, record: EngineRecord) -> None:
+        self._by_id.pop(waiter_id).future.set_result(record)
+
+    def fail(self, waiting: Waiting, error: BaseException) -> None:
+        del self._by_id[waiting.waiter.id]
+        waiting.future.set_exception(error)
+
+    def expire(self, now: float) -> list[Waiting]:
+        """Fail with a 504 the waiters whose own timeout has passed; returns them."""
+        expired = [w for w in self.live() if now >= w.deadline]
+        for w in expired:
+            waited = now - w.waiter.arrived
+            self.fail(w, GatewayTimeout(
+                f"request waited {waited:.0f}s in the queue for model '{w.waiter.model}' "
+                f"without an engine becoming free"))
+        return expired
+
+    def fail_stranded(self, key: str, usable: Callable[[str], bool],
+                      error: Callable[[], LknError]) -> list[Waiting]:
+        """Fail the waiters that only the engine ``key`` could serve now: those with another
+        option that is ``usable`` keep waiting (failures stay local). Returns the failed."""
+        stranded = []
+        for w in self.live():
+            keys = [o.key for o in w.waiter.options]
+            if key not in keys or any(k != key and usable(k) for k in keys):
+                continue
+            stranded.append(w)
+            self.fail(w, error())
+        return stranded
+
+    def fail_all(self, error: Callable[[], LknError]) -> None:
+        for w in self.live():
+            w.future.set_exception(error())
+        self._by_id.clear()
+
+    def replan(self, options: Callable[[Waiting], tuple[str, tuple[sched.Option, ...]]]) -> None:
+        """After a reload: each waiter gets its model's name and options again from
+        ``options``; one that raises (model gone, nothing fits any more) fails with it."""
+        for w in self.live():
+            try:
+                model, opts = options(w)
+            except LknError as exc:
+                self.fail(w, exc)
+                continue
+            w.waiter = replace(w.waiter, model=model, options=opts)
+
+
+def wake_at(now: float, waiting: Iterable[Waiting], records: Iterable[EngineRecord],
+            policy: FailurePolicy, max_wait_s: float) -> float | None:
+    """When the scheduler must run again although nothing happens: the earliest of every
+    waiter's timeout and wait bound, the end of the backoff of an engine a waiter could use,
+    and a failed stop's retry time; None when none is ahead of ``now``."""
+    waiting = list(waiting)
+    due = [w.deadline for w in waiting]
+    due += [w.waiter.arrived + max_wait_s for w in waiting]
+    wanted = {o.key for w in waiting for o in w.waiter.options}
+    records = list(records)
+    due += [r.history.retry_at(policy) for r in records
+            if r.slot_id in wanted and not r.running()]
+    due += [r.stop_retry_at for r in records]
+    ahead = [t for t in due if t > now]
+    return min(ahead) if ahead else None
+
+
+class Watchers:
+    """Callers waiting for a condition on the engines, checked after every decision."""
+
+    def __init__(self) -> None:
+        self._futures: list[asyncio.Future[None]] = []
+
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Wait until ``done()`` holds; GatewayTimeout after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise GatewayTimeout(f"{what} did not finish within {timeout_s:g}s")
+            watcher: asyncio.Future[None] = loop.create_future()
+            self._futures.append(watcher)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(watcher, remaining)
+
+    def wake(self) -> None:
+        """A decision ran: every waiting caller checks its condition again."""
+        futures, self._futures = self._futures, []
+        for future in futures:
+            if not future.done():
+                future.set_result(None)
