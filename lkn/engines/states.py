@@ -1,20 +1,17 @@
 """The states of an engine process and every legal move between them.
 
-::
+The main line::
 
     STOPPED --start--> STARTING --healthy--> READY --stop--> STOPPING --> STOPPED
-       ^                  |                  |  ^               |
-       |                  |          release |  | resume        |
-       |                  |                  v  |               |
-       |                  |                 ASLEEP --stop-------+
-       |                  |                  |
-       |                  +--exit/timeout--> FAILED <--crash-- READY, ASLEEP, STOPPING
-       +----------reset--------------------- FAILED --start--> STARTING
+                          |                  |  ^
+                          +--> FAILED        v  | (SGLang releases and resumes its memory)
+                   (exit, timeout, crash)   ASLEEP
 
-``TRANSITIONS`` is the table ``EngineProcess._set_state`` checks; ``REMOTE_TRANSITIONS`` the one
-of ``RemoteProcess``, which has nothing to stop and never sleeps. A move outside its table is a
-bug in lkn: it is logged and recorded on the process, never raised, because the state it goes to
-is still the truth about the child (raising would leave the process in a state that lies).
+``TRANSITIONS`` lists every move of ``EngineProcess`` with the code that makes it;
+``REMOTE_TRANSITIONS`` those of ``RemoteProcess``, which has nothing to stop and never sleeps.
+A move outside its table is a bug in lkn: it is logged and recorded on the process, never
+raised, because the state it goes to is still the truth about the child (raising would leave
+the process in a state that lies).
 """
 from __future__ import annotations
 
