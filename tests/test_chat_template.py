@@ -38,7 +38,7 @@ def test_hf_template_comes_from_tokenizer_config(tmp_path: Path) -> None:
 
 
 def test_an_idle_gateway_imports_neither_llama_cpp_nor_numpy(tmp_path: Path) -> None:
-    code = ("import sys, lkn.__main__, lkn.server, lkn.bound as b\n"
+    code = ("import sys, lkn.__main__, lkn.gateway.server, lkn.engines.bound as b\n"
             "from lkn.config import ModelConfig, VariantConfig\n"
             "m = ModelConfig(name='m', engine='llamacpp',\n"
             f"                variants=(VariantConfig(512, {smollm2_path()!r}, 0),))\n"

@@ -14,6 +14,7 @@ import pytest
 from lkn.config import ModelConfig, VariantConfig
 from lkn.engines.llamacpp import LlamaCppEngine
 from lkn.engines.process import EngineProcess, EngineStartError, PortPool, State
+from lkn.engines.states import REMOTE_TRANSITIONS, TRANSITIONS, is_legal
 from tests.conftest import free_port
 
 
@@ -46,6 +47,7 @@ async def test_slow_engine_becomes_ready_after_refused_then_503(fake_binary: str
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         log_text = Path(proc.logs.path).read_text()
         assert "fake: listening" in log_text and "starting -> ready" in log_text
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_exit_before_ready_fails_at_once_with_log_tail(fake_binary: str) -> None:
@@ -60,6 +62,7 @@ async def test_exit_before_ready_fails_at_once_with_log_tail(fake_binary: str) -
         assert "not ready after" not in message
         assert "out of memory while loading tensors" in message
         assert proc.state is State.FAILED
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_engine_ignoring_sigterm_is_killed_after_grace(fake_binary: str) -> None:
@@ -73,6 +76,7 @@ async def test_engine_ignoring_sigterm_is_killed_after_grace(fake_binary: str) -
         assert proc.proc is not None and proc.proc.returncode == -9
         assert "SIGKILL" in proc.logs.tail(10)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_stop_sweeps_grandchild_that_left_the_group(fake_binary: str,
@@ -87,6 +91,7 @@ async def test_stop_sweeps_grandchild_that_left_the_group(fake_binary: str,
         await asyncio.sleep(0.1)
         assert not psutil.pid_exists(grandchild) or \
             psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_start_timeout_kills_the_child(fake_binary: str) -> None:
@@ -95,6 +100,7 @@ async def test_start_timeout_kills_the_child(fake_binary: str) -> None:
         with pytest.raises(EngineStartError, match="not ready after 1s"):
             await proc.ensure_ready()
         assert proc.proc is not None and proc.proc.returncode is not None
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_concurrent_ensure_ready_spawns_once(fake_binary: str) -> None:
@@ -111,6 +117,7 @@ async def test_concurrent_ensure_ready_spawns_once(fake_binary: str) -> None:
         await asyncio.gather(*(proc.ensure_ready() for _ in range(5)))
         assert len(spawned) == 1 and proc.state is State.READY
         await proc.stop()
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_ensure_ready_during_stop_waits_then_starts(fake_binary: str) -> None:
@@ -125,6 +132,7 @@ async def test_ensure_ready_during_stop_waits_then_starts(fake_binary: str) -> N
         await stopping
         assert proc.state is State.READY and proc.pid != first
         await proc.stop()
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_crash_is_noticed_and_next_start_works(fake_binary: str) -> None:
@@ -140,6 +148,7 @@ async def test_crash_is_noticed_and_next_start_works(fake_binary: str) -> None:
         await proc.ensure_ready()
         assert proc.state is State.READY
         await proc.stop()
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_spawn_failure_is_a_start_error() -> None:
@@ -147,6 +156,7 @@ async def test_spawn_failure_is_a_start_error() -> None:
         proc = fake_process("/nonexistent/llama-server", session)
         with pytest.raises(EngineStartError, match="cannot spawn /nonexistent/llama-server"):
             await proc.ensure_ready()
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 def test_port_pool_skips_ports_in_use() -> None:
@@ -168,6 +178,7 @@ async def test_the_engines_own_ready_line_wakes_the_health_poll(fake_binary: str
         assert "listening on http://127.0.0.1" in proc.logs.tail(20)
         assert proc._ready_hint.is_set()  # the poll was woken by the line, not by its interval
         await proc.stop()
+        assert not proc.illegal_transitions  # every move was in the table
 
 
 async def test_a_log_that_cannot_be_written_never_breaks_the_engine(fake_binary: str) -> None:
@@ -185,3 +196,66 @@ async def test_a_log_that_cannot_be_written_never_breaks_the_engine(fake_binary:
         assert "starting -> ready" in proc.logs.tail(50)  # the ring kept what the file could not
         await proc.stop()
         assert proc.state is State.STOPPED
+        assert not proc.illegal_transitions  # every move was in the table
+
+
+# ---------------------------------------------------------------- the transition table
+
+MOVES = [(a, b) for a in State for b in State if a is not b]
+
+
+@pytest.mark.parametrize("old, new", [m for m in MOVES if is_legal(*m)])
+def test_every_legal_transition_is_accepted_silently(old: State, new: State,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    proc = _bare_process(old)
+    proc._set_state(new)
+    assert proc.state is new and not proc.illegal_transitions
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize("old, new", [
+    (State.STOPPED, State.READY),      # ready without a start
+    (State.STOPPED, State.STOPPING),
+    (State.STOPPED, State.ASLEEP),
+    (State.STOPPED, State.FAILED),
+    (State.STARTING, State.STOPPED),   # a start always ends READY or FAILED
+    (State.STARTING, State.ASLEEP),
+    (State.READY, State.STARTING),
+    (State.READY, State.STOPPED),      # a stop always goes through STOPPING
+    (State.ASLEEP, State.STOPPED),
+    (State.STOPPING, State.READY),
+    (State.STOPPING, State.STARTING),
+    (State.FAILED, State.READY),
+])
+def test_an_illegal_transition_is_logged_and_kept_not_raised(
+        old: State, new: State, caplog: pytest.LogCaptureFixture) -> None:
+    proc = _bare_process(old)
+    proc._set_state(new, "test")
+    assert proc.state is new  # the new state stands: it is the truth about the child
+    assert list(proc.illegal_transitions) == [(old, new)]
+    assert any("illegal state transition" in r.getMessage() and r.levelname == "ERROR"
+               for r in caplog.records)
+
+
+def test_the_table_names_every_state_and_only_moves() -> None:
+    assert set(TRANSITIONS) == set(State)
+    assert all(old not in targets for old, targets in TRANSITIONS.items())
+    assert sum(map(len, TRANSITIONS.values())) == len([m for m in MOVES if is_legal(*m)]) == 13
+
+
+def test_the_remote_table_has_no_stopping_and_no_sleep() -> None:
+    used = set(REMOTE_TRANSITIONS) | {s for t in REMOTE_TRANSITIONS.values() for s in t}
+    assert used == {State.STOPPED, State.STARTING, State.READY, State.FAILED}
+    assert is_legal(State.READY, State.STOPPED, REMOTE_TRANSITIONS)
+    assert not is_legal(State.STOPPED, State.READY, REMOTE_TRANSITIONS)
+
+
+def _bare_process(state: State) -> EngineProcess:
+    """An EngineProcess in ``state`` that never spawns (the table is all that is tested)."""
+    model = ModelConfig(name="fake", engine="llamacpp",
+                        variants=(VariantConfig(512, "/nonexistent.gguf", 0),))
+    proc = EngineProcess(LlamaCppEngine(model, model.variants[0]), ports=PortPool(1, 2),
+                         session=None,  # type: ignore[arg-type]  # never used: nothing starts
+                         start_timeout_s=1, stop_grace_s=1)
+    proc.state = state
+    return proc

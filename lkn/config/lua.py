@@ -2,7 +2,7 @@
 
 python-lua-helper runs the system Lua on the file and exports the named globals flattened
 (``models.1.name``) with a type tag per key. This module turns that back into nested dicts and
-lists so that ``config.py`` can validate it with precise key paths.
+lists so that ``lkn.config.build`` can validate it with precise key paths.
 """
 from __future__ import annotations
 

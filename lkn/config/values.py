@@ -285,7 +285,7 @@ def allows_longer_context(env: tuple[tuple[str, str], ...]) -> bool:
     return value.lower() in _TRUE
 
 
-# Who separates thinking from the answer (see lkn/thinking.py): the engine, lkn, or nobody.
+# Who separates thinking from the answer (see lkn.relay.thinking): the engine, lkn, or nobody.
 REASONING_MODES = ("engine", "lkn", "none")
 
 

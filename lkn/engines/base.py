@@ -56,6 +56,12 @@ ROUTES = {
 
 
 class EngineClient(ABC):
+    """One kind of engine, bound to one model variant. The subclasses: ``LlamaCppEngine``
+    (llamacpp), ``SGLangEngine`` (sglang), ``CommandEngine`` (any OpenAI-compatible server
+    from an argv) and ``RemoteEngine`` (a server elsewhere). Each must say how it is started
+    (``argv``), when it is ready (``check_ready``), how it counts tokens and how it probes;
+    the rest has defaults for an OpenAI-compatible server."""
+
     kind: str = "engine"
     # Lines of the engine's own output that mean "ready now, check health": the health poll is
     # woken at once instead of after its next interval (see EngineProcess._poll_health).
@@ -147,10 +153,17 @@ class EngineClient(ABC):
         """Extra headers of every request to the engine (a remote upstream's key)."""
         return {}
 
-    # A whole non-streaming answer may take this long; None: the server's request_timeout_s.
-    request_timeout_s: float | None = None
-    # Speaks OpenAI's wire format (lkn may add stream_options); False: translated (Anthropic)
-    openai_wire = True
+    @property
+    def request_timeout_s(self) -> float | None:
+        """A whole non-streaming answer may take this long; None: the server's
+        request_timeout_s."""
+        return None
+
+    @property
+    def openai_wire(self) -> bool:
+        """Speaks OpenAI's wire format (lkn may add stream_options); False: translated
+        (Anthropic)."""
+        return True
 
     def translate_answer(self, raw: bytes) -> bytes:
         """A whole answer in OpenAI's shape (an engine with another API translates it)."""

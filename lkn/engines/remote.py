@@ -9,6 +9,7 @@ its first use (and after a failure) it checks the server answers ``health_path``
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -17,14 +18,16 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import aiohttp
 
-from lkn.engines import anthropic
 from lkn.config import ModelConfig, UpstreamConfig, VariantConfig
+from lkn.engines import anthropic
+from lkn.engines.base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
+                              openai_probe)
+from lkn.engines.handle import StateCallback
+from lkn.engines.logs import LogRing
+from lkn.engines.process import ILLEGAL_KEPT, EngineStartError
+from lkn.engines.states import REMOTE_TRANSITIONS, State, is_legal
 from lkn.errors import BadRequest
 from lkn.sse import Event, SSEParser, frame
-from lkn.engines.base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
-                   openai_probe)
-from lkn.engines.logs import LogRing
-from lkn.engines.process import EngineStartError, State
 
 log = logging.getLogger("lkn.remote")
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -47,7 +50,7 @@ class RemoteEngine(EngineClient):
         assert self.model.upstream is not None
         return self.model.upstream
 
-    @property  # type: ignore[override]
+    @property
     def request_timeout_s(self) -> float | None:
         return self.upstream.timeout_s
 
@@ -61,7 +64,7 @@ class RemoteEngine(EngineClient):
     def anthropic(self) -> bool:
         return self.upstream.api == "anthropic"
 
-    @property  # type: ignore[override]
+    @property
     def openai_wire(self) -> bool:
         return not self.anthropic
 
@@ -173,11 +176,9 @@ def _frames(translator: anthropic.StreamTranslator, events: Iterable[Event]) -> 
             yield frame(out) if isinstance(out, str) else frame(json.dumps(out))
 
 
-StateCallback = Callable[["RemoteProcess", State], None]
-
-
 class RemoteProcess:
-    """The manager's view of a remote server: READY once it answered its health path."""
+    """The manager's view of a remote server: READY once it answered its health path. An
+    ``EngineHandle`` like ``EngineProcess``; its moves are ``states.REMOTE_TRANSITIONS``."""
 
     pid = None
     port = None
@@ -196,12 +197,21 @@ class RemoteProcess:
         self.ready_seconds: float | None = None
         self.start_timeout_s = 0.0
         self.stop_grace_s = 0.0
+        self.start_report: list[str] = []  # a remote server reports no memory footprint
+        # (from, to) of every move outside REMOTE_TRANSITIONS: a bug in lkn (see states)
+        self.illegal_transitions: collections.deque[tuple[State, State]] = \
+            collections.deque(maxlen=ILLEGAL_KEPT)
 
     @property
     def base_url(self) -> str:
         return self.client.upstream.url
 
     def _set(self, state: State, note: str) -> None:
+        # The same state again is no move: two callers of ensure_ready each run a check.
+        if state is not self.state and not is_legal(self.state, state, REMOTE_TRANSITIONS):
+            log.error("upstream %s: illegal state transition %s -> %s (a bug in lkn; the new "
+                      "state stands)", self.key, self.state.value, state.value)
+            self.illegal_transitions.append((self.state, state))
         old, self.state = self.state, state
         self.logs.mark(f"{old.value} -> {state.value} {note}".rstrip())
         self._on_change(self, old)

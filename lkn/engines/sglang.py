@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import Any, TypeGuard
 
 import aiohttp
 
@@ -268,12 +268,12 @@ class SGLangEngine(EngineClient):
                                 f"{type(exc).__name__}: {exc}") from None
 
 
-def _is_token_ids(value: Any) -> bool:
+def _is_token_ids(value: Any) -> TypeGuard[list[int]]:
     return isinstance(value, list) and bool(value) and all(
         isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
-def _is_token_id_batch(value: Any) -> bool:
+def _is_token_id_batch(value: Any) -> TypeGuard[list[list[int]]]:
     return isinstance(value, list) and bool(value) and all(_is_token_ids(p) for p in value)
 
 

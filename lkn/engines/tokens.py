@@ -50,8 +50,8 @@ class GGUFTokenizer:
     """A GGUF file's tokenizer and chat template via llama-cpp-python (vocab only, ~0.1 s)."""
 
     def __init__(self, path: str) -> None:
-        import llama_cpp  # type: ignore[import-not-found]
-        from llama_cpp._logger import set_verbose  # type: ignore[import-not-found]
+        import llama_cpp
+        from llama_cpp._logger import set_verbose
 
         # verbose=False would make llama-cpp-python point the process's fds 1 and 2 at
         # /dev/null while it loads: lkn's own log lines from other threads would vanish, and
@@ -89,7 +89,7 @@ class HFTokenizer:
     """A Hugging Face model directory's ``tokenizer.json`` + ``tokenizer_config.json``."""
 
     def __init__(self, path: str) -> None:
-        from tokenizers import Tokenizer  # type: ignore[import-not-found]
+        from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         cfg_path = os.path.join(path, "tokenizer_config.json")

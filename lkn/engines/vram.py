@@ -9,7 +9,7 @@ estimate = offloaded weights + KV cache for the context + a compute allowance
 - compute allowance: ``server.vram_overhead_mb``.
 
 Once a llama-server variant has started, the manager plans with the footprint the engine itself
-reported (``engines/footprint.py``, kept in the state directory) instead of this estimate. An
+reported (``footprint``, kept in the state directory) instead of this estimate. An
 explicit ``vram_mb`` on the variant wins over both. An SGLang model with
 ``mem_fraction_static`` takes that share of the budget (SGLang allocates it up front); without it,
 the Hugging Face directory is estimated from its safetensors sizes and ``config.json`` the same
