@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -98,7 +98,7 @@ class Forwarder:
         failure: str | None = None
         model = self.outcome.model or ""
         try:
-            source = upstream.content.iter_any()
+            source: AsyncIterator[bytes] = upstream.content.iter_any()
             if not lease.client.openai_wire:  # e.g. Anthropic's events, as OpenAI chunks
                 source = lease.client.translate_stream(source, body or {})
             # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.

@@ -7,7 +7,7 @@ chat stream instead (llama-swap's ``sendLoadingState``): clients that show reaso
 Off by default: it changes the answer's reasoning.
 
 Only waits longer than ``GRACE_S`` do this: a request served by a ready engine answers exactly as
-it would without lkn. Once the headers are out, an error is an error event (the handler's job).
+it would without lkn. Once the headers are out, an error is an error event (``OpenStream``).
 """
 from __future__ import annotations
 
