@@ -21,15 +21,16 @@ from typing import Any, Iterator
 from aiohttp import web
 
 from lkn.cache.http import CacheTicket, cache_opt_out
-from lkn.config import Config, HomeostasisConfig, ModelConfig
+from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnavailable,
                         GatewayTimeout, LknError, UpstreamError)
 from lkn.fleet.records import Lease
 from lkn.homeostat import gate
-from lkn.homeostat.interventions import request_overrides, with_verify_prompt
+from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.ops.traffic import Finished
 from lkn.request.forward import Forwarder
+from lkn.request.lease import Backends, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
@@ -50,13 +51,6 @@ class Attempt:
     response: web.StreamResponse | None = None
     failure: LknError | web.StreamResponse | None = None
     failed_backend: str | None = None
-
-
-@dataclass(frozen=True)
-class Backends:
-    """Which backends of a model with several a lease may pick."""
-    exclude: frozenset[str] = frozenset()  # those this request failed on
-    sticky: str | None = None              # the balancer's key for sticky backends
 
 
 @dataclass(frozen=True)
@@ -248,7 +242,7 @@ class RequestHandler:
         fell_back = False
         while True:
             try:
-                lease = await self._lease(model, route, _sized_body(route, body, settings),
+                lease = await self._lease(model, route, sized_body(route, body, settings),
                                           backends)
                 break
             except ContextLengthExceeded:
@@ -281,37 +275,17 @@ class RequestHandler:
         finally:
             lease.release()
 
+    async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
+                     backends: Backends, arrived: float | None = None) -> Lease:
+        return await lease_engine(self.state, model, route, body, self.outcome,
+                                  self.stream.loading, backends, arrived)
+
     def _backend_failed(self, lease: Lease) -> str | None:
         """Report a backend's failure to its balancer; its name (None: not a backend)."""
         if lease.record.model.parent is None:
             return None
         self.state.manager.report(lease.record, False)
         return lease.record.model.name
-
-    async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
-                     backends: Backends, arrived: float | None = None) -> Lease:
-        """Size the request, then wait for an engine of ``model`` whose variant holds it."""
-        sizing = await self.state.manager.selector.size(model, route, body)
-        metrics, outcome = self.state.metrics, self.outcome
-        metrics.token_counts.inc(sizing.method)
-        outcome.model = model.name  # known before the wait: loading streams carry it
-        outcome.prompt_tokens = sizing.demand.prompt_tokens
-        outcome.counted_by = sizing.method
-        demand = sizing.demand
-        waited = time.monotonic()
-        if outcome.queued_at is None:
-            outcome.queued_at = waited  # when this request first queued (an escalation keeps it)
-        if model.backends:
-            demand = replace(demand, exclude=backends.exclude, sticky_key=backends.sticky)
-        acquiring = self.state.manager.acquire(model, demand, arrived=arrived)
-        loading = self.stream.loading
-        # a stream keeps the client informed while it waits for a start or a swap
-        lease = await (acquiring if loading is None else loading.wait(acquiring))
-        metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
-        outcome.variant = lease.client.variant.ctx_size
-        if lease.record.model.parent is not None:
-            outcome.backend = lease.record.model.name
-        return lease
 
     # ------------------------------------------------------------------ homeostat
     async def _homeostat(self, route: str, body: dict[str, Any], lease: Lease,
@@ -350,13 +324,6 @@ class RequestHandler:
         self.stream = OpenStream(request, self.outcome.headers)
         return await Forwarder(self.state, self.outcome, self.stream).relay_stream(
             upstream, lease, started)
-
-
-def _sized_body(route: str, body: dict[str, Any], settings: HomeostasisConfig) -> dict[str, Any]:
-    # Size the context for the request as it may be sent: with the verification prompt.
-    if settings.mode == "homeostatic" and settings.intervention == "verify_prompt":
-        return with_verify_prompt(route, body, settings.verify_prompt)
-    return body
 
 
 def _describe(failure: LknError | web.StreamResponse | None) -> str:
