@@ -99,11 +99,11 @@ def test_lru_evicts_least_recently_used_by_size() -> None:
     assert store.get("k1", 1.0) is not None          # k1 is now the most recently used
     assert store.put("k4", answer, True, 2.0)        # evicts k2, the least recently used
     assert [k for k in ("k1", "k2", "k3", "k4") if store.get(k, 3.0)] == ["k1", "k3", "k4"]
-    assert store.bytes == 3 * entry_size(answer) and store.evictions["size"] == 1
+    assert store.used_bytes == 3 * entry_size(answer) and store.evictions["size"] == 1
     big = b"y" * (2 * entry_size(answer) - len("k5") - ENTRY_OVERHEAD)
     assert store.put("k5", big, True, 4.0)           # takes the room of two: k1 and k3 go
     assert [k for k in ("k1", "k3", "k4", "k5") if store.get(k, 5.0)] == ["k4", "k5"]
-    assert store.bytes == store.max_bytes and store.evictions["size"] == 3
+    assert store.used_bytes == store.max_bytes and store.evictions["size"] == 3
 
 
 def test_an_answer_larger_than_the_store_is_not_kept() -> None:
@@ -117,7 +117,7 @@ def test_replacing_an_entry_keeps_the_byte_count_exact() -> None:
     store = Store("fp", ttl_s=60, max_bytes=10_000)
     store.put("k1", b"x" * 100, False, 0.0)
     store.put("k1", b"x" * 300, True, 1.0)
-    assert len(store) == 1 and store.bytes == entry_size(b"x" * 300)
+    assert len(store) == 1 and store.used_bytes == entry_size(b"x" * 300)
 
 
 @pytest.mark.parametrize("age, alive", [(0.0, True), (9.99, True), (10.0, False), (50, False)])
@@ -125,7 +125,7 @@ def test_entries_expire_after_ttl(age: float, alive: bool) -> None:
     store = Store("fp", ttl_s=10, max_bytes=10_000)
     store.put("k1", b"answer", True, 100.0)
     assert (store.get("k1", 100.0 + age) is not None) is alive
-    assert store.bytes == (entry_size(b"answer") if alive else 0)
+    assert store.used_bytes == (entry_size(b"answer") if alive else 0)
 
 
 def test_expiry_counts_from_storing_not_from_use() -> None:

@@ -1,7 +1,8 @@
 """The response cache at the HTTP edge: one request's ``CacheTicket``.
 
 ``CacheTicket.open`` decides hit, miss or bypass (``Cache-Control: no-cache`` / ``no-store`` or
-``"lkn": {"cache": false}`` bypass: no lookup and no store), sets ``x-lkn-cache`` and counts it.
+``"lkn": {"cache": false}`` bypass: no lookup and no store) and counts it; the ticket's
+``lookup.result`` is the ``x-lkn-cache`` header.
 A hit is answered here, without an engine: the stored JSON as it was sent, or replayed as an
 OpenAI stream. A miss ``tee``s the relayed stream into an accumulator and ``settle``s the
 response: a 200 JSON answer, or a stream that ended with ``[DONE]`` and no error, is stored.
@@ -55,7 +56,7 @@ class CacheTicket:
     @classmethod
     def open(cls, cache: ResponseCache, metrics: Metrics, request: web.Request, route: str,
              model: ModelConfig, body: dict[str, Any], settings: HomeostasisConfig,
-             opted_out: bool, headers: dict[str, str]) -> CacheTicket | None:
+             opted_out: bool) -> CacheTicket | None:
         stream = bool(body.get("stream"))
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
@@ -64,7 +65,6 @@ class CacheTicket:
                               needs_usage=include_usage or not stream)
         if lookup is None:
             return None
-        headers[CACHE_HEADER] = lookup.result
         metrics.cache_requests.inc(model.name, lookup.result)
         return cls(cache, lookup, stream, include_usage)
 

@@ -91,7 +91,7 @@ class Store:
     fingerprint: str
     ttl_s: float
     max_bytes: int
-    bytes: int = 0
+    used_bytes: int = 0  # what its entries cost (ENTRY_OVERHEAD included)
     evictions: dict[str, int] = field(default_factory=lambda: {"size": 0, "ttl": 0})
     _lru: OrderedDict[str, Entry] = field(default_factory=OrderedDict)
     _stored: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -121,18 +121,18 @@ class Store:
         self.expire(now)
         if key in self._lru:
             self._remove(key)
-        while self._lru and self.bytes + size > self.max_bytes:
+        while self._lru and self.used_bytes + size > self.max_bytes:
             self._remove(next(iter(self._lru)))
             self.evictions["size"] += 1
         self._lru[key] = Entry(answer, has_usage, now, size)
         self._stored[key] = None
-        self.bytes += size
+        self.used_bytes += size
         return True
 
     def _remove(self, key: str) -> None:
         entry = self._lru.pop(key)
         del self._stored[key]
-        self.bytes -= entry.size
+        self.used_bytes -= entry.size
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class ResponseCache:
             if old is not None and old.fingerprint == fp:
                 old.ttl_s, old.max_bytes = model.cache.ttl_s, max_bytes
                 old.expire(self._clock())
-                while old.bytes > max_bytes:
+                while old.used_bytes > max_bytes:
                     old._remove(next(iter(old._lru)))
                     old.evictions["size"] += 1
                 stores[model.name] = old
@@ -209,7 +209,7 @@ class ResponseCache:
         out = []
         for name, store in self._stores.items():
             store.expire(now)
-            out.append({"model": name, "entries": len(store), "bytes": store.bytes,
+            out.append({"model": name, "entries": len(store), "bytes": store.used_bytes,
                         "max_bytes": store.max_bytes, "ttl_s": store.ttl_s,
                         "evictions": dict(store.evictions)})
         return out

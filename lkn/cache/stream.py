@@ -128,8 +128,8 @@ class StreamAccumulator:
 def replay(answer: dict[str, Any], *, include_usage: bool) -> list[bytes]:
     """An OpenAI-shaped stream of ``answer`` (a chat.completion or text_completion), framed."""
     chat = answer.get("object") != "text_completion"
-    head = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")
-            if k in answer}
+    head: dict[str, Any] = {k: answer[k] for k in ("id", "created", "model",
+                                                   "system_fingerprint") if k in answer}
     head["object"] = "chat.completion.chunk" if chat else "text_completion"
     frames = []
     for choice in answer.get("choices") or []:

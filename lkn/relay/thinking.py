@@ -179,7 +179,8 @@ class StreamShaper:
 
     def _choice(self, choice: dict[str, Any]) -> list[dict[str, Any]]:
         index = choice.get("index", 0)
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        sent = choice.get("delta")
+        delta: dict[str, Any] = sent if isinstance(sent, dict) else {}
         parser = self._parsers.get(index)
         if parser is None:
             parser = self._parsers[index] = ReasoningParser(think_opened=self._think_opened)

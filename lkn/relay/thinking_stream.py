@@ -18,8 +18,8 @@ import aiohttp
 
 from lkn.engines.base import EngineRequestError
 from lkn.sse import DONE, SSEParser, frame
-from lkn.relay.thinking import (LKN_FIELDS, StreamShaper, constrained, engine_body, set_channel_tokens,
-                       set_reasoning_tokens, split_message)
+from lkn.relay.thinking import (LKN_FIELDS, StreamShaper, constrained, engine_body,
+                                set_channel_tokens, set_reasoning_tokens, split_message)
 
 if TYPE_CHECKING:
     from lkn.fleet.records import Lease
@@ -70,11 +70,9 @@ class ThinkingRelay:
         return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
     async def stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Re-frames the upstream's SSE bytes; upstream errors propagate unchanged."""
-        if not self.splits:
-            async for chunk in chunks:
-                yield chunk
-            return
+        """Re-frames the upstream's SSE bytes; upstream errors propagate unchanged. Only for a
+        relay that ``splits``: one that does not leaves the bytes alone, so its caller passes them
+        on without this generator layer."""
         shaper = StreamShaper(think_opened=await self._opens_think(), channels=self._channels)
         parser = SSEParser()
         async for chunk in chunks:
@@ -82,7 +80,7 @@ class ThinkingRelay:
             if out:
                 yield out
         out = b"".join([await self._event(e.data, shaper) for e in parser.flush()])
-        # EOF without [DONE]: send what the parser held; the handler reports the cut.
+        # EOF without [DONE]: send what the parser held; the forwarder reports the cut.
         out += b"".join(frame(d) for d in shaper.finish())
         if out:
             yield out
@@ -117,8 +115,9 @@ class ThinkingRelay:
         total = await self._count(reasoning)
         if total is not None:
             set_reasoning_tokens(usage, total)
-        per_channel = {name: await self._count([text]) for name, text in channels.items()}
-        if per_channel and None not in per_channel.values():
+        counted = {name: await self._count([text]) for name, text in channels.items()}
+        per_channel = {name: n for name, n in counted.items() if n is not None}
+        if per_channel and len(per_channel) == len(counted):  # one uncounted: none reported
             set_channel_tokens(usage, per_channel)
 
     async def _count(self, texts: list[str]) -> int | None:

@@ -7,7 +7,7 @@ chat stream instead (llama-swap's ``sendLoadingState``): clients that show reaso
 Off by default: it changes the answer's reasoning.
 
 Only waits longer than ``GRACE_S`` do this: a request served by a ready engine answers exactly as
-it would without lkn. Once the headers are out, an error is an error event (the handler's job).
+it would without lkn. Once the headers are out, an error is an error event (``OpenStream``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -30,12 +30,12 @@ INTERVAL_S = 3.0    # between two progress messages
 
 class LoadingFeedback:
     def __init__(self, request: web.Request, route: str, model: ModelConfig,
-                 manager: EngineManager, headers: dict[str, str]) -> None:
+                 manager: EngineManager, headers: Callable[[], dict[str, str]]) -> None:
         self._request = request
         self._route = route
         self.model = model  # the model being waited for (a fallback replaces it)
         self._manager = manager
-        self._headers = headers
+        self._headers = headers  # the request's headers as they are when they go out
         self._id = f"chatcmpl-lkn-loading-{uuid.uuid4().hex[:12]}"
         self.response: web.StreamResponse | None = None  # prepared once the wait got long
 
@@ -60,7 +60,7 @@ class LoadingFeedback:
     async def _progress(self, waited: float) -> None:
         what = f"{self._manager.waiting_on(self.model.name)}, {waited:.0f} s"
         if self.response is None:
-            self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers))
+            self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers()))
             await self.response.prepare(self._request)
         if self.model.loading_events and self._route == "chat":
             await self.response.write(frame_json(self._chunk(what + "\n")))

@@ -10,7 +10,7 @@ from typing import Any
 
 from lkn import fastjson
 from lkn.errors import BadRequest
-from lkn.request.validate_formats import check_reasoning_fields, check_response_format
+from lkn.request.validate_formats import check_reasoning_fields, check_response_format, is_int
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -27,10 +27,6 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -45,7 +41,7 @@ def _check_common(body: dict[str, Any]) -> None:
         raise BadRequest(f"'stream' must be a boolean, got {body['stream']!r}", param="stream")
     for name in ("max_tokens", "max_completion_tokens"):
         v = body.get(name)
-        if v is not None and (not _is_int(v) or v < 1):
+        if v is not None and (not is_int(v) or v < 1):
             raise BadRequest(f"'{name}' must be a positive integer, got {v!r}", param=name)
     for name, lo, hi in (("temperature", 0.0, 2.0), ("presence_penalty", -2.0, 2.0),
                          ("frequency_penalty", -2.0, 2.0)):
@@ -60,7 +56,7 @@ def _check_common(body: dict[str, Any]) -> None:
         raise BadRequest(f"'top_p' must be a number greater than 0 and at most 1 (for greedy "
                          f"decoding use temperature 0), got {top_p!r}", param="top_p")
     n = body.get("n")
-    if n is not None and (not _is_int(n) or n < 1):
+    if n is not None and (not is_int(n) or n < 1):
         raise BadRequest(f"'n' must be a positive integer, got {n!r}", param="n")
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
@@ -95,7 +91,7 @@ def validate_chat(body: dict[str, Any]) -> None:
     if logprobs is not None and not isinstance(logprobs, bool):
         raise BadRequest(f"'logprobs' must be a boolean, got {logprobs!r}", param="logprobs")
     top = body.get("top_logprobs")
-    if top is not None and (not _is_int(top) or top < 0):
+    if top is not None and (not is_int(top) or top < 0):
         raise BadRequest(f"'top_logprobs' must be a non-negative integer, got {top!r}",
                          param="top_logprobs")
     check_reasoning_fields(body)
@@ -107,8 +103,8 @@ def validate_completions(body: dict[str, Any]) -> None:
     if prompt is None:
         raise BadRequest("'prompt' is required", param="prompt")
     ok = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and (
-        all(isinstance(p, str) for p in prompt) or all(_is_int(t) for t in prompt)
-        or all(isinstance(p, list) and all(_is_int(t) for t in p) for p in prompt)))
+        all(isinstance(p, str) for p in prompt) or all(is_int(t) for t in prompt)
+        or all(isinstance(p, list) and all(is_int(t) for t in p) for p in prompt)))
     if not ok:
         raise BadRequest("'prompt' must be a string, an array of strings, or an array of "
                          "token ids", param="prompt")

@@ -27,7 +27,8 @@ NUMBERS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multip
 MAX_DEPTH = 64
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer as JSON means it: ``true`` is not 1."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -52,7 +53,7 @@ def schema_problem(schema: Any, path: str, depth: int = 0) -> str | None:
     if "enum" in schema and not isinstance(schema["enum"], list):
         return f"{path}.enum must be a list"
     for key in COUNTS:
-        if key in schema and (not _is_int(schema[key]) or schema[key] < 0):
+        if key in schema and (not is_int(schema[key]) or schema[key] < 0):
             return f"{path}.{key} must be a non-negative integer"
     for key in NUMBERS:
         v = schema.get(key)

@@ -1,0 +1,156 @@
+"""Forwarding one request to its leased engine and relaying the answer: a whole JSON answer, or a
+stream event by event (split thinking, the response cache's tee, usage read on the way). The
+engine's usage feeds the metrics and the request's ``Outcome`` (tokens/s, time to first event).
+
+The response's ``x-lkn-*`` headers are not set here: a stream takes them from the ``Outcome``
+when its headers go out, any other response when the handler returns it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from lkn.cache.http import CacheTicket
+from lkn.engines.base import EngineRequestError
+from lkn.engines.upstream import upstream_timeout, with_usage
+from lkn.errors import ERROR_SOURCE_HEADER, EngineUnavailable, GatewayTimeout, UpstreamError
+from lkn.fleet.records import Lease
+from lkn.ops.usage import Usage, answer_usage, read_usage
+from lkn.relay.stream import StreamRelay
+from lkn.relay.thinking_stream import ThinkingRelay
+from lkn.request.open_stream import OpenStream
+from lkn.request.outcome import Outcome
+from lkn.request.state import GatewayState
+from lkn.sse import frame_json
+
+log = logging.getLogger("lkn.request.forward")
+
+
+class Forwarder:
+    def __init__(self, state: GatewayState, outcome: Outcome, stream: OpenStream,
+                 cache: CacheTicket | None = None) -> None:
+        self.state = state
+        self.outcome = outcome
+        self.stream = stream
+        self.cache = cache  # the ticket whose miss the relayed stream fills
+
+    async def forward(self, route: str, body: dict[str, Any], lease: Lease,
+                      started: float) -> web.StreamResponse:
+        """The engine's answer: a JSON response, the engine's error answer (status >= 400,
+        not prepared: a fallback may still answer instead), or the relayed stream."""
+        s = self.state.cfg.server
+        client = lease.client
+        stream = bool(body.get("stream")) and route != "embeddings"
+        thinking = ThinkingRelay(route, body, lease, self.state.session)
+        payload = thinking.prepare(client.prepare_body(route, body))
+        # usage feeds the metrics (an engine with another wire format reports it its own way);
+        # asked for on a copy: with_usage writes into what it is given
+        strip_usage = False
+        if stream and client.openai_wire:
+            payload = dict(payload)
+            strip_usage = with_usage(payload)
+        whole = client.request_timeout_s or s.request_timeout_s
+        timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
+        sent = time.monotonic()
+        try:
+            upstream = await client.send(self.state.session, lease.base_url, route, payload,
+                                         timeout=timeout)
+        except EngineRequestError as exc:  # a remote upstream's key vanished from the env
+            raise EngineUnavailable(str(exc)) from None
+        except asyncio.TimeoutError:
+            raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"engine {lease.process.key} is unreachable: {exc}") from None
+        async with upstream:
+            if upstream.status >= 400:
+                raw = await upstream.read()
+                return web.json_response(client.normalize_error(upstream.status, raw),
+                                         status=upstream.status,
+                                         headers={ERROR_SOURCE_HEADER: "engine"})
+            if not stream or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
+                try:
+                    raw = await upstream.read()
+                except asyncio.TimeoutError:
+                    raise GatewayTimeout(f"engine {lease.process.key} did not finish within "
+                                         f"{whole:g}s") from None
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
+                                        f"{exc}") from None
+                raw = client.translate_answer(raw)
+                self._usage(answer_usage(raw, time.monotonic() - sent))
+                return web.Response(body=await thinking.response(raw), status=upstream.status,
+                                    content_type="application/json")
+            return await self.relay_stream(upstream, lease, started, thinking,
+                                           strip_usage=strip_usage, body=body)
+
+    async def relay_stream(self, upstream: aiohttp.ClientResponse, lease: Lease, started: float,
+                           thinking: ThinkingRelay | None = None, *, strip_usage: bool = False,
+                           body: dict[str, Any] | None = None) -> web.StreamResponse:
+        """Relay the engine's stream to the client. A failure after the first byte is an error
+        event on the stream (the status line went out long ago), never an exception."""
+        resp = await self.stream.open()
+        relay = StreamRelay(lease.client.normalize_stream_data, strip_usage=strip_usage)
+        first_at: float | None = None
+        failure: str | None = None
+        model = self.outcome.model or ""
+        try:
+            source: AsyncIterator[bytes] = upstream.content.iter_any()
+            if not lease.client.openai_wire:  # e.g. Anthropic's events, as OpenAI chunks
+                source = lease.client.translate_stream(source, body or {})
+            # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
+            relayed = thinking.stream(source) if thinking is not None and thinking.splits \
+                else source
+            if self.cache is not None:
+                relayed = self.cache.tee(relayed)
+            async for chunk in relayed:
+                out = relay.feed(chunk)
+                if first_at is None and relay.started:
+                    first_at = time.monotonic()
+                    self.outcome.ttft_s = first_at - started
+                    self.state.metrics.ttft_seconds.observe(self.outcome.ttft_s, model)
+                if out:
+                    await resp.write(out)
+            out = relay.finish()
+            if out:
+                await resp.write(out)
+        except asyncio.CancelledError:
+            upstream.close()  # the client went away: the engine stops generating for nobody
+            raise
+        except ConnectionResetError:
+            # A write to a gone client. First: aiohttp's ClientConnectionResetError is a
+            # ClientError too, and must not be taken for the engine breaking off. Returned, not
+            # raised: aiohttp would log every disconnect as an internal error with a traceback.
+            upstream.close()
+            self.outcome.client_gone = True
+            return resp
+        except asyncio.TimeoutError:
+            failure = (f"engine {lease.process.key} sent nothing for "
+                       f"{self.state.cfg.server.stream_idle_timeout_s:g}s")
+        except aiohttp.ClientError as exc:
+            failure = f"engine {lease.process.key} broke off the stream: {exc}"
+        self._usage(read_usage(relay.usage, relay.timings,
+                               None if first_at is None else time.monotonic() - first_at))
+        if failure is None and not relay.done:
+            failure = (f"engine {lease.process.key} ended the stream without [DONE] "
+                       f"(it stopped or crashed mid-answer)")
+        if failure is not None:
+            log.warning("stream for model=%s failed: %s", model, failure)
+            try:
+                await resp.write(frame_json(UpstreamError(failure).body(self.outcome.request_id)))
+            except ConnectionResetError:
+                pass
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+    def _usage(self, usage: Usage | None) -> None:
+        """The engine's usage report: metrics, and the traffic statistics' tokens/s."""
+        self.state.metrics.observe_usage(self.outcome.model or "", usage)
+        if usage is not None:
+            self.outcome.completion_tokens = usage.completion_tokens

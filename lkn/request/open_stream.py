@@ -1,0 +1,55 @@
+"""The client's event stream once its SSE headers went out: while the request waited for an
+engine (``LoadingFeedback``) or once the answer began. From then on the status line is sent, so
+an error is an error event on this stream and then its end, never a new response."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+from aiohttp import web
+
+from lkn.errors import LknError
+from lkn.request.loading import LoadingFeedback
+from lkn.sse import frame_bytes, frame_json, sse_headers
+
+
+class OpenStream:
+    def __init__(self, request: web.Request, headers: Callable[[], dict[str, str]]) -> None:
+        self._request = request
+        self._headers = headers  # read when the headers go out, not before
+        self.loading: LoadingFeedback | None = None  # a stream that may wait for an engine
+        self._answer: web.StreamResponse | None = None  # the relayed answer, once prepared
+
+    @property
+    def response(self) -> web.StreamResponse | None:
+        """The stream whose headers went out; None while a new response can still be sent."""
+        if self._answer is not None:
+            return self._answer
+        return self.loading.response if self.loading is not None else None
+
+    async def open(self) -> web.StreamResponse:
+        """The stream to relay an answer on: the one already open, or a new one, prepared."""
+        resp = self.response
+        if resp is None:
+            resp = web.StreamResponse(status=200, headers=sse_headers(self._headers()))
+            await resp.prepare(self._request)
+        self._answer = resp
+        return resp
+
+    async def error_event(self, error: LknError, request_id: str) -> web.StreamResponse:
+        """lkn's error after the headers went out: an error event, then the end."""
+        return await self._close_with(frame_json(error.body(request_id)))
+
+    async def engine_error(self, answer: web.StreamResponse) -> web.StreamResponse:
+        """The engine's error answer (an error status) after the headers went out: its JSON body
+        as an event, then the end."""
+        raw = answer.body if isinstance(answer, web.Response) else None
+        return await self._close_with(frame_bytes(raw if isinstance(raw, bytes) else b"{}"))
+
+    async def _close_with(self, event: bytes) -> web.StreamResponse:
+        resp = self.response
+        assert resp is not None, "only an open stream gets error events"
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(event)
+            await resp.write_eof()
+        return resp

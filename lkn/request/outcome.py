@@ -1,0 +1,55 @@
+"""What one request learned about itself on its way: the model that answers, how its prompt was
+counted, the engine's variant and backend, the homeostat's mode. Written as the request learns
+it; the response headers (``x-lkn-*``) and the ``request`` event are both built from it once,
+so no fact is kept as a header string and parsed back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    cache: str | None = None           # hit, miss or bypass, when the model caches
+    model: str | None = None           # the model whose engine answers (escalation moves it)
+    prompt_tokens: int | None = None
+    counted_by: str | None = None      # how the prompt was counted (tokenizer, estimate, ...)
+    variant: int | None = None         # the granted engine's context size
+    backend: str | None = None         # the upstream backend, for a model with several
+    mode: str | None = None            # FLUID, ANALYTIC or PASSTHROUGH
+    entropy: float | None = None       # the probe's score
+    intervention: str | None = None
+    escalated_from: str | None = None
+    fallback_from: str | None = None
+    # Not headers: what the relay saw, for the traffic statistics and the event.
+    ttft_s: float | None = None           # time to the first streamed event
+    completion_tokens: int | None = None  # from the engine's usage, when it reported one
+    client_gone: bool = False             # the client left mid-stream (counted as 499)
+    queued_at: float | None = None        # when it first queued for an engine (escalation
+    #                                       keeps its place: it is not the newest request)
+
+    def forget_engine(self) -> None:
+        """A model or backend tried before this one learned these; they are not this one's."""
+        self.backend = self.mode = self.entropy = self.intervention = None
+        self.escalated_from = None
+
+    @property
+    def entropy_text(self) -> str | None:
+        return None if self.entropy is None else f"{self.entropy:.4f}"
+
+    def headers(self) -> dict[str, str]:
+        """The response headers: the same names and values whichever way the answer goes out."""
+        out = {"x-request-id": self.request_id}
+        for name, value in (("x-lkn-cache", self.cache), ("x-lkn-model", self.model),
+                            ("x-lkn-prompt-tokens", None if self.prompt_tokens is None
+                             else f"{self.prompt_tokens};{self.counted_by}"),
+                            ("x-lkn-variant", None if self.variant is None
+                             else str(self.variant)),
+                            ("x-lkn-backend", self.backend), ("x-lkn-mode", self.mode),
+                            ("x-lkn-entropy", self.entropy_text),
+                            ("x-lkn-intervention", self.intervention),
+                            ("x-lkn-escalated-from", self.escalated_from),
+                            ("x-lkn-fallback-from", self.fallback_from)):
+            if value is not None:
+                out[name] = value
+        return out
