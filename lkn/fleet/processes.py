@@ -14,6 +14,7 @@ import aiohttp
 
 from lkn.config import Config, ModelConfig, VariantConfig
 from lkn.engines.base import EngineClient
+from lkn.engines.handle import StateCallback
 from lkn.engines.process import EngineProcess, PortPool, Spawn, State
 from lkn.engines.registry import EngineRegistry
 from lkn.engines.remote import RemoteEngine, RemoteProcess
@@ -21,7 +22,7 @@ from lkn.fleet.failures import FailurePolicy
 from lkn.fleet.records import Process
 
 # Told of every state change of the process: (the process, its previous state).
-OnChange = Callable[[Process, State], None]
+OnChange = StateCallback
 ClientFactory = Callable[[ModelConfig, VariantConfig], EngineClient]
 ProcessFactory = Callable[[EngineClient, OnChange], Process]
 

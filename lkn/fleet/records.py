@@ -18,11 +18,11 @@ from lkn.fleet import scheduler as sched
 from lkn.config import ModelConfig, VariantConfig
 from lkn.fleet.failures import FailureHistory, FailurePolicy, record_failure
 from lkn.engines.base import EngineClient
-from lkn.engines.process import EngineProcess, State
-from lkn.engines.remote import RemoteProcess
+from lkn.engines.handle import EngineHandle
+from lkn.engines.process import State
 
 # What runs an engine: a child process lkn owns, or a server elsewhere that lkn only watches.
-Process = EngineProcess | RemoteProcess
+Process = EngineHandle  # an EngineProcess lkn spawned, or a RemoteProcess watching a server elsewhere
 
 _SCHED_STATE = {State.STARTING: sched.STARTING, State.READY: sched.READY,
                 State.STOPPING: sched.STOPPING, State.ASLEEP: sched.ASLEEP}
