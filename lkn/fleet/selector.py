@@ -1,4 +1,4 @@
-"""ModelSelector: what a request needs, and which context variants can hold it (pure).
+"""What a request needs, and which context variants can hold it (pure rules of ModelSelector).
 
 need = prompt tokens + answer budget + margin, where the answer budget is ``max_completion_tokens``
 or ``max_tokens`` or the model's ``default_max_tokens``. The candidate variants are those whose
