@@ -6,6 +6,7 @@ fields itself.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from lkn import fastjson
@@ -22,9 +23,44 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         body = fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):  # rare: only then is the whole body walked
+        where = lone_surrogate_at(body)
+        if where is not None:
+            raise BadRequest(f"{where} is not valid Unicode text: it holds a lone surrogate "
+                             f"escape (\\ud800-\\udfff without its pair)", param=where,
+                             code="invalid_unicode")
     return body
+
+
+# A JSON string escape of a UTF-16 surrogate. Valid UTF-8 carries no surrogate, so a lone one
+# can only come in as an escape; JSON parsers accept it, but it is no text: it cannot be
+# encoded, sent to an engine or logged.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_at(value: Any) -> str | None:
+    """Where the first string or key holding a lone surrogate is (``messages[0].content``,
+    ``a key in tools[0]``), None when every string and key is valid text. Iterative: a body
+    may nest as deep as the JSON parser allows."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        path, item = todo.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path
+        elif isinstance(item, dict):
+            for key in item:
+                if _SURROGATE.search(key):
+                    return f"a key in {path}" if path else "a key at the top level"
+            todo.extend((f"{path}.{k}" if path else k, v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def _is_number(v: Any) -> bool:
