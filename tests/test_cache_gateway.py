@@ -133,7 +133,7 @@ def test_no_cache_and_lkn_cache_false_bypass_and_store_nothing(gw: Gateway,
     assert metric(gw, "lkn_cache_requests_total", model="fake", result="bypass") == 4
     bad = http("POST", gw.base_url + "/v1/chat/completions", json.dumps(
         {"model": "fake", "messages": MSG, "lkn": {"cache": "no"}}))
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lkn.cache.store"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "lkn.cache"
 
 
 def test_sampled_requests_are_never_cached_but_seeded_ones_are(gw: Gateway,

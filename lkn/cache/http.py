@@ -32,7 +32,7 @@ def cache_opt_out(lkn_field: Any) -> tuple[Any, bool]:
     rest = {k: v for k, v in lkn_field.items() if k != "cache"}
     if not isinstance(lkn_field["cache"], bool):
         raise BadRequest(f"lkn cache must be true or false, got {lkn_field['cache']!r}",
-                         param="lkn.cache.store")
+                         param="lkn.cache")
     return rest, not lkn_field["cache"]
 
 

@@ -301,9 +301,8 @@ class EngineManager:
         proc = record.process
         self.events.append((self._clock(), record.key, proc.state.value))
         if proc.state is State.READY and old is State.STARTING and proc.client.learn_footprint:
-            # only a child lkn spawned reports its buffers; a remote server never measures
-            report = proc.start_report if isinstance(proc, EngineProcess) else []
-            self._footprints.learn(record, report, self.cfg.server.vram_overhead_mb)
+            # only a child lkn spawned reports its buffers (a remote server's report is empty)
+            self._footprints.learn(record, proc.start_report, self.cfg.server.vram_overhead_mb)
         crashed = record.note_state(old, self._clock())
         self.bus.publish("engine", **record.event(old))
         if crashed:

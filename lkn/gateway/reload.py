@@ -1,8 +1,8 @@
 """Reloading the config while serving: a SIGHUP or ``POST /admin/reload`` re-reads the file,
 and a backend added or removed through the admin API changes the running config.
 
-Both come into force through one path, ``Reloader._adopt``: the engine manager takes the new
-config (engines whose settings changed are retired once idle), the gateway's state points to
+Both come into force the same way: the engine manager takes the new config (engines whose
+settings changed are retired once idle), then ``Reloader._adopt`` points the gateway's state to
 it, the cache drops the answers of changed models, and the event bus tells the dashboard.
 Changes run one at a time, in order, under one lock.
 """
@@ -86,11 +86,12 @@ class Reloader:
             log.warning("reload: listen addresses changed; that takes a restart")
         new = self._with_runtime(new)
         try:
-            self._adopt(new, from_file=True)
+            state.manager.reload(new)
         except Exception as exc:  # a bug of ours: keep serving, and say so
             state.last_reload_error = f"internal error applying the config: {exc!r}"
             log.exception("reload of %s failed while applying it", path)
             return False
+        self._adopt(new, from_file=True)
         self.preload()
         return True
 
@@ -120,15 +121,16 @@ class Reloader:
         turn with reloads. What ``change`` raises reaches the caller; nothing is applied."""
         async with self._lock:
             new = change(self._state.cfg)
+            self._state.manager.reload(new)
             self._adopt(new, from_file=False)
             return new
 
     def _adopt(self, new: Config, *, from_file: bool) -> None:
-        """The one way a new config comes into force. ``from_file``: a reload of the file
-        (counted, clears the last reload error, forgets the traffic of removed models);
-        else a runtime change (its event says ``runtime``)."""
+        """The one way a new config comes into force, once the engine manager took it (the only
+        step that may fail; a failure there keeps the running config everywhere).
+        ``from_file``: a reload of the file (counted, clears the last reload error, forgets the
+        traffic of removed models); else a runtime change (its event says ``runtime``)."""
         state = self._state
-        state.manager.reload(new)
         state.cfg = new
         if state.cache is not None:
             for model, n in state.cache.configure(new).items():
