@@ -70,10 +70,6 @@ class RequestHandler:
         self.request_id = request_id
         self.outcome = Outcome(request_id)
 
-    @property
-    def client_gone(self) -> bool:
-        return self.outcome.client_gone
-
     # ------------------------------------------------------------------ routes
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "chat")
@@ -316,14 +312,6 @@ class RequestHandler:
         # _lease names the model that answers in the outcome.
         return Gated(body, await self._lease(target, route, body, backends, outcome.queued_at),
                      target)
-
-    async def _relay_stream(self, request: web.Request, upstream: Any, lease: Lease,
-                            headers: dict[str, str], started: float) -> web.StreamResponse:
-        """The stream relay alone (``Forwarder.relay_stream``), as tests/test_faults.py drives
-        it; ``request`` and ``headers`` are unused (the outcome names the headers)."""
-        self.stream = OpenStream(request, self.outcome.headers)
-        return await Forwarder(self.state, self.outcome, self.stream).relay_stream(
-            upstream, lease, started)
 
 
 def _describe(failure: LknError | web.StreamResponse | None) -> str:
