@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
+import urllib.request
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import lkn.engines.process
 import lkn.gateway.reload
 from lkn.config import build_config, load_config
 from lkn.engines.base import EngineClient
@@ -239,3 +243,57 @@ def test_overlapping_reloads_apply_in_order_and_coalesce(
     loads.clear()
     gw.call(storm)
     assert len(loads) == 2
+
+
+def _noticed_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit watcher notices an engine's death a second late (its poll, on a busy box):
+    the window in which lkn still believes a dead engine ready."""
+    real = lkn.engines.process.wait_exit
+
+    async def late(proc: Any, timeout: float | None = None) -> int | None:
+        code = await real(proc, timeout)
+        if timeout is None and code is not None:
+            await asyncio.sleep(1.0)
+        return code
+    monkeypatch.setattr(lkn.engines.process, "wait_exit", late)
+
+
+def test_a_request_to_an_engine_that_just_died_restarts_it_and_is_answered(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL the engine, send the next request at once: lkn still believes it ready, the
+    connect fails, lkn looks at the process, finds it dead, restarts it and answers (never a
+    502 for a request that reached no engine). Three times in a row."""
+    _noticed_late(monkeypatch)
+    gw: Gateway = gateway_factory(write_config(tmp_path, _lua(fake_binary, tmp=tmp_path)))
+    for _ in range(3):
+        assert chat(gw, "a").status_code == 200
+        pid = gw.call(gw.manager.ready_process, "a").pid
+        os.kill(pid, signal.SIGKILL)
+        r = chat(gw, "a")
+        assert r.status_code == 200, r.text
+        assert gw.call(gw.manager.ready_process, "a").pid != pid  # restarted for it
+
+
+def test_a_stream_broken_by_a_dead_engine_leaves_no_corpse_for_the_next_request(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine dies mid-stream: that stream ends with an error event; lkn confirms the death
+    before the relay returns, so the next request starts a fresh engine."""
+    _noticed_late(monkeypatch)
+    gw: Gateway = gateway_factory(write_config(tmp_path, _lua(
+        fake_binary, tmp=tmp_path, args='"--fake-token-delay-s", "0.2"')))
+    assert chat(gw, "a").status_code == 200
+    pid = gw.call(gw.manager.ready_process, "a").pid
+    request = urllib.request.Request(
+        gw.base_url + "/v1/chat/completions", method="POST",
+        data=json.dumps({"model": "a", "messages": MSG, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        while not resp.readline().startswith(b"data: "):  # comments first (": ping")
+            pass
+        os.kill(pid, signal.SIGKILL)
+        rest = resp.read().decode()
+    assert "error" in rest and "[DONE]" not in rest
+    r = chat(gw, "a")
+    assert r.status_code == 200, r.text

@@ -13,6 +13,7 @@ import pytest
 
 from lkn.config import ModelConfig, VariantConfig
 from lkn.engines.llamacpp import LlamaCppEngine
+from lkn.engines.proctree import running
 from lkn.engines.process import EngineProcess, EngineStartError, PortPool, State
 from lkn.engines.states import REMOTE_TRANSITIONS, TRANSITIONS, is_legal
 from tests.conftest import free_port
@@ -259,3 +260,23 @@ def _bare_process(state: State) -> EngineProcess:
                          start_timeout_s=1, stop_grace_s=1)
     proc.state = state
     return proc
+
+
+async def test_confirm_alive_finds_a_dead_engine_at_once_and_handles_the_crash(
+        fake_binary: str) -> None:
+    """The exit watcher polls; asked after a failed request, the process looks now: a live
+    engine is READY, a killed one is FAILED by the time the answer comes back."""
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session)
+        await proc.ensure_ready()
+        assert await proc.confirm_alive() is True and proc.state is State.READY
+        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while running(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)  # blocking: the loop (and its exit watcher) sees none of this
+        assert proc.state is State.READY  # dead, and not noticed yet
+        assert await proc.confirm_alive() is False
+        assert proc.state is State.FAILED and "exited unexpectedly" in proc.last_error
+        assert await proc.confirm_alive() is False  # and stays so until restarted
+        await proc.stop()
+        assert not proc.illegal_transitions

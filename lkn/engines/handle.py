@@ -51,6 +51,10 @@ class EngineHandle(Protocol):
     async def stop(self) -> None:
         """Stop it and return once it is gone."""
 
+    async def confirm_alive(self) -> bool:
+        """Asked when a request could not reach it or its answer broke off: whether it is
+        still READY. One found dead is handled as a crash at once, not at the next poll."""
+
     async def sleep(self) -> bool:
         """Release its GPU memory without exiting; False where it did not."""
 

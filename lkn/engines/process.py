@@ -28,7 +28,7 @@ from lkn.engines.base import EngineClient
 from lkn.engines.handle import StateCallback
 from lkn.engines.logs import LogRing
 from lkn.engines.proctree import (PortError, PortPool, die_with_parent, kill_survivors,
-                                  process_tree, signal_group, wait_exit)
+                                  process_tree, running, signal_group, wait_exit)
 from lkn.engines.registry import TAG_ENV, EngineRegistry, kill_tree_of
 from lkn.engines.states import TRANSITIONS, State, is_legal
 
@@ -37,6 +37,7 @@ __all__ = ["EngineProcess", "EngineStartError", "PortPool", "Spawn", "State", "S
 
 log = logging.getLogger("lkn.engine")
 
+CONFIRM_EXIT_S = 5.0  # how long a dead engine's crash bookkeeping may take when confirmed
 HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms ...
 FAST_POLL_S = 0.01    # ... and within ~10 ms during the first second (small models load fast)
 FAST_POLL_WINDOW_S = 1.0
@@ -265,6 +266,22 @@ class EngineProcess:
             self.last_error = self._with_log_tail(f"engine exited unexpectedly with code {code}")
             self._set_state(State.FAILED, f"exited unexpectedly with code {code}")
             self.logs.close()
+
+    async def confirm_alive(self) -> bool:
+        """A request could not reach the engine, or its answer broke off: look at the child now.
+        The exit watcher polls (wait_exit) and would notice a death up to a poll later, long
+        enough for the next request to be sent to the corpse; found dead here, the crash is
+        handled before this returns (tree killed, FAILED), so the next lease restarts it."""
+        proc = self.proc
+        if proc is None or self.state is not State.READY:
+            return self.state is State.READY
+        if proc.returncode is None and running(proc.pid):
+            return True
+        watcher = self._watch_task
+        if watcher is not None and not watcher.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), CONFIRM_EXIT_S)
+        return False
 
     # ------------------------------------------------------------------ stop
     async def stop(self) -> None:

@@ -97,6 +97,14 @@ async def wait_exit(proc: asyncio.subprocess.Process,
             waiter.cancel()
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)

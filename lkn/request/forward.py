@@ -147,6 +147,8 @@ class Forwarder:
             await resp.write_eof()
         except ConnectionResetError:
             pass
+        if failure is not None:  # a dead engine is a crash now, not at the next request
+            await lease.process.confirm_alive()
         return resp
 
     def _usage(self, usage: Usage | None) -> None:

@@ -47,10 +47,12 @@ _ENGINE_FAILURES = (EngineUnavailable, UpstreamError, GatewayTimeout)
 class Attempt:
     """What one try to answer came to: the response, or why there is none before the first
     byte (lkn's error, or the engine's own error answer, relayed as it is when nothing else
-    answers) and the backend that failed, which the next try avoids."""
+    answers) and the backend that failed, which the next try avoids. ``engine_died``: the
+    engine was found dead when it failed, so it saw nothing through: one more try restarts it."""
     response: web.StreamResponse | None = None
     failure: LknError | web.StreamResponse | None = None
     failed_backend: str | None = None
+    engine_died: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,13 @@ class RequestHandler:
                             _describe(attempt.failure))
                 self.state.metrics.retries.inc(model.name)
             attempt = await self._serve_once(route, model, body, settings, backends, started)
+            if attempt.engine_died and attempt.failed_backend is None:
+                # Nothing reached the client and the engine is gone: the one engine of this
+                # model restarts for this request, once (a model with backends moves on).
+                log.warning("model %s: its engine died before answering (%s); once more on a "
+                            "restarted engine", model.name, _describe(attempt.failure))
+                attempt = await self._serve_once(route, model, body, settings, backends,
+                                                 started)
             if attempt.response is not None or attempt.failed_backend is None:
                 return attempt
             backends = replace(backends, exclude=backends.exclude | {attempt.failed_backend})
@@ -262,7 +271,10 @@ class RequestHandler:
             try:
                 response = await forwarder.forward(route, body, lease, started)
             except _ENGINE_FAILURES as exc:
-                return Attempt(failure=exc, failed_backend=self._backend_failed(lease))
+                died = (isinstance(exc, UpstreamError)
+                        and not await lease.process.confirm_alive())
+                return Attempt(failure=exc, failed_backend=self._backend_failed(lease),
+                               engine_died=died)
             if not response.prepared and (response.status >= 500 or response.status == 429):
                 # refused before the first byte: another backend or a fallback may answer
                 return Attempt(failure=response, failed_backend=self._backend_failed(lease))
