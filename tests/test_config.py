@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lkn.__main__ import main
-from lkn.config import ConfigError, load_config
+from lkn.config import Config, ConfigError, build_config, load_config
+from lkn.errors import ModelNotFound
 from tests.conftest import ROOT, write_config
 
 MODEL = 'model_file = "/models/m.gguf"'
@@ -201,3 +202,23 @@ models = {{ {{ name = "m", ctx_size = 512, pinned = true, loading_events = true,
     assert (cfg.server.admin_keys, cfg.server.preload, cfg.server.cors_origins) == (
         ("a1",), ("m",), ("*",))
     assert cfg.models[0].pinned and cfg.models[0].loading_events
+
+
+def _models(*specs: dict[str, object]) -> Config:
+    return build_config({"models": [{"binary": "/bin/x", "model_file": "/x.gguf", **s}
+                                    for s in specs]})
+
+
+def test_a_request_meets_the_config_in_force_in_one_place() -> None:
+    """Config.in_force: a request's model from an older generation, against this one."""
+    old = _models({"name": "a", "ctx_size": 512}, {"name": "b", "ctx_size": 512})
+    a = old.resolve("a")
+    assert a is not None and old.in_force(a) is a                      # unchanged: itself
+    same = _models({"name": "a", "ctx_size": 512})
+    assert same.in_force(a) is same.resolve("a")                        # equal, new object
+    renamed = _models({"name": "a", "ctx_size": 640})
+    now = renamed.in_force(a)
+    assert [v.ctx_size for v in now.variants] == [640]                  # re-planned on the new
+    with pytest.raises(ModelNotFound) as exc:
+        _models({"name": "b", "ctx_size": 512}).in_force(a)             # removed: a 404
+    assert exc.value.status == 404 and "removed" in exc.value.message

@@ -79,7 +79,7 @@ def _relay(monkeypatch: pytest.MonkeyPatch, client: _Client,
     outcome = Outcome("r1", model="a")
     upstream = _Upstream(events)
     stream = OpenStream(None, outcome.headers)  # type: ignore[arg-type]
-    forwarder = Forwarder(state, outcome, stream)
+    forwarder = Forwarder(state, cfg.server, outcome, stream)
     return outcome, upstream, forwarder.relay_stream(upstream, _Lease(),  # type: ignore[arg-type]
                                                      time.monotonic())
 

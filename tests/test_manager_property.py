@@ -1,8 +1,14 @@
 """A stateful property test of EngineManager with in-memory engine processes and a fake clock.
 
 Random programs of arrivals for random models and sizes, releases, client cancellations while
-queued, start failures, crashes before and after ready, slow stops, reloads that add, remove and
-resize variants and models, and time passing. After every step:
+queued, start failures, crashes before and after ready, slow stops, reloads that add, remove,
+resize and rename variants, backends and models, and time passing. A request takes the path of
+the request layer: it resolves its model in the config it arrived with (maybe one a reload has
+replaced since), is sized by the ModelSelector, whose every await (the template shape, the
+token count) is a step of the program, so reloads land at each of them, then queues. After
+every step:
+
+- no request fails with anything but lkn's own errors (a KeyError on a reload is a 500);
 
 - each engine's in-flight count equals the leases outstanding on it;
 - VRAM of starting + ready + stopping engines is within the budget;
@@ -20,7 +26,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lkn.config import Config, build_config
+from unittest import mock
+
+from lkn.config import Config, ModelConfig, build_config
+from lkn.engines.bound import TemplateShape
 from lkn.engines.base import EngineClient
 from lkn.engines.gpu import GpuMonitor
 from lkn.engines.logs import LogRing
@@ -34,12 +43,16 @@ QUEUE_TIMEOUT = 60.0
 
 # Configs a reload switches between: variants resized, added and removed, models added and
 # removed. VRAM depends only on the context, so a kept engine never grows on reload.
-CONFIGS: list[dict[str, list[int]]] = [
+# A model with backends ("d") is given as {backend id: sizes}.
+CONFIGS: list[dict[str, Any]] = [
     {"a": [256, 512], "b": [512]},
-    {"a": [256, 768], "b": [512]},          # a@512 resized to 768
+    {"a": [256, 768], "b": [512]},          # a@512 resized to 768 (renamed a@768)
     {"a": [256, 512], "b": [512, 1024]},    # b gains a variant
     {"a": [512], "c": [256]},               # b removed, c added, a@256 removed
     {"a": [256, 512], "b": [512], "c": [256, 512]},
+    {"a": [384, 512], "d": {"x": [256], "y": [512]}},  # a@256 renamed a@384; d with backends
+    {"a": [256, 512], "d": {"x": [512], "z": [256]}},  # d/y renamed d/z, d/x resized
+    {"a": [256], "d": {"x": [256]}},                   # a@512 and a backend removed
 ]
 
 
@@ -48,12 +61,19 @@ def vram_of(ctx: int) -> int:
 
 
 def make_config(index: int, *, args_tag: str = "") -> Config:
-    models = []
+    def engine(sizes: list[int], parallel: int) -> dict[str, Any]:
+        return {"binary": "/bin/fake-engine", "model_file": "/x.gguf",
+                "args": [f"--tag={args_tag}"], "parallel": parallel,
+                "variants": [{"ctx_size": c, "vram_mb": vram_of(c)} for c in sizes]}
+
+    models: list[dict[str, Any]] = []
     for name, sizes in CONFIGS[index].items():
-        models.append({"name": name, "binary": "/bin/fake-engine", "model_file": "/x.gguf",
-                       "default_max_tokens": 64, "args": [f"--tag={args_tag}"],
-                       "parallel": 2 if name == "a" else 1,
-                       "variants": [{"ctx_size": c, "vram_mb": vram_of(c)} for c in sizes]})
+        if isinstance(sizes, dict):
+            models.append({"name": name, "default_max_tokens": 64, "backends": [
+                {"id": backend, **engine(s, 1)} for backend, s in sizes.items()]})
+        else:
+            models.append({"name": name, "default_max_tokens": 64,
+                           **engine(sizes, 2 if name == "a" else 1)})
     return build_config({
         "server": {"vram_budget_mb": BUDGET, "max_queue_wait_s": 10,
                    "queue_timeout_s": QUEUE_TIMEOUT, "max_queue_per_model": 6,
@@ -192,6 +212,30 @@ class ManagerMachine(RuleBasedStateMachine):
             gpu=GpuMonitor(smi=""), clock=self.clock)
         self.requests: list[tuple[asyncio.Task[Lease], float]] = []
         self.leases: list[Lease] = []
+        # The selector's awaits, held until a step lets one go on (the request layer's await
+        # points: a reload may come at each). The template shape bounds a prompt by its bytes.
+        self.awaits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
+        self.patches = [mock.patch("lkn.fleet.model_selector.model_shape", self._shape),
+                        mock.patch("lkn.fleet.model_selector.count_prompt", self._count)]
+        for patch in self.patches:
+            patch.start()
+
+    async def _await_point(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.world.auto:
+            fut.set_result(None)
+        task = asyncio.current_task()
+        assert task is not None
+        self.awaits[task] = fut
+        await fut
+
+    async def _shape(self, model: ModelConfig) -> TemplateShape:
+        await self._await_point()
+        return TemplateShape(fixed=8, per_message=4)
+
+    async def _count(self, *, route: str, body: dict[str, Any], **_: Any) -> tuple[int, str]:
+        await self._await_point()
+        return len(body["messages"][0]["content"]), "engine"
 
     # ---------------------------------------------------------------- plumbing
     def run(self, coro: Any) -> Any:
@@ -217,19 +261,38 @@ class ManagerMachine(RuleBasedStateMachine):
         self.requests = still
 
     # ---------------------------------------------------------------- rules
-    @rule(model=st.sampled_from(["a", "b", "c"]), prompt=st.sampled_from([10, 200, 450, 900]),
+    @rule(model=st.sampled_from(["a", "b", "c", "d"]),
+          prompt=st.sampled_from([10, 200, 450, 900]),
           answer=st.sampled_from([None, 16, 200]), stale=st.booleans())
     def arrive(self, model: str, prompt: int, answer: int | None, stale: bool) -> None:
-        # stale: the handler resolved the model before a reload came (it awaited token counts)
+        # The config the request arrived with; stale: one a reload has replaced already.
         cfg = (self.previous_cfg if stale else self.manager.cfg).resolve(model)
         if cfg is None:
             return  # the handler answers 404 before it asks the manager
-        demand = Demand(prompt, answer)
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": "x" * prompt}]}
+        if answer is not None:
+            body["max_tokens"] = answer
 
-        async def go() -> Lease:
-            return await self.manager.acquire(cfg, demand)
+        async def go() -> Lease:  # as lkn.request.lease does it
+            sizing = await self.manager.selector.size(cfg, "chat", body)
+            return await self.manager.acquire(cfg, sizing.demand)
         self.requests.append((self.loop.create_task(go()), self.clock.now))
         self.settle()
+
+    def _sizing(self) -> list[asyncio.Task[Any]]:
+        return [t for t, f in self.awaits.items() if not f.done() and not t.done()]
+
+    @precondition(lambda self: self._sizing())
+    @rule(data=st.data())
+    def pass_await_point(self, data: st.DataObject) -> None:
+        pending = self._sizing()
+        if pending:
+            task = pending[data.draw(st.integers(0, len(pending) - 1))]
+            self.awaits[task].set_result(None)
+            # the queue's clock starts when the request queues (the wait bound is from there)
+            self.requests = [(t, self.clock.now if t is task else at)
+                             for t, at in self.requests]
+            self.settle()
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
@@ -320,11 +383,12 @@ class ManagerMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_waiter_outlives_the_queue_timeout(self) -> None:
+        sizing = self._sizing()
         for task, arrived in self.requests:
             # (the manager's timer fires 1 ms after a deadline: it never fires early)
-            assert self.clock.now - arrived <= QUEUE_TIMEOUT + 0.01, \
+            assert task in sizing or self.clock.now - arrived <= QUEUE_TIMEOUT + 0.01, \
                 "a request is wedged in the queue"
-        assert self.manager.queued() == len(self.requests)
+        assert self.manager.queued() == len(self.requests) - len(sizing)
 
     @invariant()
     def no_process_in_transition_without_an_owner(self) -> None:
@@ -354,7 +418,12 @@ class ManagerMachine(RuleBasedStateMachine):
         assert not self.loop_errors, self.loop_errors
 
     def teardown(self) -> None:
+        for patch in self.patches:
+            patch.stop()
         self.world.auto = True
+        for fut in self.awaits.values():
+            if not fut.done():
+                fut.set_result(None)
         for _, start in self.world.starts:
             if not start.done():
                 start.set_result(False)

@@ -280,3 +280,67 @@ async def test_confirm_alive_finds_a_dead_engine_at_once_and_handles_the_crash(
         assert await proc.confirm_alive() is False  # and stays so until restarted
         await proc.stop()
         assert not proc.illegal_transitions
+
+
+async def test_a_port_taken_before_the_engine_binds_it_is_a_retry_on_another_port(
+        fake_binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process binds the port between lkn's check and the engine's bind (the race):
+    the engine exits with llama-server's bind error, and lkn starts it once more on the next
+    free port. Nobody sees a failure: the process goes STARTING -> READY, never FAILED."""
+    import socket
+
+    import lkn.engines.proctree as proctree
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session)
+        taken = proc._ports.first
+        thief = socket.socket()
+        thief.bind(("127.0.0.1", taken))
+        thief.listen()
+        real_free = proctree._port_free
+        lied: list[int] = []
+
+        def racy(port: int) -> bool:  # free when lkn looked, taken when the engine binds
+            if port == taken and not lied:
+                lied.append(port)
+                return True
+            return real_free(port)
+        monkeypatch.setattr(proctree, "_port_free", racy)
+        states: list[State] = []
+        proc._on_change = lambda p, old: states.append(p.state)
+        try:
+            await proc.ensure_ready()
+            assert proc.state is State.READY and proc.port != taken
+            assert states == [State.STARTING, State.READY]
+            assert f"port {taken} was taken" in proc.logs.tail(40)
+            await proc.stop()
+        finally:
+            thief.close()
+        assert not proc.illegal_transitions
+
+
+async def test_a_second_bind_failure_fails_the_start(fake_binary: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """One retry, not a loop: when the next port is taken too, the start fails with the
+    engine's own words."""
+    import socket
+
+    import lkn.engines.proctree as proctree
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session)
+        thieves = []
+        for port in (proc._ports.first, proc._ports.first + 1):
+            thief = socket.socket()
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+            thieves.append(thief)
+        monkeypatch.setattr(proctree, "_port_free", lambda port: True)
+        try:
+            with pytest.raises(EngineStartError) as info:
+                await proc.ensure_ready()
+            assert "couldn't bind HTTP server socket" in str(info.value)
+            assert proc.state is State.FAILED
+            assert proc.logs.tail(60).count("--- lkn: start: ") == 2
+        finally:
+            for thief in thieves:
+                thief.close()
+        assert not proc.illegal_transitions

@@ -275,6 +275,32 @@ def test_crashed_engine_is_restarted_by_the_next_request(gw: Gateway) -> None:
     assert proc.state is State.READY
 
 
+def test_an_engine_killed_mid_stream_costs_only_that_stream(gw: Gateway) -> None:
+    """Issue #25's sequence, three times: the next request, sent the moment the broken stream
+    ends, is answered by a restarted engine (not a 502 from the dead one, not a crash loop)."""
+    ask = [{"role": "user", "content": "Count from one to fifty."}]
+    chat(gw, "smol-b", SHORT, max_tokens=1)
+    for _ in range(3):
+        proc = gw.call(gw.manager.ready_process, "smol-b")
+        assert proc is not None
+        pid, killed = proc.pid, False
+        try:
+            for chunk in gw.client().chat.completions.create(
+                    model="smol-b", messages=ask, max_tokens=200, stream=True):
+                if not killed and chunk.choices and chunk.choices[0].delta.content:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+        except openai.APIError as exc:  # the broken stream's error event, lkn's own
+            assert isinstance(exc.body, dict)
+            assert (exc.body["source"], exc.body["code"]) == ("lkn", "upstream_error")
+        assert killed
+        raw = chat(gw, "smol-b", SHORT, max_tokens=2)
+        assert raw.http_response.status_code == 200
+        assert raw.parse().choices[0].message.content is not None
+        again = gw.call(gw.manager.ready_process, "smol-b")
+        assert again is not None and again.pid != pid
+
+
 def test_sigterm_to_lkn_leaves_no_engine_behind(tmp_path: Path) -> None:
     port = free_port()
     cfg = tmp_path / "c.lua"

@@ -2,10 +2,13 @@
 (engines, balancing strategies, homeostasis modes) the checks accept."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from lkn.errors import ModelNotFound
+
+log = logging.getLogger("lkn.config")
 
 ENGINES = ("llamacpp", "sglang", "command", "remote")  # "backends" is set by the config itself
 # what a backend table may not set: it belongs to the public model
@@ -214,3 +217,19 @@ class Config:
             raise ModelNotFound(f"The model '{name}' does not exist; this gateway serves: {known}",
                                 param="model")
         return model
+
+    def in_force(self, model: ModelConfig) -> ModelConfig:
+        """Where a request's model, from the config generation it arrived with, meets this
+        config. Unchanged: itself. Changed by a reload: the model of that name now, so the
+        request is re-planned against its variants and backends (another variant, or
+        ContextLengthExceeded when none holds it any more). Removed: ModelNotFound, a 404."""
+        current = self.resolve(model.name)
+        if current is model:
+            return model
+        if current is None:
+            raise ModelNotFound(f"The model '{model.name}' was removed from the config while "
+                                f"this request was being prepared", param="model")
+        if current.variants != model.variants or current.backends != model.backends:
+            log.info("model %s changed in a reload while a request was being prepared; it is "
+                     "planned against the new config", model.name)
+        return current

@@ -37,6 +37,11 @@ __all__ = ["EngineProcess", "EngineStartError", "PortPool", "Spawn", "State", "S
 
 log = logging.getLogger("lkn.engine")
 
+# What an engine that could not bind its port prints: llama-server's own line, and the error of
+# Python servers (SGLang's uvicorn, most command engines).
+BIND_FAILURE_MARKERS = ("couldn't bind http server socket", "address already in use")
+BIND_TAIL_LINES = 30
+CONFIRM_DEATH_S = 0.5  # how long a suspect engine is watched for a death already under way
 CONFIRM_EXIT_S = 5.0  # how long a dead engine's crash bookkeeping may take when confirmed
 HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms ...
 FAST_POLL_S = 0.01    # ... and within ~10 ms during the first second (small models load fast)
@@ -45,6 +50,10 @@ FAST_POLL_WINDOW_S = 1.0
 
 class EngineStartError(Exception):
     """The engine did not become ready; the message carries the reason and its log tail."""
+
+
+class PortTaken(EngineStartError):
+    """The engine exited because its port was bound by someone else first (a race)."""
 
 
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
@@ -141,6 +150,18 @@ class EngineProcess:
         self.start_report = []
         self.logs.reopen()
         try:
+            await self._launch()
+        except PortTaken as taken:
+            # Another process bound the port between lkn's check and the engine's bind: a
+            # race, not a fault of the engine. Once more on another port before anyone hears.
+            log.warning("engine %s: %s; starting it again on another port", self.key, taken)
+            self.logs.mark(f"{taken}; starting again on another port")
+            await self._launch(retry=False)
+
+    async def _launch(self, *, retry: bool = True) -> None:
+        """Spawn the engine on a free port and wait until it is ready. ``retry``: a start that
+        fails because the port was taken raises PortTaken (STARTING still) instead of failing."""
+        try:
             self.port = self._ports.acquire()
         except PortError as exc:
             self.last_error = str(exc)
@@ -175,7 +196,12 @@ class EngineProcess:
             reason = str(exc) if isinstance(exc, EngineStartError) else (
                 "start cancelled" if isinstance(exc, asyncio.CancelledError) else
                 f"start failed: {exc!r}")
+            port, exited = self.port, self.proc.returncode is not None
             await self._terminate()
+            if retry and exited and not self._abort and isinstance(exc, EngineStartError) \
+                    and self._bind_failed():
+                raise PortTaken(f"port {port} was taken before the engine could bind it") \
+                    from None
             self.last_error = self._with_log_tail(reason)
             self._set_state(State.FAILED, reason)
             self.logs.close()
@@ -186,6 +212,13 @@ class EngineProcess:
         self._set_state(State.READY, f"pid {self.proc.pid}, port {self.port}, "
                                      f"{self.ready_seconds:.2f}s")
         self._watch_task = asyncio.create_task(self._watch(self.proc))
+
+    def _bind_failed(self) -> bool:
+        """Whether the engine's last words, since this start, say it could not bind its port."""
+        lines = self.logs.tail(BIND_TAIL_LINES).lower().splitlines()
+        starts = [i for i, line in enumerate(lines) if line.startswith("--- lkn: start: ")]
+        words = "\n".join(lines[starts[-1] + 1:] if starts else lines)
+        return any(marker in words for marker in BIND_FAILURE_MARKERS)
 
     async def _wait_healthy(self) -> None:
         assert self.proc is not None
@@ -275,8 +308,14 @@ class EngineProcess:
         proc = self.proc
         if proc is None or self.state is not State.READY:
             return self.state is State.READY
-        if proc.returncode is None and running(proc.pid):
-            return True
+        # A killed process closes its sockets before it is a zombie: a refused connect can
+        # come a moment before the death shows. Looked at for a short while, not once.
+        loop = asyncio.get_running_loop()
+        settle = loop.time() + CONFIRM_DEATH_S
+        while proc.returncode is None and running(proc.pid):
+            if loop.time() >= settle:
+                return True
+            await asyncio.sleep(0.01)
         watcher = self._watch_task
         if watcher is not None and not watcher.done():
             with contextlib.suppress(asyncio.TimeoutError):

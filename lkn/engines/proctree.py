@@ -98,9 +98,9 @@ async def wait_exit(proc: asyncio.subprocess.Process,
 
 
 def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    """Whether ``pid`` is a live process (not gone, not dying, not a zombie to be reaped)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.NoSuchProcess:
         return False
 

@@ -6,7 +6,9 @@ that runs out of memory never blocks the healthy 4k variant of the same model.
 Policy (Supervisor's, with a backoff):
 
 - a failed start, or a crash before or after ready, is one failure. A crash of an engine that
-  had been up for ``STABLE_S`` or longer starts a new count: a daily crash is not a crash loop;
+  had answered a request since it became ready, or had been up for ``STABLE_S`` or longer,
+  starts a new count: an engine killed while in service (the OOM killer, an operator) or a
+  daily crash is not a crash loop; an engine that dies before it answers anything is;
 - after the n-th consecutive failure the variant may start again on demand after a backoff of
   ``base * 2**(n-1)`` seconds, capped at ``cap``: 1, 2, 4, 8 … s;
 - at ``max_failures`` consecutive failures the variant is FAILED: requests for it get a fast 503
@@ -36,6 +38,7 @@ class FailureHistory:
     last_failure: float | None = None
     last_error: str = ""
     ready_at: float | None = None   # when the engine last became ready
+    served: bool = False            # it answered a request since then
 
     def failed(self, policy: FailurePolicy) -> bool:
         return self.consecutive >= policy.max_failures
@@ -53,15 +56,23 @@ class FailureHistory:
 
 
 def record_failure(history: FailureHistory, error: str, now: float) -> FailureHistory:
-    stable = history.ready_at is not None and now - history.ready_at >= STABLE_S
-    count = 1 if stable else history.consecutive + 1
+    proven = history.ready_at is not None and (history.served
+                                               or now - history.ready_at >= STABLE_S)
+    count = 1 if proven else history.consecutive + 1
     return replace(history, consecutive=count, last_failure=now, last_error=error,
-                   ready_at=None)
+                   ready_at=None, served=False)
+
+
+def record_served(history: FailureHistory) -> FailureHistory:
+    """The engine answered a request; only an answer since it last became ready counts."""
+    if history.ready_at is None or history.served:
+        return history
+    return replace(history, served=True)
 
 
 def record_ready(history: FailureHistory, policy: FailurePolicy, now: float) -> FailureHistory:
     """A successful start clears FAILED at once (one failure short of it), but the count only
     resets once the engine has stayed up for ``STABLE_S`` (see ``record_failure``), so that a
     crash loop after ready is still caught."""
-    return replace(history, ready_at=now,
+    return replace(history, ready_at=now, served=False,
                    consecutive=min(history.consecutive, policy.max_failures - 1))

@@ -38,7 +38,7 @@ from lkn.fleet import idle
 from lkn.fleet import scheduler as sched
 from lkn.fleet.admission import admissible
 from lkn.fleet.backend_pool import BackendPool
-from lkn.fleet.failures import record_failure, record_ready
+from lkn.fleet.failures import record_failure, record_ready, record_served
 from lkn.fleet.footprints import Footprints
 from lkn.fleet.model_selector import ModelSelector
 from lkn.fleet.processes import (ClientFactory, ProcessFactory, ProcessMaker,
@@ -141,7 +141,7 @@ class EngineManager:
         return self._table.records()
 
     def variants(self, model: ModelConfig) -> list[VariantInfo]:
-        return self._table.variants(model)
+        return self._table.variants(self.cfg.in_force(model))
 
     def ready_process(self, model_name: str) -> Process | None:
         return self._table.ready_process(model_name)
@@ -168,7 +168,10 @@ class EngineManager:
 
     # ------------------------------------------------------------------ backends
     def report(self, record: EngineRecord, ok: bool, *, active: bool = False) -> None:
-        """A backend's answer (before the first byte) for its circuit breaker."""
+        """An engine's answer (before the first byte): a backend's for its circuit breaker;
+        any engine's success proves it in service (a crash after it is not a crash loop)."""
+        if ok:
+            record.history = record_served(record.history)
         if self._backends.report(record.model, ok, active=active):
             self._kick()
 
@@ -180,7 +183,7 @@ class EngineManager:
             self._kick()
 
     def backend_status(self, model: ModelConfig) -> list[dict[str, Any]]:
-        return self._backends.status(model, self._table.in_flight_of)
+        return self._backends.status(self.cfg.in_force(model), self._table.in_flight_of)
 
     # ------------------------------------------------------------------ leases
     def _options(self, model: ModelConfig, demand: Demand,
@@ -199,11 +202,7 @@ class EngineManager:
         if self._closing:
             raise EngineUnavailable("lkn is shutting down and accepts no new requests")
         # The caller resolved the model before it counted tokens; a reload may have come since.
-        current = self.cfg.resolve(model.name)
-        if current is None:
-            raise ModelNotFound(f"The model '{model.name}' was removed from the config while "
-                                f"this request was being prepared", param="model")
-        model = current
+        model = self.cfg.in_force(model)
         now = self._clock()
         options = self._options(model, demand, now)
         queued = self._waiting.queued_for(model.name)
@@ -246,7 +245,7 @@ class EngineManager:
 
     def mark_unloading(self, model: ModelConfig) -> list[EngineRecord]:
         """No more grants to the model's running engines; each stops once idle."""
-        records = [r for r in self._table.of(model) if r.running()]
+        records = [r for r in self._table.of(self.cfg.in_force(model)) if r.running()]
         for r in records:
             r.unloading = True
         self._kick()

@@ -52,8 +52,12 @@ class ModelSelector:
             # A server lkn has no tokenizer for counts for itself and refuses what does not
             # fit: the smallest variant that holds the answer budget is started.
             return Sizing(Demand(0, answer, embeddings=embeddings), "skipped")
+        shape = await model_shape(model)
+        # A reload may have come during the await: the variants to size against are those
+        # of the config in force (a 404 if the model is gone).
+        model = self._fleet.cfg.in_force(model)
         s = self._fleet.cfg.server
-        bound = prompt_bound(route, body, await model_shape(model))
+        bound = prompt_bound(route, body, shape)
         if bound is not None and bound_decides(
                 self._fleet.variants(model), bound, answer_tokens=answer, margin=s.token_margin,
                 default_max_tokens=model.default_max_tokens, budget_mb=s.vram_budget_mb,

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from lkn.cache.http import CacheTicket
+from lkn.config import ServerConfig
 from lkn.engines.base import EngineRequestError
 from lkn.engines.upstream import upstream_timeout, with_usage
 from lkn.errors import ERROR_SOURCE_HEADER, EngineUnavailable, GatewayTimeout, UpstreamError
@@ -31,9 +32,10 @@ log = logging.getLogger("lkn.request.forward")
 
 
 class Forwarder:
-    def __init__(self, state: GatewayState, outcome: Outcome, stream: OpenStream,
-                 cache: CacheTicket | None = None) -> None:
+    def __init__(self, state: GatewayState, server: ServerConfig, outcome: Outcome,
+                 stream: OpenStream, cache: CacheTicket | None = None) -> None:
         self.state = state
+        self.server = server  # the settings of the request's config generation
         self.outcome = outcome
         self.stream = stream
         self.cache = cache  # the ticket whose miss the relayed stream fills
@@ -42,7 +44,7 @@ class Forwarder:
                       started: float) -> web.StreamResponse:
         """The engine's answer: a JSON response, the engine's error answer (status >= 400,
         not prepared: a fallback may still answer instead), or the relayed stream."""
-        s = self.state.cfg.server
+        s = self.server
         client = lease.client
         stream = bool(body.get("stream")) and route != "embeddings"
         thinking = ThinkingRelay(route, body, lease, self.state.session)
@@ -129,7 +131,7 @@ class Forwarder:
             return resp
         except asyncio.TimeoutError:
             failure = (f"engine {lease.process.key} sent nothing for "
-                       f"{self.state.cfg.server.stream_idle_timeout_s:g}s")
+                       f"{self.server.stream_idle_timeout_s:g}s")
         except aiohttp.ClientError as exc:
             failure = f"engine {lease.process.key} broke off the stream: {exc}"
         self._usage(read_usage(relay.usage, relay.timings,

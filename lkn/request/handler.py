@@ -23,7 +23,7 @@ from aiohttp import web
 from lkn.cache.http import CacheTicket, cache_opt_out
 from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnavailable,
-                        GatewayTimeout, LknError, UpstreamError)
+                        GatewayTimeout, LknError, ModelNotFound, UpstreamError)
 from lkn.fleet.records import Lease
 from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
@@ -69,6 +69,11 @@ class RequestHandler:
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
         self.state = state
+        # The request's config generation, pinned when it arrives: every model, fallback,
+        # homeostasis and cache setting it reads comes from this snapshot, whatever reloads
+        # come while it runs. The manager maps it onto the config in force (Config.in_force).
+        self.cfg = state.cfg
+        self.cache = state.cache
         self.request_id = request_id
         self.outcome = Outcome(request_id)
 
@@ -94,7 +99,7 @@ class RequestHandler:
             body = parse_json_object(await request.read())
             VALIDATORS[route](body)
             lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
-            model = self.state.cfg.require(body["model"])
+            model = self.cfg.require(body["model"])
             label = entry.model = model.name
             if body.get("stream") and route != "embeddings":
                 stream.loading = LoadingFeedback(request, route, model, self.state.manager,
@@ -103,8 +108,8 @@ class RequestHandler:
                 raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
                                  f"embeddings = true in its config)", param="model")
             settings = self._settings(request, route, model, lkn_field)
-            if self.state.cache is not None:
-                self._cache = CacheTicket.open(self.state.cache, self.state.metrics, request,
+            if self.cache is not None:
+                self._cache = CacheTicket.open(self.cache, self.state.metrics, request,
                                                route, model, body, settings, cache_off)
                 if self._cache is not None:
                     outcome.cache = self._cache.lookup.result
@@ -116,9 +121,15 @@ class RequestHandler:
                 if tried:  # a fallback: the models before it failed before the first byte
                     self._fall_back(asked, model, attempt)
                 label = entry.model = model.name
-                attempt = await self._serve(request, route, model, body,
-                                            self._settings(request, route, model, lkn_field),
-                                            started)
+                try:
+                    attempt = await self._serve(request, route, model, body,
+                                                self._settings(request, route, model,
+                                                               lkn_field), started)
+                except ModelNotFound as gone:
+                    if not tried:
+                        raise
+                    attempt = Attempt(failure=gone)  # a fallback a reload removed: the next
+                    continue
                 if attempt.response is not None:
                     break
             response = attempt.response
@@ -194,7 +205,7 @@ class RequestHandler:
         when its turn comes). A fallback's own fallbacks are not followed."""
         yield asked
         for name in asked.fallbacks:
-            model = self.state.cfg.resolve(name)
+            model = self.cfg.resolve(name)
             if model is not None and (route != "embeddings" or model.embeddings):
                 yield model
 
@@ -251,7 +262,7 @@ class RequestHandler:
                                           backends)
                 break
             except ContextLengthExceeded:
-                target = self.state.cfg.resolve(model.context_fallback or "")
+                target = self.cfg.resolve(model.context_fallback or "")
                 if target is None or fell_back:
                     raise
                 log.info("model %s cannot hold the request; its context_fallback %s answers",
@@ -267,7 +278,8 @@ class RequestHandler:
                 body, lease, model = gated.body, gated.lease, gated.model
             elif route != "embeddings":
                 self.outcome.mode = PASSTHROUGH
-            forwarder = Forwarder(self.state, self.outcome, self.stream, self._cache)
+            forwarder = Forwarder(self.state, self.cfg.server, self.outcome, self.stream,
+                                  self._cache)
             try:
                 response = await forwarder.forward(route, body, lease, started)
             except _ENGINE_FAILURES as exc:
@@ -311,7 +323,7 @@ class RequestHandler:
         body = gate.rewrite(route, body, settings, verdict)
         if verdict.intervention != "escalate":
             return Gated(body, lease, model)
-        target = self.state.cfg.resolve(settings.escalate_to or "")
+        target = self.cfg.resolve(settings.escalate_to or "")
         if target is None or target.name == model.name:
             return Gated(body, lease, model)
         lease.release()

@@ -297,7 +297,13 @@ async def main() -> None:
     app.router.add_post("/v1/completions", generate)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
-    await web.TCPSite(runner, ARGS.host, ARGS.port).start()
+    try:
+        await web.TCPSite(runner, ARGS.host, ARGS.port).start()
+    except OSError:  # llama-server's own words and exit status
+        print(f"E srv         start: couldn't bind HTTP server socket, hostname: {ARGS.host}, "
+              f"port: {ARGS.port}", flush=True)
+        print("E srv  llama_server: exiting due to HTTP server error", flush=True)
+        raise SystemExit(1)
     print(f"fake: listening on http://{ARGS.host}:{ARGS.port}", flush=True)  # llama-server's line
     if ARGS.fake_crash_after_s is not None:
         asyncio.ensure_future(crash_later(ARGS.fake_crash_after_s))
