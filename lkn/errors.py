@@ -107,6 +107,11 @@ class UpstreamError(LknError):
     should_retry = False
 
 
+class EngineUnreachable(UpstreamError):
+    """The connection to the engine was refused or failed: the request never reached it, so
+    trying it again on a restarted engine replays nothing the engine saw."""
+
+
 class Cancelled(LknError):
     """An operator cancelled the request (``POST /admin/requests/{id}/cancel``)."""
     status = 503

@@ -295,5 +295,7 @@ def test_a_stream_broken_by_a_dead_engine_leaves_no_corpse_for_the_next_request(
         os.kill(pid, signal.SIGKILL)
         rest = resp.read().decode()
     assert "error" in rest and "[DONE]" not in rest
+    # the relay confirmed the death before it returned: no request is needed to find it
+    assert gw.call(lambda: gw.manager.ready_process("a")) is None
     r = chat(gw, "a")
     assert r.status_code == 200, r.text

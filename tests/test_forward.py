@@ -99,10 +99,12 @@ async def test_a_whole_stream_sets_the_time_to_first_event(
 async def test_a_stream_cut_by_the_engine_ends_with_an_error_event(
         monkeypatch: pytest.MonkeyPatch) -> None:
     client = _Client(gone_after=None)
+    confirmed = _Lease.process.confirmed
     outcome, _, relaying = _relay(monkeypatch, client, [CHUNK])
     await relaying
     assert b"without [DONE]" in client.writes[-1] and client.ended
     assert not outcome.client_gone
+    assert _Lease.process.confirmed == confirmed + 1  # the engine was looked at once
 
 
 async def test_a_client_gone_mid_stream_is_no_engine_failure(

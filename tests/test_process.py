@@ -282,6 +282,20 @@ async def test_confirm_alive_finds_a_dead_engine_at_once_and_handles_the_crash(
         assert not proc.illegal_transitions
 
 
+async def test_an_engine_stopped_on_purpose_did_not_die(fake_binary: str) -> None:
+    """An unload or a swap cuts a request's connection: that is no crash, and the request is
+    not tried again on the engine (which would start it again behind the operator's back)."""
+    async with aiohttp.ClientSession() as session:
+        proc = fake_process(fake_binary, session)
+        await proc.ensure_ready()
+        stopping = asyncio.create_task(proc.stop())
+        while proc.state is State.READY:
+            await asyncio.sleep(0.001)
+        assert await proc.confirm_alive() is True  # STOPPING
+        await stopping
+        assert proc.state is State.STOPPED and await proc.confirm_alive() is True
+
+
 async def test_a_port_taken_before_the_engine_binds_it_is_a_retry_on_another_port(
         fake_binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another process binds the port between lkn's check and the engine's bind (the race):

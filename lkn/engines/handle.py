@@ -52,8 +52,9 @@ class EngineHandle(Protocol):
         """Stop it and return once it is gone."""
 
     async def confirm_alive(self) -> bool:
-        """Asked when a request could not reach it or its answer broke off: whether it is
-        still READY. One found dead is handled as a crash at once, not at the next poll."""
+        """Asked when a request could not reach it or its answer broke off: False when it
+        crashed (found dead, it is handled as a crash at once, not at the next poll); True
+        when it is alive or being stopped on purpose."""
 
     async def sleep(self) -> bool:
         """Release its GPU memory without exiting; False where it did not."""

@@ -304,10 +304,12 @@ class EngineProcess:
         """A request could not reach the engine, or its answer broke off: look at the child now.
         The exit watcher polls (wait_exit) and would notice a death up to a poll later, long
         enough for the next request to be sent to the corpse; found dead here, the crash is
-        handled before this returns (tree killed, FAILED), so the next lease restarts it."""
-        proc = self.proc
+        handled before this returns (tree killed, FAILED), so the next lease restarts it.
+        False only for a crash: an engine being stopped on purpose (an unload, a swap) did not
+        die, and the request is not tried on it again."""
+        proc, watcher = self.proc, self._watch_task
         if proc is None or self.state is not State.READY:
-            return self.state is State.READY
+            return self.state is not State.FAILED
         # A killed process closes its sockets before it is a zombie: a refused connect can
         # come a moment before the death shows. Looked at for a short while, not once.
         loop = asyncio.get_running_loop()
@@ -316,11 +318,10 @@ class EngineProcess:
             if loop.time() >= settle:
                 return True
             await asyncio.sleep(0.01)
-        watcher = self._watch_task
         if watcher is not None and not watcher.done():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(watcher), CONFIRM_EXIT_S)
-        return False
+        return self.state in (State.STOPPING, State.STOPPED)  # a stop raced the death
 
     # ------------------------------------------------------------------ stop
     async def stop(self) -> None:

@@ -237,7 +237,7 @@ class RemoteProcess:
 
     async def confirm_alive(self) -> bool:
         # A server elsewhere: lkn cannot see its process; its breaker and health checks judge.
-        return self.state is State.READY
+        return self.state is not State.FAILED
 
     async def stop(self) -> None:
         if self.state is not State.STOPPED:

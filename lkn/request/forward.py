@@ -18,7 +18,8 @@ from lkn.cache.http import CacheTicket
 from lkn.config import ServerConfig
 from lkn.engines.base import EngineRequestError
 from lkn.engines.upstream import upstream_timeout, with_usage
-from lkn.errors import ERROR_SOURCE_HEADER, EngineUnavailable, GatewayTimeout, UpstreamError
+from lkn.errors import (ERROR_SOURCE_HEADER, EngineUnavailable, EngineUnreachable, GatewayTimeout,
+                        UpstreamError)
 from lkn.fleet.records import Lease
 from lkn.ops.usage import Usage, answer_usage, read_usage
 from lkn.relay.stream import StreamRelay
@@ -39,6 +40,7 @@ class Forwarder:
         self.outcome = outcome
         self.stream = stream
         self.cache = cache  # the ticket whose miss the relayed stream fills
+        self.broken = False  # the relayed stream broke off (it ended with an error event)
 
     async def forward(self, route: str, body: dict[str, Any], lease: Lease,
                       started: float) -> web.StreamResponse:
@@ -65,7 +67,9 @@ class Forwarder:
             raise EngineUnavailable(str(exc)) from None
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:
+            raise EngineUnreachable(f"engine {lease.process.key} is unreachable: {exc}") from None
+        except aiohttp.ClientError as exc:  # it may have seen the request: never replayed
             raise UpstreamError(f"engine {lease.process.key} is unreachable: {exc}") from None
         async with upstream:
             if upstream.status >= 400:
@@ -140,17 +144,19 @@ class Forwarder:
             failure = (f"engine {lease.process.key} ended the stream without [DONE] "
                        f"(it stopped or crashed mid-answer)")
         if failure is not None:
+            self.broken = True
             log.warning("stream for model=%s failed: %s", model, failure)
             try:
                 await resp.write(frame_json(UpstreamError(failure).body(self.outcome.request_id)))
             except ConnectionResetError:
                 pass
+            # A dead engine is a crash now, not at the next request: before the stream's end
+            # reaches the client, whose next request would otherwise meet the corpse.
+            await lease.process.confirm_alive()
         try:
             await resp.write_eof()
         except ConnectionResetError:
             pass
-        if failure is not None:  # a dead engine is a crash now, not at the next request
-            await lease.process.confirm_alive()
         return resp
 
     def _usage(self, usage: Usage | None) -> None:

@@ -23,7 +23,8 @@ from aiohttp import web
 from lkn.cache.http import CacheTicket, cache_opt_out
 from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnavailable,
-                        GatewayTimeout, LknError, ModelNotFound, UpstreamError)
+                        EngineUnreachable, GatewayTimeout, LknError, ModelNotFound,
+                        UpstreamError)
 from lkn.fleet.records import Lease
 from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
@@ -48,7 +49,7 @@ class Attempt:
     """What one try to answer came to: the response, or why there is none before the first
     byte (lkn's error, or the engine's own error answer, relayed as it is when nothing else
     answers) and the backend that failed, which the next try avoids. ``engine_died``: the
-    engine was found dead when it failed, so it saw nothing through: one more try restarts it."""
+    request never reached the engine and the engine was found dead: one more try restarts it."""
     response: web.StreamResponse | None = None
     failure: LknError | web.StreamResponse | None = None
     failed_backend: str | None = None
@@ -69,9 +70,10 @@ class RequestHandler:
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
         self.state = state
-        # The request's config generation, pinned when it arrives: every model, fallback,
-        # homeostasis and cache setting it reads comes from this snapshot, whatever reloads
-        # come while it runs. The manager maps it onto the config in force (Config.in_force).
+        # The request's config generation, pinned when it arrives: its model, fallbacks,
+        # homeostasis and cache settings come from this snapshot, whatever reloads come while
+        # it runs. The manager maps it onto the config in force (Config.in_force). A model it
+        # moves to (context_fallback, escalate_to) is looked up in the config in force.
         self.cfg = state.cfg
         self.cache = state.cache
         self.request_id = request_id
@@ -262,7 +264,8 @@ class RequestHandler:
                                           backends)
                 break
             except ContextLengthExceeded:
-                target = self.cfg.resolve(model.context_fallback or "")
+                # the config in force: a target a reload removed is not a 404 for this model
+                target = self.state.cfg.resolve(model.context_fallback or "")
                 if target is None or fell_back:
                     raise
                 log.info("model %s cannot hold the request; its context_fallback %s answers",
@@ -283,14 +286,18 @@ class RequestHandler:
             try:
                 response = await forwarder.forward(route, body, lease, started)
             except _ENGINE_FAILURES as exc:
-                died = (isinstance(exc, UpstreamError)
+                # Looked at for every broken exchange (a dead engine is a crash now, not at
+                # the next poll); tried again only when the request never reached it: one
+                # that may have killed the engine is not replayed on the next.
+                dead = (isinstance(exc, UpstreamError)
                         and not await lease.process.confirm_alive())
                 return Attempt(failure=exc, failed_backend=self._backend_failed(lease),
-                               engine_died=died)
+                               engine_died=dead and isinstance(exc, EngineUnreachable))
             if not response.prepared and (response.status >= 500 or response.status == 429):
                 # refused before the first byte: another backend or a fallback may answer
                 return Attempt(failure=response, failed_backend=self._backend_failed(lease))
-            self.state.manager.report(lease.record, True)
+            if not forwarder.broken:  # a broken stream proves nothing of its engine
+                self.state.manager.report(lease.record, True)
             return Attempt(response=response)
         finally:
             lease.release()
@@ -323,7 +330,7 @@ class RequestHandler:
         body = gate.rewrite(route, body, settings, verdict)
         if verdict.intervention != "escalate":
             return Gated(body, lease, model)
-        target = self.cfg.resolve(settings.escalate_to or "")
+        target = self.state.cfg.resolve(settings.escalate_to or "")  # in force, as above
         if target is None or target.name == model.name:
             return Gated(body, lease, model)
         lease.release()
