@@ -33,3 +33,19 @@ def test_a_file_that_cannot_be_written_leaves_the_ring_working(tmp_path: Path) -
     ring.append("a")
     ring.append("b")
     assert ring.tail(2) == "a\nb"
+
+
+def test_since_reads_what_was_said_after_the_newest_mark_of_an_event() -> None:
+    ring = LogRing("e")
+    ring.append("old run: address already in use")
+    ring.mark("start: /bin/engine --port 1")
+    ring.append("first try")
+    ring.mark("stopped -> starting")
+    ring.mark("start: /bin/engine --port 2")
+    ring.append("second try")
+    assert ring.since("start: ", 50) == ["second try"]
+    assert ring.since("start: ", 1) == ["second try"]  # only the last n lines are looked at
+    assert LogRing("none").since("start: ", 5) == []
+    plain = LogRing("p")
+    plain.append("no mark at all")
+    assert plain.since("start: ", 5) == ["no mark at all"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -28,6 +29,26 @@ def fake_process(binary: str, session: aiohttp.ClientSession, *args: str,
     return EngineProcess(LlamaCppEngine(model, model.variants[0]), ports=PortPool(port, port + 20),
                          session=session, start_timeout_s=start_timeout_s,
                          stop_grace_s=stop_grace_s, log_dir=log_dir)
+
+
+def steal_ports(proc: EngineProcess, count: int) -> list[socket.socket]:
+    """Bind ``count`` consecutive ports at the start of ``proc``'s pool, as the racing thief
+    would. The pool sits in the ephemeral range, where a client connection may hold one of
+    them: such a base is given up for another (no socket is left open)."""
+    for _ in range(50):
+        thieves: list[socket.socket] = []
+        try:
+            for port in range(proc._ports.first, proc._ports.first + count):
+                thieves.append(socket.socket())
+                thieves[-1].bind(("127.0.0.1", port))
+                thieves[-1].listen()
+            return thieves
+        except OSError:
+            for thief in thieves:
+                thief.close()
+            base = free_port()
+            proc._ports = PortPool(base, base + 20)
+    raise RuntimeError("no consecutive free ports to steal")
 
 
 async def test_slow_engine_becomes_ready_after_refused_then_503(fake_binary: str,
@@ -301,15 +322,11 @@ async def test_a_port_taken_before_the_engine_binds_it_is_a_retry_on_another_por
     """Another process binds the port between lkn's check and the engine's bind (the race):
     the engine exits with llama-server's bind error, and lkn starts it once more on the next
     free port. Nobody sees a failure: the process goes STARTING -> READY, never FAILED."""
-    import socket
-
     import lkn.engines.proctree as proctree
     async with aiohttp.ClientSession() as session:
         proc = fake_process(fake_binary, session)
+        [thief] = steal_ports(proc, 1)
         taken = proc._ports.first
-        thief = socket.socket()
-        thief.bind(("127.0.0.1", taken))
-        thief.listen()
         real_free = proctree._port_free
         lied: list[int] = []
 
@@ -336,17 +353,10 @@ async def test_a_second_bind_failure_fails_the_start(fake_binary: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """One retry, not a loop: when the next port is taken too, the start fails with the
     engine's own words."""
-    import socket
-
     import lkn.engines.proctree as proctree
     async with aiohttp.ClientSession() as session:
         proc = fake_process(fake_binary, session)
-        thieves = []
-        for port in (proc._ports.first, proc._ports.first + 1):
-            thief = socket.socket()
-            thief.bind(("127.0.0.1", port))
-            thief.listen()
-            thieves.append(thief)
+        thieves = steal_ports(proc, 2)
         monkeypatch.setattr(proctree, "_port_free", lambda port: True)
         try:
             with pytest.raises(EngineStartError) as info:

@@ -15,6 +15,8 @@ from typing import IO, Callable
 
 log = logging.getLogger("lkn.engine")
 
+MARK = "--- lkn: "  # how lkn's own lines in an engine's log begin
+
 
 class LogRing:
     def __init__(self, name: str, *, max_lines: int = 400, log_dir: str | None = None,
@@ -56,11 +58,19 @@ class LogRing:
             self.close()
 
     def mark(self, event: str) -> None:
-        self.append(f"--- lkn: {event} ---")
+        self.append(f"{MARK}{event} ---")
 
     def tail(self, n: int = 20) -> str:
         lines = list(self._lines)[-n:]
         return "\n".join(lines)
+
+    def since(self, event: str, n: int) -> list[str]:
+        """Of the last ``n`` lines, those after the newest mark whose event starts with
+        ``event`` (all of them when there is none): what was said since, e.g., this start."""
+        lines = list(self._lines)[-n:]
+        head = MARK + event
+        marks = [i for i, line in enumerate(lines) if line.startswith(head)]
+        return lines[marks[-1] + 1:] if marks else lines
 
     def close(self) -> None:
         if self._file is not None:

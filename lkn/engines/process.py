@@ -41,6 +41,7 @@ log = logging.getLogger("lkn.engine")
 # Python servers (SGLang's uvicorn, most command engines).
 BIND_FAILURE_MARKERS = ("couldn't bind http server socket", "address already in use")
 BIND_TAIL_LINES = 30
+START_MARK = "start: "  # the log's mark of each spawn, followed by its command line
 CONFIRM_DEATH_S = 0.5  # how long a suspect engine is watched for a death already under way
 CONFIRM_EXIT_S = 5.0  # how long a dead engine's crash bookkeeping may take when confirmed
 HEALTH_POLL_S = 0.05  # a ready engine is noticed within ~50 ms ...
@@ -167,7 +168,7 @@ class EngineProcess:
             self.last_error = str(exc)
             raise EngineStartError(self.last_error) from None
         argv = self.client.launch_argv(self.port)
-        self.logs.mark("start: " + " ".join(argv))
+        self.logs.mark(START_MARK + " ".join(argv))
         self.started_at = self._clock()
         self._set_state(State.STARTING)
         env = self.client.env()
@@ -215,9 +216,7 @@ class EngineProcess:
 
     def _bind_failed(self) -> bool:
         """Whether the engine's last words, since this start, say it could not bind its port."""
-        lines = self.logs.tail(BIND_TAIL_LINES).lower().splitlines()
-        starts = [i for i, line in enumerate(lines) if line.startswith("--- lkn: start: ")]
-        words = "\n".join(lines[starts[-1] + 1:] if starts else lines)
+        words = "\n".join(self.logs.since(START_MARK, BIND_TAIL_LINES)).lower()
         return any(marker in words for marker in BIND_FAILURE_MARKERS)
 
     async def _wait_healthy(self) -> None:
