@@ -114,6 +114,9 @@ def test_status_reports_traffic_windows_and_candidates(make_gw: Any) -> None:
     engine, other = status["engines"]
     assert engine["key"] == "fake@2048" and engine["in_flight"] == 0 and engine["idle_s"] >= 0
     assert other["state"] == "stopped" and other["idle_s"] is None
+    # the planner's swap cost: this engine's start was timed, nothing has stopped yet
+    assert engine["swap_cost"]["start_s"] > 0 and engine["swap_cost"]["stop_s"] is None
+    assert other["swap_cost"] == {"start_s": None, "stop_s": None}
     assert status["vram"]["estimated_mb"] == engine["vram_mb"]
     one = http("GET", gw.base_url + "/status/f").json()
     assert one["model"] == "fake" and one["traffic"]["60s"]["requests"] == 4

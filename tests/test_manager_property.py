@@ -14,12 +14,16 @@ every step:
 - VRAM of starting + ready + stopping engines is within the budget;
 - no lease is held on a stopped or stopping engine;
 - every waiting request is granted or failed within ``queue_timeout_s`` (no wedge);
+- every decision shares an engine fairly between client keys within a priority class (to one
+  request) and evicts no engine while a request it could serve ranks above the one it makes
+  room for (requests come with random keys and classes);
 - no exception is lost (the manager's own record of unexpected errors and the loop's handler).
 """
 from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -37,6 +41,9 @@ from lkn.fleet.manager import EngineManager
 from lkn.engines.process import EngineStartError, State, StateCallback
 from lkn.fleet.records import Demand, Lease
 from lkn.errors import LknError
+from lkn.fleet import planner
+from lkn.fleet.scheduler import decide as DECIDE
+from tests.test_scheduler_properties import check_decision
 
 BUDGET = 1000
 QUEUE_TIMEOUT = 60.0
@@ -216,9 +223,17 @@ class ManagerMachine(RuleBasedStateMachine):
         # points: a reload may come at each). The template shape bounds a prompt by its bytes.
         self.awaits: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
         self.patches = [mock.patch("lkn.fleet.model_selector.model_shape", self._shape),
-                        mock.patch("lkn.fleet.model_selector.count_prompt", self._count)]
+                        mock.patch("lkn.fleet.model_selector.count_prompt", self._count),
+                        mock.patch("lkn.fleet.scheduler.decide", self._checked_decide)]
         for patch in self.patches:
             patch.start()
+
+    def _checked_decide(self, slots: list[Any], waiters: list[Any], **kw: Any) -> Any:
+        """The manager's every decision, checked: fair share between keys within a class to
+        one request, and no eviction while a strictly better grant exists."""
+        actions = DECIDE(slots, waiters, **kw)
+        check_decision(list(waiters), actions, kw["now"], kw["max_wait_s"])
+        return actions
 
     async def _await_point(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -263,8 +278,11 @@ class ManagerMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------- rules
     @rule(model=st.sampled_from(["a", "b", "c", "d"]),
           prompt=st.sampled_from([10, 200, 450, 900]),
-          answer=st.sampled_from([None, 16, 200]), stale=st.booleans())
-    def arrive(self, model: str, prompt: int, answer: int | None, stale: bool) -> None:
+          answer=st.sampled_from([None, 16, 200]), stale=st.booleans(),
+          key=st.sampled_from(["", "k1", "k2"]),
+          priority=st.sampled_from([planner.BATCH, planner.INTERACTIVE, planner.TOP]))
+    def arrive(self, model: str, prompt: int, answer: int | None, stale: bool, key: str,
+               priority: float) -> None:
         # The config the request arrived with; stale: one a reload has replaced already.
         cfg = (self.previous_cfg if stale else self.manager.cfg).resolve(model)
         if cfg is None:
@@ -275,7 +293,8 @@ class ManagerMachine(RuleBasedStateMachine):
 
         async def go() -> Lease:  # as lkn.request.lease does it
             sizing = await self.manager.selector.size(cfg, "chat", body)
-            return await self.manager.acquire(cfg, sizing.demand)
+            demand = replace(sizing.demand, client_key=key, priority=priority)
+            return await self.manager.acquire(cfg, demand)
         self.requests.append((self.loop.create_task(go()), self.clock.now))
         self.settle()
 

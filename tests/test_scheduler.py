@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from lkn.fleet.scheduler import (ASLEEP, READY, STARTING, STOPPING, Grant, Option, Slot, Start, Stop,
-                           Waiter, admit, decide)
+from lkn.fleet.planner import BATCH, HOLD, INTERACTIVE, OUTRANK_RESIDENCE, RESIDENCE
+from lkn.fleet.scheduler import (ASLEEP, READY, STARTING, STOPPING, Grant, Option, Recheck, Slot,
+                                 Start, Stop, Waiter, admit, decide)
 
 A512 = Option("a@512", 512, 1000)
 A2048 = Option("a@2048", 2048, 3000)
@@ -172,6 +173,90 @@ def test_no_request_starves_behind_a_busy_model() -> None:
     b_id = len(arrivals) - 1
     assert waited[b_id] <= 10.0 + 2 * 1.5 + 1.0  # the bound plus draining in-flight work
     assert max(waited.values()) < 60
+
+
+# The planner's rules. One engine fits at a time; a swap costs 2 s of stop + 8 s of start.
+PA = Option("a@512", 512, 1000, start_s=8.0)
+PB = Option("b@512", 512, 1000, start_s=8.0)
+PC = Option("c@512", 512, 1000, start_s=8.0)
+COST = 10.0
+
+
+def ready(option: Option, *, in_flight: int = 0, capacity: int = 2, since: float = 0.0) -> Slot:
+    return Slot(option.key, option.key.split("@")[0], option.ctx, option.vram_mb, READY,
+                in_flight, 0.0, capacity=capacity, since=since, stop_s=2.0)
+
+
+def pw(i: int, option: Option, arrived: float, *, key: str = "",
+       priority: float = INTERACTIVE) -> Waiter:
+    return Waiter(i, option.key.split("@")[0], (option,), arrived, key=key, priority=priority)
+
+
+KEEP_A = HOLD * 0.05 * COST * COST  # a's 0.05 weighted arrivals/s, each delayed by the swap
+
+PLANNER_CASES = [
+    # (name, slots, waiters, rates, now, expected actions)
+    ("an idle engine whose model gets traffic is kept for a fresh request of another model: "
+     "held until the pressure (4/s) reaches the keep value",
+     [ready(PA)], [pw(1, PB, 100.0, key="ann")], {"a": {"": 0.05}}, 100.0,
+     [Recheck(100.0 + KEEP_A / 4)]),
+    ("a hold lasts one swap cost at most, however busy the running model is",
+     [ready(PA)], [pw(1, PB, 100.0, key="ann")], {"a": {"": 50.0}}, 100.0,
+     [Recheck(100.0 + COST)]),
+    ("no traffic for the running model: the swap happens at once",
+     [ready(PA)], [pw(1, PB, 100.0)], {}, 100.0, [Stop("a@512", for_key="b@512")]),
+    ("the hold ends once the waiter's pressure reaches the keep value",
+     [ready(PA)], [pw(1, PB, 100.0, key="ann")], {"a": {"": 0.05}}, 100.0 + KEEP_A / 4 + 0.01,
+     [Stop("a@512", for_key="b@512")]),
+    ("an overdue waiter is never held",
+     [ready(PA)], [pw(1, PB, 60.0, key="ann")], {"a": {"": 100.0}}, 90.0,
+     [Stop("a@512", for_key="b@512")]),
+    ("residence: an overdue waiter does not block an engine with work before it served "
+     "RESIDENCE swap costs (at most the bound); its own requests go on",
+     [ready(PA, in_flight=1, since=90.0)], [pw(1, PB, 60.0), pw(2, PA, 95.0)], {}, 100.0,
+     [Grant(2, "a@512"), Recheck(90.0 + min(RESIDENCE * COST, 30.0))]),
+    ("after its residence the engine is blocked: its later requests wait behind the overdue one",
+     [ready(PA, in_flight=1, since=50.0)], [pw(1, PB, 60.0), pw(2, PA, 95.0)], {}, 100.0, []),
+    ("an interactive request outranks an engine with only batch work: blocked after one swap "
+     "cost of residence",
+     [ready(PA, in_flight=1, since=85.0)],
+     [pw(1, PA, 95.0, priority=BATCH), pw(2, PB, 99.5)], {}, 100.0, []),
+    ("... and within it the batch work goes on",
+     [ready(PA, in_flight=1, since=95.0)],
+     [pw(1, PA, 95.0, priority=BATCH), pw(2, PB, 99.5)], {}, 100.0,
+     [Grant(1, "a@512"), Recheck(95.0 + OUTRANK_RESIDENCE * COST)]),
+    ("an overdue batch request does not block a fresh interactive one of the engine in its "
+     "way (the interactive one is more urgent)",
+     [ready(PA, since=0.0)], [pw(1, PB, 65.0, priority=BATCH), pw(2, PA, 99.0)], {}, 100.0,
+     [Grant(2, "a@512")]),
+    ("a batch request does not outrank interactive work",
+     [ready(PA, in_flight=1, since=99.0)],
+     [pw(1, PA, 95.0), pw(2, PB, 99.5, priority=BATCH)], {}, 100.0, [Grant(1, "a@512")]),
+    ("the running model's arrivals from the waiting key itself hold nothing",
+     [ready(PA)], [pw(1, PB, 100.0, key="ann")], {"a": {"ann": 50.0}}, 100.0,
+     [Stop("a@512", for_key="b@512")]),
+    ("fair share: round robin between keys (bulk sent three, ann one)",
+     [ready(PA)], [pw(1, PA, 1.0, key="bulk"), pw(2, PA, 2.0, key="bulk"),
+                   pw(3, PA, 3.0, key="bulk"), pw(4, PA, 4.0, key="ann")], {}, 5.0,
+     [Grant(1, "a@512"), Grant(4, "a@512")]),
+    ("interactive before older batch within a queue",
+     [ready(PA, capacity=1)], [pw(1, PA, 0.0, priority=BATCH), pw(2, PA, 5.0)], {}, 6.0,
+     [Grant(2, "a@512")]),
+    ("the swap that serves the most waiting work per second goes first",
+     [], [pw(1, PB, 0.0), pw(2, PC, 1.0), pw(3, PC, 2.0)], {}, 3.0, [Start("c@512")]),
+    ("an interactive waiter's swap goes before more batch work",
+     [], [pw(1, PB, 0.0, priority=BATCH), pw(2, PB, 0.0, priority=BATCH), pw(3, PC, 2.0)],
+     {}, 3.0, [Start("c@512")]),
+]
+
+
+@pytest.mark.parametrize("name, slots, waiters, rates, now, expected", PLANNER_CASES,
+                         ids=[c[0][:60] for c in PLANNER_CASES])
+def test_planner_rules(name: str, slots: list[Slot], waiters: list[Waiter],
+                       rates: dict[str, dict[str, float]], now: float,
+                       expected: list[object]) -> None:
+    assert decide(slots, waiters, budget_mb=1000, max_engines=0, max_wait_s=30.0, now=now,
+                  rates=rates) == expected
 
 
 @pytest.mark.parametrize("queued, cap, ok", [(0, 1, True), (63, 64, True), (64, 64, False)])

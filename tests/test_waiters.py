@@ -16,7 +16,7 @@ from lkn.errors import EngineUnavailable, GatewayTimeout, LknError, ModelNotFoun
 from lkn.fleet.failures import FailureHistory, FailurePolicy
 from lkn.fleet.records import Demand, EngineRecord
 from lkn.fleet.scheduler import Option, Waiter
-from lkn.fleet.waiters import Waiting, WaitQueue, Watchers, wake_at
+from lkn.fleet.waiters import FairTurns, Waiting, WaitQueue, Watchers, wake_at
 
 MODEL = build_config({"models": [{"name": "m", "binary": "/bin/x", "model_file": "/x.gguf",
                                   "variants": [{"ctx_size": 512, "vram_mb": 100}]}]}).models[0]
@@ -155,3 +155,56 @@ async def test_watchers_wake_and_time_out() -> None:
     await task
     with pytest.raises(GatewayTimeout, match="the flag did not finish within 0s"):
         await watchers.wait_until(lambda: False, 0.0, "the flag")
+
+
+def test_fair_turns_hold_to_one_request_between_backlogged_keys() -> None:
+    """Start-time fair queueing: a key that queued 50 requests at once and a key that sends one
+    request after each of its answers are served in turns, never two apart."""
+    turns = FairTurns()
+    queue = [("bulk", turns.tag("m", 50.0, "bulk")) for _ in range(50)]
+    queue.append(("ann", turns.tag("m", 50.0, "ann")))
+    served = {"bulk": 0, "ann": 0}
+    for _ in range(40):
+        key, tag = min(queue, key=lambda kt: kt[1])  # the scheduler's order within a level
+        queue.remove((key, tag))
+        turns.served("m", 50.0, tag)
+        served[key] += 1
+        assert abs(served["bulk"] - served["ann"]) <= 1, served
+        if key == "ann":
+            queue.append(("ann", turns.tag("m", 50.0, "ann")))
+    # a new key starts at the current turn, not behind the backlog; another model has its own
+    assert turns.tag("m", 50.0, "late") <= min(t for _, t in queue) + 1
+    assert turns.tag("other", 50.0, "bulk") == 1.0
+    # a batch request is in a lane of its own: bulk's interactive turns do not push it back
+    assert turns.tag("m", 0.0, "ann") == 1.0
+    # a request that comes back (an escalation) takes the lane's current turn
+    assert turns.tag("m", 50.0, "bulk", resume=True) <= min(t for _, t in queue)
+
+
+def test_a_request_that_leaves_unserved_gives_its_turn_back() -> None:
+    turns = FairTurns()
+    tags = [turns.tag("m", 50.0, "bulk") for _ in range(5)]  # 1..5
+    turns.left("m", 50.0, "bulk", tags[:2])  # 3..5 cancelled: 1 and 2 still queued
+    assert turns.tag("m", 50.0, "bulk") == 3.0
+    turns.left("m", 50.0, "bulk", [])  # all gone: the key starts at the lane's turn
+    turns.served("m", 50.0, 2.0)
+    assert turns.tag("m", 50.0, "bulk") == 3.0
+
+
+def test_the_queue_gives_turns_back_when_a_waiter_leaves() -> None:
+    q = WaitQueue()
+    loop = asyncio.new_event_loop()
+    try:
+        def waiting(i: int, key: str) -> Waiting:
+            return Waiting(Waiter(i, "m", (), 0.0, key=key), Demand(1, 1), 99.0,
+                           loop.create_future())
+        first, second = waiting(1, "k"), waiting(2, "k")
+        q.add(first)
+        q.add(second)
+        assert [w.waiter.tag for w in q] == [1.0, 2.0]
+        q.withdraw(2, second.future)
+        third = waiting(3, "k")
+        q.add(third)
+        assert third.waiter.tag == 2.0  # the cancelled request's turn, not a phantom third
+    finally:
+        loop.close()

@@ -175,6 +175,7 @@ class ServerConfig:
     vram_budget_mb: int = 8192
     vram_overhead_mb: int = 256
     max_queue_wait_s: float = 30.0
+    swap_cost_s: float = 10.0  # an engine's start cost before lkn has timed one (then learned)
     max_queue_per_model: int = 64
     queue_timeout_s: float = 300.0
     shutdown_drain_s: float = 30.0

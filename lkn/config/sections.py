@@ -64,6 +64,7 @@ def parse_server(value: Any) -> ServerConfig:
         vram_budget_mb=t.get("vram_budget_mb", integer(1), d.vram_budget_mb),
         vram_overhead_mb=t.get("vram_overhead_mb", integer(0), d.vram_overhead_mb),
         max_queue_wait_s=t.get("max_queue_wait_s", number(0.0), d.max_queue_wait_s),
+        swap_cost_s=t.get("swap_cost_s", number(0.0), d.swap_cost_s),
         max_queue_per_model=t.get("max_queue_per_model", integer(1), d.max_queue_per_model),
         queue_timeout_s=t.get("queue_timeout_s", number(0.001), d.queue_timeout_s),
         shutdown_drain_s=t.get("shutdown_drain_s", number(0.0), d.shutdown_drain_s),

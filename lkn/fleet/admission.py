@@ -9,6 +9,7 @@ rather than a wait that cannot end well.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Callable, Mapping
 
 from lkn.config import ModelConfig
@@ -20,8 +21,10 @@ from lkn.fleet.records import Demand, EngineRecord
 
 def admissible(model: ModelConfig, options: tuple[sched.Option, ...], demand: Demand, *,
                records: Mapping[str, EngineRecord], backend_allowed: Callable[[str], bool],
-               policy: FailurePolicy, now: float) -> tuple[sched.Option, ...]:
-    """``options`` (the selector's, for ``model``) narrowed to those the request may wait for;
+               policy: FailurePolicy, now: float,
+               start_s: float = 0.0) -> tuple[sched.Option, ...]:
+    """``options`` (the selector's, for ``model``) narrowed to those the request may wait for,
+    each with its engine's start cost (learned; before its first start, ``start_s``);
     EngineUnavailable or BadRequest when none is left. ``records``: the model's records by
     slot id."""
     if model.backends:  # open circuits and backends this request already failed on
@@ -36,7 +39,8 @@ def admissible(model: ModelConfig, options: tuple[sched.Option, ...], demand: De
         if not options:
             raise BadRequest(f"model '{model.name}' has no variant with context "
                              f"{demand.ctx} that fits the VRAM budget", param="ctx")
-    usable = tuple(o for o in options if not records[o.key].refusing(policy, now))
+    usable = tuple(replace(o, start_s=records[o.key].cost.start_s(start_s))
+                   for o in options if not records[o.key].refusing(policy, now))
     if usable:
         return usable
     worst = records[options[0].key]

@@ -74,7 +74,7 @@ class EngineManager:
         self._footprints = Footprints(registry.dir if registry is not None else None)
         self.policy = failure_policy(cfg)
         self._ids = itertools.count(1)
-        self._waiting = WaitQueue()
+        self._waiting = WaitQueue(started=clock())
         self._tasks = Supervisor()
         self._decide_scheduled = False
         self._watchers = Watchers()  # woken after every decision
@@ -191,7 +191,8 @@ class EngineManager:
         return admissible(model, self.selector.options(model, demand), demand,
                           records={r.slot_id: r for r in self._table.of(model)},
                           backend_allowed=lambda b: self._backends.allowed(b, model.breaker, now),
-                          policy=self.policy, now=now)
+                          policy=self.policy, now=now,
+                          start_s=self._table.swap_prior(self.cfg.server.swap_cost_s).start_s)
 
     async def acquire(self, model: ModelConfig, demand: Demand, *,
                       timeout_s: float | None = None, arrived: float | None = None) -> Lease:
@@ -213,10 +214,11 @@ class EngineManager:
         if prefer:
             options = tuple(sorted(options, key=lambda o: (prefer.index(o.group), o.ctx)))
         waiter = sched.Waiter(next(self._ids), model.name, options,
-                              now if arrived is None else min(arrived, now), prefer=prefer)
+                              now if arrived is None else min(arrived, now), prefer=prefer,
+                              key=demand.client_key, priority=demand.priority)
         future: asyncio.Future[EngineRecord] = asyncio.get_running_loop().create_future()
         timeout = s.queue_timeout_s if timeout_s is None else timeout_s
-        self._waiting.add(Waiting(waiter, demand, now + timeout, future))
+        self._waiting.add(Waiting(waiter, demand, now + timeout, future), new=arrived is None)
         self._kick()
         try:
             record = await asyncio.shield(future)
@@ -316,14 +318,15 @@ class EngineManager:
         now = self._clock()
         self._waiting.expire(now)
         by_id = {r.slot_id: r for r in self.records()}
-        slots = [slot for r in by_id.values() if (slot := r.slot()) is not None]
+        stop_s = self._table.swap_prior(s.swap_cost_s).stop_s
+        slots = [slot for r in by_id.values() if (slot := r.slot(stop_s)) is not None]
         # Variants waiting out a backoff are left out of the options for now, so a request
         # that another variant can hold is served by it; the timer comes back at retry time.
         waiters = self._waiting.snapshot(
             lambda key: key in by_id and by_id[key].startable(self.policy, now))
         actions = sched.decide(slots, waiters, budget_mb=s.vram_budget_mb,
                                max_engines=s.max_loaded_engines, max_wait_s=s.max_queue_wait_s,
-                               now=now)
+                               now=now, rates=self._waiting.rates(now))
         for action in actions:
             if isinstance(action, sched.Grant):
                 record = by_id[action.key]
@@ -344,17 +347,16 @@ class EngineManager:
                                      for_engine=action.for_key, for_key=by_id[action.for_key].key)
                     reason = f"evicted for {by_id[action.for_key].key}"
                 self._stop(record, reason)
-        self._arm_timer(now)
+        self._arm_timer(now, next((a.at for a in actions if isinstance(a, sched.Recheck)), None))
         self._watchers.wake()
 
-    def _arm_timer(self, now: float) -> None:
+    def _arm_timer(self, now: float, recheck: float | None = None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         at = wake_at(now, self._waiting, self.records(), self.policy,
-                     self.cfg.server.max_queue_wait_s)
-        if at is not None:
-            self._timer = asyncio.get_running_loop().call_later(at - now + 0.001, self._kick)
+                     self.cfg.server.max_queue_wait_s, recheck)
+        self._timer = (None if at is None else
+                       asyncio.get_running_loop().call_later(at - now + 0.001, self._kick))
 
     # ------------------------------------------------------------------ tasks
     def _supervise(self, coro: Coroutine[Any, Any, None], record: EngineRecord,

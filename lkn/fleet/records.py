@@ -14,9 +14,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lkn.fleet import planner
 from lkn.fleet import scheduler as sched
 from lkn.config import ModelConfig, VariantConfig
 from lkn.fleet.failures import FailureHistory, FailurePolicy, record_failure
+from lkn.fleet.learned import SwapCost
 from lkn.engines.base import EngineClient
 from lkn.engines.handle import EngineHandle
 from lkn.engines.process import State
@@ -45,6 +47,8 @@ class Demand:
     ctx: int | None = None  # only this variant (an operator's load)
     exclude: frozenset[str] = frozenset()  # backends this request already failed on
     sticky_key: str | None = None          # for balance = "sticky"
+    client_key: str = ""                   # who asks (fair share between keys)
+    priority: float = planner.INTERACTIVE  # planner.BATCH .. TOP
 
 
 class EngineRecord:
@@ -71,6 +75,9 @@ class EngineRecord:
         self.stop_retry_at = 0.0  # after a stop that failed unexpectedly: not before this
         self.history = FailureHistory()
         self.crashes = 0
+        self.cost = SwapCost()       # its start and stop times, learned (the planner's swap cost)
+        self.state_since = 0.0       # when its process entered its current state
+        self.ready_since = 0.0       # when it last became ready (its residence counts from here)
 
     @property
     def key(self) -> str:
@@ -102,7 +109,8 @@ class EngineRecord:
             return sched.STARTING
         return _SCHED_STATE.get(self.process.state)
 
-    def slot(self) -> sched.Slot | None:
+    def slot(self, stop_s: float = 0.0) -> sched.Slot | None:
+        """The scheduler's view; ``stop_s``: its stop cost until it has stopped once."""
         state = self.sched_state()
         if state is None:
             return None  # stopped or failed: holds nothing
@@ -110,7 +118,8 @@ class EngineRecord:
                           state, self.in_flight, self.last_used,
                           self.retired or self.unloading, capacity=self.model.parallel,
                           pinned=self.model.pinned and not self.retired,
-                          local=self.model.upstream is None)
+                          local=self.model.upstream is None, since=self.ready_since,
+                          stop_s=self.cost.stop_s(stop_s))
 
     def refusing(self, policy: FailurePolicy, now: float) -> bool:
         """FAILED and not due for its next try: requests get a fast 503."""
@@ -124,6 +133,13 @@ class EngineRecord:
         """Bookkeeping for a state change of its process (from ``old``); True when the change
         was a crash (FAILED after READY or ASLEEP: a failure for the backoff)."""
         state = self.process.state
+        if state is State.READY and old is State.STARTING:
+            self.cost.started(now - self.state_since)
+        if state is State.STOPPED and old is State.STOPPING:
+            self.cost.stopped(now - self.state_since)
+        if state is State.READY:
+            self.ready_since = now
+        self.state_since = now
         if state in (State.STOPPED, State.FAILED):
             self.unloading = False  # unloaded: the next request may start it again
             self.stops += 1
@@ -155,7 +171,7 @@ class EngineRecord:
                  vram_mb=self.vram_mb, vram_estimate_mb=self.vram_estimate_mb,
                  vram_measured_mb=self.vram_measured_mb, retired=self.retired,
                  unloading=self.unloading, pinned=self.model.pinned, idle_s=idle,
-                 crashes=self.crashes,
+                 crashes=self.crashes, swap_cost=self.cost.describe(),
                  failures={"consecutive": h.consecutive, "failed": h.failed(policy),
                            "retry_in_s": round(max(0.0, retry - now), 1) if retry else 0.0,
                            "last_error": h.last_error or None})

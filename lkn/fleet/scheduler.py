@@ -1,93 +1,49 @@
 """Pure swap decisions: which waiting request gets which engine, what to start, what to stop.
 
-No I/O and no clock of its own: ``decide()`` takes a snapshot of the engines (``Slot``) and the
-queue (``Waiter``) plus ``now`` and returns the actions the engine manager must carry out. The
-manager calls it again after every event (arrival, release, engine ready/stopped/failed, timer).
+No I/O and no clock of its own: ``decide()`` takes a snapshot of the engines (``Slot``), the
+queue (``Waiter``), the models' arrival rates and ``now``, and returns the actions the engine
+manager must carry out. The manager calls it again after every event (arrival, release, engine
+ready/stopped/failed) and at the time a ``Recheck`` names. The economics (levels, weights, what a
+swap costs and when it pays) are ``planner``'s rules.
 
 Policy, in order:
 
-1. **Wait bound.** The oldest waiter that cannot be served by a ready engine and has waited
-   ``max_wait_s`` or more is *overdue*. The engines that would have to go to make room for it are
-   *blocked* for requests that arrived after it: they queue behind it, the engine's in-flight
-   work drains and the swap happens. Without this a busy model starves a waiting one forever
-   (llama-swap's #612/#772). Older requests are still served, so the bound never makes two
-   models take turns evicting each other.
+1. **Forced swaps.** The first waiter (highest level, then oldest) that no running engine holds
+   and that has waited ``max_wait_s`` or more (*overdue*), or that outranks every request queued
+   for the engines in its way (an interactive request while they have only batch work), is
+   *forced*. The engines that would have to go to make room for it are *blocked* for requests
+   ranked after it: they queue behind it, the engine's in-flight work drains and the swap
+   happens. Without this a busy model starves a waiting one forever (llama-swap's #612/#772).
+   An engine is only blocked once it has been ready for ``planner.RESIDENCE`` swap costs, so an
+   overloaded box does not spend itself on swaps (the old collapse).
 2. **Collation.** Waiters whose model has a ready, unblocked engine with a context that holds
-   them are granted, oldest first, while it has free slots (``capacity``: the engine's parallel
-   slots; the rest wait in lkn's queue, where they can still be reordered, rather than inside
-   the engine). A running larger variant is reused: no reload for a shorter prompt. Queued
-   requests for a ready model are thus served before a swap.
-3. **Starts and evictions**, overdue waiter first, then FIFO: join an engine already starting;
+   them are granted, in ``planner.order`` (level, round robin between client keys, arrival),
+   while it has free slots (``capacity``: the engine's parallel slots; the rest wait in lkn's
+   queue, where they can still be reordered, rather than inside the engine). A running larger
+   variant is reused: no reload for a shorter prompt. Queued requests for a ready model are thus
+   served before a swap.
+3. **Starts and evictions**, the forced waiter first, then the models in ``planner.swap_rank``
+   order (top level, then waiting weight per second of swap): join an engine already starting;
    else the smallest variant that fits the VRAM budget (and ``max_engines``) now; else evict idle
    engines, least recently used first, never one with requests in flight, never one starting,
-   never a pinned one.
+   never a pinned one, and not while the swap is *held* (its waiters' pressure is below what the
+   swap would cost the evicted engines' coming work: ``planner.held_until``).
    Stopped memory is only reused once the stop has finished (stopping engines still count).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
-STARTING, READY, STOPPING, ASLEEP = "starting", "ready", "stopping", "asleep"
+from lkn.fleet import planner
+from lkn.fleet.scheduler_types import (ASLEEP, READY, STARTING, STOPPING, Action, Grant, Option,
+                                       Recheck, Slot, Start, Stop, Waiter)
 
+__all__ = ["ASLEEP", "READY", "STARTING", "STOPPING", "Action", "Grant", "Option", "Recheck",
+           "Slot", "Start", "Stop", "Waiter", "admit", "decide"]
 
-@dataclass(frozen=True)
-class Slot:
-    """An engine as the scheduler sees it."""
-    key: str
-    model: str
-    ctx: int
-    vram_mb: int
-    state: str
-    in_flight: int = 0
-    last_used: float = 0.0
-    retired: bool = False  # its config changed or vanished (reload): drain, then stop
-    capacity: int = 1      # requests it answers at once; more wait in lkn's queue, not the engine's
-    pinned: bool = False   # never evicted to make room for another engine
-    local: bool = True     # a process on this box; a remote upstream holds no memory or slot
-
-
-@dataclass(frozen=True)
-class Option:
-    """A variant that holds the request: start ``key`` with context ``ctx`` using ``vram_mb``."""
-    key: str
-    ctx: int
-    vram_mb: int
-    local: bool = True
-    group: str = ""  # the backend it belongs to, for a model with several (else "")
-
-
-@dataclass(frozen=True)
-class Waiter:
-    id: int
-    model: str
-    # ascending ctx (several backends: in the balancer's order, then ascending ctx); all hold
-    # the request and fit the budget. Empty while every variant that holds it waits out a
-    # failure backoff: it waits, nothing starts for it.
-    options: tuple[Option, ...]
-    arrived: float
-    prefer: tuple[str, ...] = ()  # backends in the balancer's order (several backends only)
-
-
-@dataclass(frozen=True)
-class Grant:
-    waiter: int
-    key: str
-
-
-@dataclass(frozen=True)
-class Start:
-    key: str
-
-
-@dataclass(frozen=True)
-class Stop:
-    key: str
-    reason: str = "evict"
-    for_key: str = field(default="", compare=False)  # an eviction: the engine it makes room for
-
-
-Action = Grant | Start | Stop
+_NONE = Slot("", "", 0, 0, "")
 
 
 @dataclass
@@ -161,7 +117,7 @@ def _warm_preferred(waiter: Waiter, board: _Board) -> None:
         return
     first = waiter.prefer[0]
     mine = [o for o in waiter.options if o.group == first]
-    if not mine or any(board.slots.get(o.key, Slot("", "", 0, 0, "")).state
+    if not mine or any(board.slots.get(o.key, _NONE).state
                        in (READY, STARTING, STOPPING) for o in mine):
         return
     option = mine[0]
@@ -178,7 +134,7 @@ def _spare_backends(waiter: Waiter, board: _Board) -> tuple[Option, ...]:
             if o.key in board.slots and board.slots[o.key].state in (READY, STARTING)}
     return tuple(o for o in waiter.options
                  if o.group and o.group not in busy
-                 and board.slots.get(o.key, Slot("", "", 0, 0, "")).state not in (STOPPING,))
+                 and board.slots.get(o.key, _NONE).state not in (STOPPING,))
 
 
 def _served_by_running(waiter: Waiter, board: _Board) -> bool:
@@ -187,9 +143,15 @@ def _served_by_running(waiter: Waiter, board: _Board) -> bool:
 
 
 def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
-           max_engines: int, max_wait_s: float, now: float) -> list[Action]:
+           max_engines: int, max_wait_s: float, now: float,
+           rates: Mapping[str, Mapping[str, float]] | None = None) -> list[Action]:
+    """``rates``: each model's expected arrivals per second by client key, weighted by
+    priority (none: no swap is held for them)."""
     board = _Board({s.key: s for s in slots}, budget_mb, max_engines)
-    queue = sorted(waiters, key=lambda w: (w.arrived, w.id))
+    queue = planner.order(waiters, now, max_wait_s)
+    by_urgency = sorted(queue, key=lambda w: planner.urgency(w, now, max_wait_s))
+    position = {w.id: i for i, w in enumerate(by_urgency)}
+    rechecks: list[float] = []
 
     # Engines whose config is gone are stopped as soon as they are idle.
     for slot in list(board.slots.values()):
@@ -197,58 +159,142 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
             board.actions.append(Stop(slot.key, "retired"))
             board.slots[slot.key] = replace(slot, state=STOPPING)
 
-    # 1. wait bound
-    blocked: set[str] = set()
-    overdue: Waiter | None = None
-    for w in queue:
-        if now - w.arrived < max_wait_s:
-            break
-        if w.options and not _served_by_running(w, board):
-            overdue = w
-            break
-    if overdue is not None and not any(
-            board.slots.get(o.key, Slot("", "", 0, 0, "")).state == STARTING
-            for o in overdue.options):
-        plan = board.eviction_plan(overdue.options[0], include_busy=True)
-        if plan:
-            blocked = {s.key for s in plan}
+    # 1. forced swaps: the wait bound, a higher class
+    forced, room, blocked = _forced(by_urgency, board, now, max_wait_s, rechecks)
 
-    # 2. collation: serve everything a ready engine can hold; requests that arrived after the
-    #    overdue waiter queue behind it on the engines it needs gone
+    # 2. collation: serve everything a ready engine can hold; requests less urgent than the
+    #    forced waiter queue behind it on the engines it needs gone
     rest: list[Waiter] = []
     for w in queue:
-        behind = overdue is not None and (w.arrived, w.id) > (overdue.arrived, overdue.id)
+        behind = forced is not None and position[w.id] > position[forced.id]
         engine = _ready_engine(w, board, blocked if behind else set())
         if engine is None:
             rest.append(w)
             continue
         board.actions.append(Grant(w.id, engine.key))
         board.slots[engine.key] = replace(engine, in_flight=engine.in_flight + 1, last_used=now)
-        if not blocked:  # memory an overdue waiter's eviction counts on stays free
+        if not room:  # memory a forced waiter counts on stays free
             _warm_preferred(w, board)
 
-    # 3. starts and evictions
-    if overdue is not None and overdue in rest:
-        rest.remove(overdue)
-        rest.insert(0, overdue)
+    # 3. starts and evictions: the forced waiter, then the swap that pays best
+    rest = _by_swap_rank(rest, forced, now, max_wait_s)
+    queued_by_model: dict[str, list[Waiter]] = {}
+    for w in queue:
+        queued_by_model.setdefault(w.model, []).append(w)
+    seen: set[tuple[Option, ...]] = set()
     for w in rest:
         keys = {o.key for o in w.options}
         if _served_by_running(w, board):
             spare = _spare_backends(w, board)
-            if spare and (overdue is None or w is overdue or not blocked):
+            if spare and (forced is None or w is forced or not room):
                 _start_for(replace(w, options=spare), board)  # another replica, not a copy
             continue  # its engine is busy: wait for a free slot, no second copy
+        if w.options in seen:
+            continue  # a waiter with the same options went first: the same answer holds
+        seen.add(w.options)
         if any(board.slots[k].state == STARTING for k in keys if k in board.slots):
             continue  # join the start already under way
         if any(board.slots[k].state in (READY, STOPPING) for k in keys if k in board.slots):
             continue  # blocked or retiring: wait for it to drain or finish stopping
-        if overdue is not None and w is not overdue and blocked:
-            continue  # the overdue waiter's room is being made; do not take it
-        _start_for(w, board)
+        if forced is not None and w is not forced and room:
+            continue  # the forced waiter's room is being made (or kept); do not take it
+        hold = None if w is forced else _Hold(queued_by_model, rates or {}, now, max_wait_s)
+        _start_for(w, board, hold, rechecks)
+    ahead = [t for t in rechecks if t > now]
+    if ahead:
+        board.actions.append(Recheck(min(ahead)))
     return board.actions
 
 
-def _start_for(w: Waiter, board: _Board) -> None:
+def _forced(by_urgency: list[Waiter], board: _Board, now: float, max_wait_s: float,
+            rechecks: list[float]) -> tuple[Waiter | None, set[str], set[str]]:
+    """The waiter a swap is forced for (overdue, or outranking the engines in its way), the
+    engines in its way (its room: nobody else evicts them or takes their memory) and those
+    blocked for it now (none while they are within their residence)."""
+    top = _top_queued(by_urgency)
+    lowest = min(top.values(), default=math.inf)
+    for w in by_urgency:
+        overdue = now - w.arrived >= max_wait_s
+        if not w.options or (not overdue and w.priority <= lowest):
+            continue  # neither overdue nor above anybody's class
+        if _served_by_running(w, board):
+            continue
+        if any(board.slots.get(o.key, _NONE).state == STARTING for o in w.options):
+            continue  # its engine is on its way
+        plan = board.eviction_plan(w.options[0], include_busy=True) or []
+        outranks = _outranks(w, plan, top)
+        if not overdue and not outranks:
+            continue
+        cost = planner.swap_cost(plan, w.options[0])
+        factor = planner.OUTRANK_RESIDENCE if outranks else planner.RESIDENCE
+        busy = [s for s in plan if s.in_flight or s.key in top]
+        until = max((planner.resident_until(s, cost, max_wait_s, factor) for s in busy),
+                    default=now)
+        room = {s.key for s in plan}
+        if until > now + planner.EPS:
+            rechecks.append(until)
+            return w, room, set()
+        return w, room, room
+    return None, set(), set()
+
+
+def _queued_for(slot: Slot, queue: Sequence[Waiter]) -> list[Waiter]:
+    return [w for w in queue if any(o.key == slot.key for o in w.options)]
+
+
+def _top_queued(queue: Sequence[Waiter]) -> dict[str, float]:
+    """The highest class queued for each engine (by the keys of the waiters' options)."""
+    top: dict[str, float] = {}
+    for w in queue:
+        for o in w.options:
+            top[o.key] = max(top.get(o.key, w.priority), w.priority)
+    return top
+
+
+def _outranks(w: Waiter, plan: list[Slot], top: dict[str, float]) -> bool:
+    """Whether ``w``'s class is above that of everything queued for the engines in its way,
+    which have some queued work (an interactive request while they have only batch work: it
+    need not wait for the bound). Aging does not count here: an overdue waiter is forced by
+    the bound, within the engines' residence."""
+    theirs = [top[s.key] for s in plan if s.key in top]
+    return bool(theirs) and w.priority > max(theirs)
+
+
+def _by_swap_rank(rest: list[Waiter], forced: Waiter | None, now: float,
+                  max_wait_s: float) -> list[Waiter]:
+    """The forced waiter first; then model by model, best swap first (each model's waiters keep
+    their queue order)."""
+    by_model: dict[str, list[Waiter]] = {}
+    for w in rest:
+        if w is not forced:
+            by_model.setdefault(w.model, []).append(w)
+    ranked = sorted(by_model.values(), key=lambda ws: planner.swap_rank(
+        ws, ws[0].options[0].start_s if ws[0].options else 0.0, now, max_wait_s))
+    head = [forced] if forced is not None and forced in rest else []
+    return head + [w for ws in ranked for w in ws]
+
+
+@dataclass
+class _Hold:
+    """What a swap must beat: the work coming to the engines it evicts."""
+    queued_by_model: dict[str, list[Waiter]]
+    rates: Mapping[str, Mapping[str, float]]
+    now: float
+    max_wait_s: float
+
+    def until(self, w: Waiter, evicted: Sequence[Slot], option: Option) -> float | None:
+        cost = planner.swap_cost(evicted, option)
+        waiting = self.queued_by_model.get(w.model, [w])
+        askers = {x.key for x in waiting}  # their own coming requests hold nobody's swap
+        keep = sum(planner.keep_value(_queued_for(s, self.queued_by_model.get(s.model, [])),
+                                      planner.rate_of(self.rates, s.model, askers), cost,
+                                      self.now, self.max_wait_s)
+                   for s in evicted)
+        return planner.held_until(waiting, keep, self.now, self.max_wait_s, cost)
+
+
+def _start_for(w: Waiter, board: _Board, hold: _Hold | None = None,
+               rechecks: list[float] | None = None) -> None:
     # Prefer the smallest variant that can start now (or after evicting idle engines);
     # fall back to waiting for the smallest one.
     for option in w.options:
@@ -256,6 +302,11 @@ def _start_for(w: Waiter, board: _Board) -> None:
         if plan is None:
             continue
         if plan:
+            until = hold.until(w, plan, option) if hold is not None else None
+            if until is not None:
+                if rechecks is not None:
+                    rechecks.append(until)
+                return  # the swap does not pay yet
             for slot in plan:
                 board.actions.append(Stop(slot.key, for_key=option.key))
                 board.slots[slot.key] = replace(slot, state=STOPPING)

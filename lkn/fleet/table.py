@@ -21,6 +21,7 @@ from lkn.fleet.footprints import Footprints
 from lkn.fleet.processes import ClientFactory, ProcessFactory
 from lkn.fleet.records import EngineRecord, Process, engine_identity
 from lkn.fleet.selector import VariantInfo
+from lkn.fleet.learned import Prior, prior
 
 log = logging.getLogger("lkn.manager")
 
@@ -115,6 +116,11 @@ class EngineTable:
 
     def of(self, model: ModelConfig) -> list[EngineRecord]:
         return [self._active[m.variant_name(v)] for m in model.engine_models for v in m.variants]
+
+    def swap_prior(self, default_s: float) -> Prior:
+        """What a swap costs an engine that has not started or stopped yet (its processes on
+        this box, learned; ``default_s`` before any)."""
+        return prior((r.cost for r in self.records() if r.model.upstream is None), default_s)
 
     def in_flight_of(self, model: ModelConfig) -> int:
         return sum(r.in_flight for r in self.of(model))

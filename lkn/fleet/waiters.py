@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from lkn.errors import GatewayTimeout, LknError
+from lkn.fleet import planner
 from lkn.fleet import scheduler as sched
+from lkn.fleet.learned import ArrivalRates
 from lkn.fleet.failures import FailurePolicy
 from lkn.fleet.records import Demand, EngineRecord
 
@@ -30,8 +32,12 @@ class Waiting:
 
 
 class WaitQueue:
-    def __init__(self) -> None:
+    """The waiting requests, and how fast each model's arrive (``learned.ArrivalRates``)."""
+
+    def __init__(self, *, started: float = 0.0) -> None:
         self._by_id: dict[int, Waiting] = {}
+        self._arrivals = ArrivalRates(started=started)
+        self._turns = FairTurns()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -39,17 +45,35 @@ class WaitQueue:
     def __iter__(self) -> Iterator[Waiting]:
         return iter(list(self._by_id.values()))
 
-    def add(self, waiting: Waiting) -> None:
-        self._by_id[waiting.waiter.id] = waiting
+    def add(self, waiting: Waiting, *, new: bool = True) -> None:
+        """Queue ``waiting``; a ``new`` arrival counts for its model's arrival rate and takes
+        its key's next turn. A request that comes back (an escalation) keeps its place: the
+        lane's current turn, ahead of what queued after it arrived."""
+        w = waiting.waiter = replace(waiting.waiter, tag=self._turns.tag(
+            waiting.waiter.model, waiting.waiter.priority, waiting.waiter.key, resume=not new))
+        self._by_id[w.id] = waiting
+        if new:
+            self._arrivals.arrive(w.model, w.arrived, planner.weight(w.priority), w.key)
 
-    def remove(self, waiter_id: int) -> Waiting | None:
-        return self._by_id.pop(waiter_id, None)
+    def rates(self, now: float) -> dict[str, dict[str, float]]:
+        """Each model's arrivals per second by key over the last minutes, weighted by
+        priority."""
+        return self._arrivals.rates(now)
+
+    def _gone(self, waiting: Waiting | None) -> None:
+        """``waiting`` left without a grant: its key's turns go back to its queued requests."""
+        if waiting is None:
+            return
+        w = waiting.waiter
+        lane = (w.model, w.priority, w.key)
+        self._turns.left(*lane, [o.waiter.tag for o in self._by_id.values()
+                                 if (o.waiter.model, o.waiter.priority, o.waiter.key) == lane])
 
     def withdraw(self, waiter_id: int,
                  future: asyncio.Future[EngineRecord]) -> EngineRecord | None:
         """The waiter's client went away: it leaves the queue. Returns the record if it was
         granted one at the same instant (the caller gives it back)."""
-        self._by_id.pop(waiter_id, None)
+        self._gone(self._by_id.pop(waiter_id, None))
         if future.done() and not future.cancelled() and future.exception() is None:
             return future.result()
         if not future.done():
@@ -76,10 +100,13 @@ class WaitQueue:
         return waiters
 
     def grant(self, waiter_id: int, record: EngineRecord) -> None:
-        self._by_id.pop(waiter_id).future.set_result(record)
+        waiting = self._by_id.pop(waiter_id)
+        self._turns.served(waiting.waiter.model, waiting.waiter.priority, waiting.waiter.tag)
+        waiting.future.set_result(record)
 
     def fail(self, waiting: Waiting, error: BaseException) -> None:
         del self._by_id[waiting.waiter.id]
+        self._gone(waiting)
         waiting.future.set_exception(error)
 
     def expire(self, now: float) -> list[Waiting]:
@@ -109,6 +136,7 @@ class WaitQueue:
         for w in self.live():
             w.future.set_exception(error())
         self._by_id.clear()
+        self._turns = FairTurns()
 
     def replan(self, options: Callable[[Waiting], tuple[str, tuple[sched.Option, ...]]]) -> None:
         """After a reload: each waiter gets its model's name and options again from
@@ -122,13 +150,50 @@ class WaitQueue:
             w.waiter = replace(w.waiter, model=model, options=opts)
 
 
+class FairTurns:
+    """Start-time fair queueing per model and priority (a *lane*): a request's tag is one more
+    than the later of its key's last tag in the lane and the lane's virtual time (the tag of
+    its latest granted request). A request that leaves without a grant gives its turn back."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, float, str], float] = {}
+        self._time: dict[tuple[str, float], float] = {}
+
+    def tag(self, model: str, priority: float, key: str, *, resume: bool = False) -> float:
+        """The next turn of ``key``; ``resume``: the lane's current turn (a request that was
+        queued before, elsewhere, is not sent to the back of its key's queue)."""
+        now = self._time.get((model, priority), 0.0)
+        if resume:
+            return now + 1.0
+        tag = max(now, self._last.get((model, priority, key), 0.0)) + 1.0
+        self._last[(model, priority, key)] = tag
+        return tag
+
+    def served(self, model: str, priority: float, tag: float) -> None:
+        lane = (model, priority)
+        self._time[lane] = max(self._time.get(lane, 0.0), tag)
+        if len(self._last) > 1024:  # a key whose last turn has passed is as good as new
+            self._last = {k: t for k, t in self._last.items()
+                          if t > self._time.get((k[0], k[1]), 0.0)}
+
+    def left(self, model: str, priority: float, key: str, queued: list[float]) -> None:
+        """A request of ``key`` left unserved; ``queued``: the tags of its others still queued
+        in the lane (none: the key starts again at the lane's current turn)."""
+        if queued:
+            self._last[(model, priority, key)] = max(queued)
+        else:
+            self._last.pop((model, priority, key), None)
+
+
 def wake_at(now: float, waiting: Iterable[Waiting], records: Iterable[EngineRecord],
-            policy: FailurePolicy, max_wait_s: float) -> float | None:
+            policy: FailurePolicy, max_wait_s: float,
+            recheck: float | None = None) -> float | None:
     """When the scheduler must run again although nothing happens: the earliest of every
     waiter's timeout and wait bound, the end of the backoff of an engine a waiter could use,
-    and a failed stop's retry time; None when none is ahead of ``now``."""
+    a failed stop's retry time and the scheduler's own ``recheck`` (a held swap or an engine's
+    residence ends); None when none is ahead of ``now``."""
     waiting = list(waiting)
-    due = [w.deadline for w in waiting]
+    due = [w.deadline for w in waiting] + ([recheck] if recheck is not None else [])
     due += [w.waiter.arrived + max_wait_s for w in waiting]
     wanted = {o.key for w in waiting for o in w.waiter.options}
     records = list(records)

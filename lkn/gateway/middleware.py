@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 from typing import Awaitable, Callable
@@ -14,6 +13,7 @@ from lkn.errors import BadRequest, Forbidden, LknError, ModelNotFound, Unauthori
 from lkn.gateway.keys import STATE
 from lkn.gateway.ui_static import is_ui_path
 from lkn.ops.inflight import REQUEST_ID, request_id
+from lkn.request.caller import bearer_token, key_matches
 
 log = logging.getLogger("lkn.gateway.middleware")
 
@@ -72,17 +72,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                                         f"{exc}"), rid)
 
 
-def _token(request: web.Request) -> str:
-    given = request.headers.get("Authorization", "")
-    if given.lower().startswith("bearer "):
-        return given[7:].strip()
-    return request.headers.get("x-api-key", "")
-
-
-def _matches(token: str, keys: tuple[str, ...]) -> bool:
-    return any(hmac.compare_digest(token.encode(), k.encode()) for k in keys)
-
-
 def is_loopback(remote: str | None) -> bool:
     try:
         address = ipaddress.ip_address((remote or "").split("%")[0])
@@ -121,7 +110,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     admin = is_admin_path(path)
     if admin and settings.admin_keys:
-        if not _matches(_token(request), settings.admin_keys):
+        if not key_matches(bearer_token(request), settings.admin_keys):
             raise Unauthorized("invalid or missing admin key: send 'Authorization: Bearer "
                                "<admin key>' (server.admin_keys)")
         return await handler(request)
@@ -129,7 +118,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if path.startswith("/admin/") and not local:
         raise Forbidden("the admin API answers only on loopback (and not to other sites' "
                         "pages in a browser) when server.admin_keys is not set")
-    if settings.api_keys and not local and not _matches(_token(request), settings.api_keys):
+    if settings.api_keys and not local and not key_matches(bearer_token(request), settings.api_keys):
         raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
 

@@ -30,6 +30,7 @@ from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.ops.traffic import Finished
+from lkn.request.caller import caller_of, take_priority
 from lkn.request.forward import Forwarder
 from lkn.request.lease import Backends, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
@@ -101,6 +102,9 @@ class RequestHandler:
             body = parse_json_object(await request.read())
             VALIDATORS[route](body)
             lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
+            caller = caller_of(request, self.cfg.server)
+            lkn_field, outcome.priority = take_priority(lkn_field, caller)
+            outcome.client_key = caller.key
             model = self.cfg.require(body["model"])
             label = entry.model = model.name
             if body.get("stream") and route != "embeddings":

@@ -41,7 +41,7 @@ async def lease_engine(state: GatewayState, model: ModelConfig, route: str,
     outcome.model = model.name  # known before the wait: loading streams carry it
     outcome.prompt_tokens = sizing.demand.prompt_tokens
     outcome.counted_by = sizing.method
-    demand = sizing.demand
+    demand = replace(sizing.demand, client_key=outcome.client_key, priority=outcome.priority)
     waited = time.monotonic()
     if outcome.queued_at is None:
         outcome.queued_at = waited

@@ -27,6 +27,8 @@ class Outcome:
     client_gone: bool = False             # the client left mid-stream (counted as 499)
     queued_at: float | None = None        # when it first queued for an engine (escalation
     #                                       keeps its place: it is not the newest request)
+    client_key: str = ""                  # who asks (request.caller): fair share between keys
+    priority: float = 50.0                # planner.BATCH 0 .. INTERACTIVE 50 .. TOP 100
 
     def forget_engine(self) -> None:
         """A model or backend tried before this one learned these; they are not this one's."""

@@ -1,0 +1,65 @@
+"""Who asks: the client key a request came with and the priority it asks for.
+
+A request's caller (``caller_of``) is a short id of its key (never the key itself), or of its
+address when it sent none, and whether the key is an admin key. The scheduler shares an engine's queue fairly between these ids and
+serves higher priorities first. A request's ``"lkn": {"priority": ...}`` (``take_priority``)
+names a class (``interactive``, ``batch``) or a number from 0 to 100; a client may only lower
+its priority below the default (``interactive``), an admin key may raise it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from lkn.config import ServerConfig
+from lkn.errors import BadRequest
+from lkn.fleet import planner
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: str = ""        # "key-<12 hex digits of its sha256>", or "ip-<address>" without a key
+    admin: bool = False  # it came with an admin key: it may raise its priority
+
+
+def bearer_token(request: web.Request) -> str:
+    """The key a request came with: ``Authorization: Bearer`` or ``x-api-key``; '' for none."""
+    given = request.headers.get("Authorization", "")
+    if given.lower().startswith("bearer "):
+        return given[7:].strip()
+    return request.headers.get("x-api-key", "")
+
+
+def _bytes(token: str) -> bytes:
+    # aiohttp keeps a header's undecodable bytes as surrogates: give them back, never raise
+    return token.encode("utf-8", "surrogateescape")
+
+
+def key_matches(token: str, keys: tuple[str, ...]) -> bool:
+    return any(hmac.compare_digest(_bytes(token), k.encode()) for k in keys)
+
+
+def caller_of(request: web.Request, server: ServerConfig) -> Caller:
+    """Who sent ``request`` (the auth middleware has let it through already)."""
+    token = bearer_token(request)
+    admin = bool(token) and key_matches(token, server.admin_keys)
+    if token:
+        return Caller("key-" + hashlib.sha256(_bytes(token)).hexdigest()[:12], admin)
+    return Caller(f"ip-{request.remote or 'unknown'}", admin)
+
+
+def take_priority(lkn_field: Any, caller: Caller) -> tuple[Any, float]:
+    """Takes ``priority`` out of the request's ``"lkn"`` field: (the rest, the priority)."""
+    if not isinstance(lkn_field, Mapping) or "priority" not in lkn_field:
+        return lkn_field, planner.INTERACTIVE
+    rest = {k: v for k, v in lkn_field.items() if k != "priority"}
+    ceiling = planner.TOP if caller.admin else planner.INTERACTIVE
+    try:
+        return rest, planner.priority_of(lkn_field["priority"], planner.INTERACTIVE, ceiling)
+    except ValueError as exc:
+        raise BadRequest(f"lkn {exc}", param="lkn.priority") from None
