@@ -3,8 +3,9 @@
 lkn's own ``serve()`` runs in this process with two models on llama-server (``--threads 1``)
 that each take the whole VRAM budget, so every change of model is a real swap (stop one
 llama-server, start the other). A recorded trace (``bench/data/scheduler_real.jsonl``: arrival
-second, model, answer tokens, 1 request/s; ``scheduler_real_busy.jsonl``: 2.5/s, near what one
-engine answers; ``--record`` writes a new one) is replayed twice, streaming:
+second, model, answer tokens and which of 10 client keys sends it, 1 request/s;
+``scheduler_real_busy.jsonl``: 2.5/s, near what one engine answers; ``--record`` writes a new
+one) is replayed twice, streaming:
 
 - **planner**: lkn as it ships (swap costs learnt from the engines' own starts and stops,
   arrival rates, residence, holds);
@@ -40,10 +41,12 @@ from lkn.gateway.server import serve  # noqa: E402
 
 TRACE = os.path.join(ROOT, "bench", "data", "scheduler_real.jsonl")
 SHARES = {"m0": 0.7, "m1": 0.3}
+USERS = 10  # client keys: a team
 CONFIG = """
 server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = "{tmp}", state_dir = "{tmp}/state",
            vram_budget_mb = 1000, max_loaded_engines = 1, max_queue_wait_s = 30,
-           max_queue_per_model = 500, queue_timeout_s = 600, stop_grace_s = 5 }}
+           max_queue_per_model = 500, queue_timeout_s = 600, stop_grace_s = 5,
+           api_keys = {{ {keys} }} }}
 models = {{
   {{ name = "m0", model_file = {model}, gpu_layers = 0, default_max_tokens = 32,
     variants = {{ {{ ctx_size = 512, vram_mb = 900 }} }}, args = {{ "--threads", 1 }} }},
@@ -70,7 +73,8 @@ def record(path: str, seconds: float, rate: float, seed: int) -> None:
         if t > seconds:
             break
         model = rng.choices(list(SHARES), list(SHARES.values()))[0]
-        rows.append({"at": round(t, 3), "model": model, "max_tokens": rng.choice([8, 16, 32])})
+        rows.append({"at": round(t, 3), "model": model, "max_tokens": rng.choice([8, 16, 32]),
+                     "key": f"user{rng.randrange(USERS)}"})
     with open(path, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -82,7 +86,8 @@ async def one(session: aiohttp.ClientSession, url: str, row: dict, t0: float) ->
     sent = time.monotonic()
     body = {"model": row["model"], "stream": True, "max_tokens": row["max_tokens"],
             "temperature": 0, "messages": [{"role": "user", "content": "Name a colour."}]}
-    async with session.post(url, json=body) as r:
+    headers = {"Authorization": f"Bearer {row['key']}"}
+    async with session.post(url, json=body, headers=headers) as r:
         if r.status != 200:
             raise RuntimeError(f"{r.status}: {await r.text()}")
         first = None
@@ -97,7 +102,8 @@ async def replay(rows: list[dict], policy: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "real.cfg.lua")
         with open(path, "w") as f:
-            f.write(CONFIG.format(port=port, tmp=tmp, model=json.dumps(smollm2())))
+            keys = ", ".join(f'"user{i}"' for i in range(USERS))
+            f.write(CONFIG.format(port=port, tmp=tmp, model=json.dumps(smollm2()), keys=keys))
         cfg = load_config(path)
         scheduler.decide = ORIGINAL if policy == "planner" else before  # type: ignore[assignment]
         stop, started = asyncio.Event(), asyncio.Event()

@@ -152,6 +152,12 @@ def fake_binary(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    """Where the fake engine (``--fake-capture``) writes every request body it gets."""
+    return tmp_path / "capture.jsonl"
+
+
+@pytest.fixture
 def gateway_factory() -> Any:
     started: list[Gateway] = []
 

@@ -32,11 +32,6 @@ models = {{
 
 
 @pytest.fixture
-def capture(tmp_path: Path) -> Path:
-    return tmp_path / "capture.jsonl"
-
-
-@pytest.fixture
 def gw(tmp_path: Path, fake_binary: str, capture: Path, gateway_factory: Any) -> Gateway:
     return gateway_factory(write_config(tmp_path, lua(fake_binary, capture)))
 

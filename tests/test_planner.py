@@ -48,6 +48,16 @@ def test_weight_doubles_every_25_levels() -> None:
      "interactive at most within a queue",
      [w(i, float(i), key="bulk") for i in range(5)] + [w(9, 40.0, key="ann")], 41.0,
      [0, 9, 1, 2, 3, 4]),
+    ("lanes aged to one level: an old batch backlog does not push a fresh interactive request "
+     "behind it (tags count within their own lane)",
+     [Waiter(i, "a", (OPT,), float(i), key="bulk", priority=BATCH, tag=float(i + 1))
+      for i in range(5)] + [Waiter(9, "a", (OPT,), 40.0, key="ann", tag=500.0)], 41.0,
+     [0, 9, 1, 2, 3, 4]),
+    ("lanes aged to one level: an old batch request is not starved by a stream of "
+     "interactive ones with lower tag numbers",
+     [Waiter(1, "a", (OPT,), 0.0, key="bulk", priority=BATCH, tag=900.0)]
+     + [Waiter(i, "a", (OPT,), 30.0 + i, key="ann", tag=float(i)) for i in range(2, 5)], 35.0,
+     [1, 2, 3, 4]),
     ("fair-share tags decide within a level: a key just served waits its turn",
      [Waiter(1, "a", (OPT,), 0.0, key="bulk", tag=7.0),
       Waiter(2, "a", (OPT,), 5.0, key="ann", tag=6.0)], 6.0, [2, 1]),

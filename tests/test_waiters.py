@@ -208,3 +208,18 @@ def test_the_queue_gives_turns_back_when_a_waiter_leaves() -> None:
         assert third.waiter.tag == 2.0  # the cancelled request's turn, not a phantom third
     finally:
         loop.close()
+
+
+def test_a_waiter_of_a_renamed_model_takes_the_new_lanes_turn() -> None:
+    q = WaitQueue()
+    loop = asyncio.new_event_loop()
+    try:
+        for i in range(3):
+            q.add(Waiting(Waiter(i, "old", (), 0.0, key="k"), Demand(1, 1), 99.0,
+                          loop.create_future()))
+        assert [w.waiter.tag for w in q] == [1.0, 2.0, 3.0]
+        q.replan(lambda w: ("new", w.waiter.options))
+        # the new lane has served nobody: each resumes at its first turn, arrival decides
+        assert [(w.waiter.model, w.waiter.tag) for w in q] == [("new", 1.0)] * 3
+    finally:
+        loop.close()

@@ -24,33 +24,40 @@ class ArrivalRates:
         self.window_s = window_s
         self._started = started
         self._times: dict[str, collections.deque[tuple[float, float, str]]] = {}
+        # running sums per model and key (count, weight): a decision reads them, never the ring
+        self._sums: dict[str, dict[str, list[float]]] = {}
 
     def arrive(self, model: str, now: float, weight: float = 1.0, key: str = "") -> None:
         ring = self._times.setdefault(model, collections.deque())
         ring.append((now, weight, key))
-        self._trim(ring, now)
+        total = self._sums.setdefault(model, {}).setdefault(key, [0.0, 0.0])
+        total[0] += 1
+        total[1] += weight
+        self._trim(model, now)
 
-    def _trim(self, ring: collections.deque[tuple[float, float, str]], now: float) -> None:
+    def _trim(self, model: str, now: float) -> None:
+        ring, sums = self._times[model], self._sums[model]
         while ring and ring[0][0] <= now - self.window_s:
-            ring.popleft()
+            _, weight, key = ring.popleft()
+            total = sums[key]
+            total[0] -= 1
+            total[1] -= weight
+            if total[0] <= 0:  # (and no float residue survives the key)
+                del sums[key]
+        if not ring:
+            del self._times[model], self._sums[model]
 
     def rates(self, now: float) -> dict[str, dict[str, float]]:
         """Weighted requests per second of every model seen in the window, by client key."""
         span = max(min(self.window_s, now - self._started), MIN_SPAN_S)
-        out: dict[str, dict[str, float]] = {}
-        for model, ring in list(self._times.items()):
-            self._trim(ring, now)
-            if not ring:
-                del self._times[model]
-                continue
-            by_key = out[model] = {}
-            for _, weight, key in ring:
-                by_key[key] = by_key.get(key, 0.0) + weight / span
-        return out
+        for model in list(self._times):
+            self._trim(model, now)
+        return {model: {key: max(0.0, total[1]) / span for key, total in sums.items()}
+                for model, sums in self._sums.items()}
 
     def forget(self, keep: set[str]) -> None:
         for model in [m for m in self._times if m not in keep]:
-            del self._times[model]
+            del self._times[model], self._sums[model]
 
 
 @dataclass

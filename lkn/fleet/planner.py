@@ -12,10 +12,11 @@ the box serves nobody. The rules, each a small function tested by a table:
   a level, round robin between client keys, then arrival. The round robin is start-time fair
   queueing: each request gets a *tag* when it queues (``waiters.FairTurns``: one more than the
   later of its key's last tag and the tag of the latest granted request of its model and
-  priority), and lower tags go first, so a key with 500 queued requests does not push a key with
-  one behind all of them, and a key that was just served waits its turn. Waiters without tags
-  (all 0) fall back to their rank in the queue (a key's n-th queued request after every other
-  key's (n-1)-th).
+  priority: its *lane*), and fewer turns since the lane's first queued request go first, so a
+  key with 500 queued requests does not push a key with one behind all of them, a key that was
+  just served waits its turn, and the heads of two lanes aged to one level tie (the older goes
+  first). Waiters without tags (all 0) fall back to their rank in the queue (a key's n-th
+  queued request after every other key's (n-1)-th).
 - **Weight** (``weight``): what a waiting request is worth when swaps are compared; it doubles
   every 25 levels (batch 1, interactive 4).
 - **Pressure** (``pressure``): the weighted waiting time a model's waiters have piled up
@@ -88,11 +89,24 @@ def order(waiters: Iterable[Waiter], now: float, max_wait_s: float) -> list[Wait
               for w in by_arrival}
     seen: dict[tuple[str, float, str], int] = defaultdict(int)
     rank = {}
+    lane_start: dict[tuple[str, int], float] = {}
     for w in by_arrival:
         group = (w.model, levels[w.id], w.key)
         rank[w.id] = seen[group]
         seen[group] += 1
-    return sorted(by_arrival, key=lambda w: (-levels[w.id], w.tag, rank[w.id], w.arrived, w.id))
+        lane = (w.model, lane_of(w.priority))
+        lane_start[lane] = min(lane_start.get(lane, w.tag), w.tag)
+    # tags count turns within a lane (model, priority): compared as turns since the lane's
+    # first queued request, so the heads of two lanes aged to one level tie (arrival decides)
+
+    def turn(w: Waiter) -> float:
+        return w.tag - lane_start[(w.model, lane_of(w.priority))]
+    return sorted(by_arrival, key=lambda w: (-levels[w.id], turn(w), rank[w.id], w.arrived, w.id))
+
+
+def lane_of(priority: float) -> int:
+    """The fair-share lane of a priority (whole levels: at most 101 lanes a model)."""
+    return round(priority)
 
 
 def swap_cost(stopping: Sequence[Slot], option: Option) -> float:

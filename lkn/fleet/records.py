@@ -114,7 +114,8 @@ class EngineRecord:
         state = self.sched_state()
         if state is None:
             return None  # stopped or failed: holds nothing
-        return sched.Slot(self.slot_id, self.model.name, self.variant.ctx_size, self.vram_mb,
+        # the public model name, as its waiters and arrival rates have it (not a backend's)
+        return sched.Slot(self.slot_id, self.model.public, self.variant.ctx_size, self.vram_mb,
                           state, self.in_flight, self.last_used,
                           self.retired or self.unloading, capacity=self.model.parallel,
                           pinned=self.model.pinned and not self.retired,

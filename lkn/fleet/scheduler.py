@@ -178,8 +178,8 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
 
     # 3. starts and evictions: the forced waiter, then the swap that pays best
     rest = _by_swap_rank(rest, forced, now, max_wait_s)
-    queued_by_model: dict[str, list[Waiter]] = {}
-    for w in queue:
+    queued_by_model: dict[str, list[Waiter]] = {}  # still waiting after the grants
+    for w in rest:
         queued_by_model.setdefault(w.model, []).append(w)
     seen: set[tuple[Option, ...]] = set()
     for w in rest:
@@ -196,7 +196,7 @@ def decide(slots: Sequence[Slot], waiters: Sequence[Waiter], *, budget_mb: int,
             continue  # join the start already under way
         if any(board.slots[k].state in (READY, STOPPING) for k in keys if k in board.slots):
             continue  # blocked or retiring: wait for it to drain or finish stopping
-        if forced is not None and w is not forced and room:
+        if forced is not None and w is not forced and room and any(o.local for o in w.options):
             continue  # the forced waiter's room is being made (or kept); do not take it
         hold = None if w is forced else _Hold(queued_by_model, rates or {}, now, max_wait_s)
         _start_for(w, board, hold, rechecks)
@@ -221,7 +221,9 @@ def _forced(by_urgency: list[Waiter], board: _Board, now: float, max_wait_s: flo
             continue
         if any(board.slots.get(o.key, _NONE).state == STARTING for o in w.options):
             continue  # its engine is on its way
-        plan = board.eviction_plan(w.options[0], include_busy=True) or []
+        plan = board.eviction_plan(w.options[0], include_busy=True)
+        if plan is None:
+            continue  # nothing can make room for it (pinned engines): another may be forced
         outranks = _outranks(w, plan, top)
         if not overdue and not outranks:
             continue

@@ -65,9 +65,11 @@ class WaitQueue:
         if waiting is None:
             return
         w = waiting.waiter
-        lane = (w.model, w.priority, w.key)
-        self._turns.left(*lane, [o.waiter.tag for o in self._by_id.values()
-                                 if (o.waiter.model, o.waiter.priority, o.waiter.key) == lane])
+
+        def lane(x: sched.Waiter) -> tuple[str, int, str]:
+            return x.model, planner.lane_of(x.priority), x.key
+        self._turns.left(w.model, w.priority, w.key,
+                         [o.waiter.tag for o in self._by_id.values() if lane(o.waiter) == lane(w)])
 
     def withdraw(self, waiter_id: int,
                  future: asyncio.Future[EngineRecord]) -> EngineRecord | None:
@@ -147,7 +149,9 @@ class WaitQueue:
             except LknError as exc:
                 self.fail(w, exc)
                 continue
-            w.waiter = replace(w.waiter, model=model, options=opts)
+            tag = w.waiter.tag if model == w.waiter.model else self._turns.tag(
+                model, w.waiter.priority, w.waiter.key, resume=True)  # a new lane: its turn
+            w.waiter = replace(w.waiter, model=model, options=opts, tag=tag)
 
 
 class FairTurns:
@@ -156,21 +160,22 @@ class FairTurns:
     its latest granted request). A request that leaves without a grant gives its turn back."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple[str, float, str], float] = {}
-        self._time: dict[tuple[str, float], float] = {}
+        self._last: dict[tuple[str, int, str], float] = {}
+        self._time: dict[tuple[str, int], float] = {}
 
     def tag(self, model: str, priority: float, key: str, *, resume: bool = False) -> float:
         """The next turn of ``key``; ``resume``: the lane's current turn (a request that was
         queued before, elsewhere, is not sent to the back of its key's queue)."""
-        now = self._time.get((model, priority), 0.0)
+        lane = (model, planner.lane_of(priority))
+        now = self._time.get(lane, 0.0)
         if resume:
             return now + 1.0
-        tag = max(now, self._last.get((model, priority, key), 0.0)) + 1.0
-        self._last[(model, priority, key)] = tag
+        tag = max(now, self._last.get((*lane, key), 0.0)) + 1.0
+        self._last[(*lane, key)] = tag
         return tag
 
     def served(self, model: str, priority: float, tag: float) -> None:
-        lane = (model, priority)
+        lane = (model, planner.lane_of(priority))
         self._time[lane] = max(self._time.get(lane, 0.0), tag)
         if len(self._last) > 1024:  # a key whose last turn has passed is as good as new
             self._last = {k: t for k, t in self._last.items()
@@ -179,10 +184,11 @@ class FairTurns:
     def left(self, model: str, priority: float, key: str, queued: list[float]) -> None:
         """A request of ``key`` left unserved; ``queued``: the tags of its others still queued
         in the lane (none: the key starts again at the lane's current turn)."""
+        entry = (model, planner.lane_of(priority), key)
         if queued:
-            self._last[(model, priority, key)] = max(queued)
+            self._last[entry] = max(queued)
         else:
-            self._last.pop((model, priority, key), None)
+            self._last.pop(entry, None)
 
 
 def wake_at(now: float, waiting: Iterable[Waiting], records: Iterable[EngineRecord],

@@ -1,7 +1,7 @@
 """Who asks: the client key a request came with and the priority it asks for.
 
-A request's caller (``caller_of``) is a short id of its key (never the key itself), or of its
-address when it sent none, and whether the key is an admin key. The scheduler shares an engine's queue fairly between these ids and
+A request's caller (``caller_of``) is a short id of its key (never the key itself) when it is a
+configured client or admin key, else its address, and whether the key is an admin key. The scheduler shares an engine's queue fairly between these ids and
 serves higher priorities first. A request's ``"lkn": {"priority": ...}`` (``take_priority``)
 names a class (``interactive``, ``batch``) or a number from 0 to 100; a client may only lower
 its priority below the default (``interactive``), an admin key may raise it.
@@ -45,10 +45,12 @@ def key_matches(token: str, keys: tuple[str, ...]) -> bool:
 
 
 def caller_of(request: web.Request, server: ServerConfig) -> Caller:
-    """Who sent ``request`` (the auth middleware has let it through already)."""
+    """Who sent ``request`` (the auth middleware has let it through already): its key when it
+    is one of the configured keys, else its address (a token nobody configured names nobody:
+    a new one per request must not buy a client a turn per request)."""
     token = bearer_token(request)
     admin = bool(token) and key_matches(token, server.admin_keys)
-    if token:
+    if admin or (token and key_matches(token, server.api_keys)):
         return Caller("key-" + hashlib.sha256(_bytes(token)).hexdigest()[:12], admin)
     return Caller(f"ip-{request.remote or 'unknown'}", admin)
 
