@@ -20,9 +20,10 @@ Traces (``--requests`` each, ``--seed``): ``poisson-3`` (3 models 60/30/10 %, Po
 at ``--rate``; answers ``--service-s`` +-50 %), ``bursty-3`` (arrivals in bursts at three times
 the rate, quiet between), ``zipf-5`` (5 models with Zipf shares, log-normal answer times: a heavy
 tail), ``hot-3`` (one model gets 94 % of the requests, two rare ones 3 % each: the case
-the wait bound is for), ``swap-5s`` and ``swap-60s`` (poisson-3 with those swap costs; the 60 s one at a fifth of
-the rate), ``two-class`` (a batch flood from one key for two models at ``--rate`` plus a trickle
-of interactive requests from 8 keys for all three, a tenth as many). ``--rates`` runs poisson-3
+the wait bound is for), ``swap-5s`` and ``swap-60s`` (poisson-3 with those swap costs; the 60 s
+one at a fifth of the rate), ``two-class`` (a batch flood from one key for two models at
+``--rate`` plus a trickle of interactive requests from 8 keys for all three, a tenth as many).
+The one-class traces' requests come from 20 client keys (a team). ``--rates`` runs poisson-3
 from light to overloaded.
 
 Wait = time from arrival to the start of the answer. Prints a table per trace; writes

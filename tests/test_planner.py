@@ -1,4 +1,5 @@
-"""Table tests for the planner's rules (lkn.fleet.planner) and what it learns (lkn.fleet.learned)."""
+"""Table tests for the planner's rules (lkn.fleet.planner) and what it learns
+(lkn.fleet.learned)."""
 from __future__ import annotations
 
 import math

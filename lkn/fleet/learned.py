@@ -55,10 +55,6 @@ class ArrivalRates:
         return {model: {key: max(0.0, total[1]) / span for key, total in sums.items()}
                 for model, sums in self._sums.items()}
 
-    def forget(self, keep: set[str]) -> None:
-        for model in [m for m in self._times if m not in keep]:
-            del self._times[model], self._sums[model]
-
 
 @dataclass
 class SwapCost:

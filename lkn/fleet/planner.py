@@ -57,7 +57,7 @@ from lkn.fleet.scheduler_types import Option, Slot, Waiter
 
 BATCH, INTERACTIVE, TOP = 0.0, 50.0, 100.0
 CLASSES = {"batch": BATCH, "interactive": INTERACTIVE}
-RESIDENCE = 4.0    # an engine with work serves at least this many swap costs before it is forced out
+RESIDENCE = 4.0    # swap costs an engine with work serves before the bound may force it out
 OUTRANK_RESIDENCE = 1.0  # ... and this many before a higher class forces it out
 DOUBLING = 25.0    # levels over which a waiter's weight doubles
 MAX_WEIGHT_LEVEL = 1000.0

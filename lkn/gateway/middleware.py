@@ -118,7 +118,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if path.startswith("/admin/") and not local:
         raise Forbidden("the admin API answers only on loopback (and not to other sites' "
                         "pages in a browser) when server.admin_keys is not set")
-    if settings.api_keys and not local and not key_matches(bearer_token(request), settings.api_keys):
+    if (settings.api_keys and not local
+            and not key_matches(bearer_token(request), settings.api_keys)):
         raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
     return await handler(request)
 

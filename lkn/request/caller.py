@@ -1,10 +1,11 @@
 """Who asks: the client key a request came with and the priority it asks for.
 
 A request's caller (``caller_of``) is a short id of its key (never the key itself) when it is a
-configured client or admin key, else its address, and whether the key is an admin key. The scheduler shares an engine's queue fairly between these ids and
-serves higher priorities first. A request's ``"lkn": {"priority": ...}`` (``take_priority``)
-names a class (``interactive``, ``batch``) or a number from 0 to 100; a client may only lower
-its priority below the default (``interactive``), an admin key may raise it.
+configured client or admin key, else its address, and whether the key is an admin key. The
+scheduler shares an engine's queue fairly between these ids and serves higher priorities first.
+A request's ``"lkn": {"priority": ...}`` (``take_priority``) names a class (``interactive``,
+``batch``) or a number from 0 to 100; a client may only lower its priority below the default
+(``interactive``), an admin key may raise it.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from lkn.fleet import planner
 
 @dataclass(frozen=True)
 class Caller:
-    key: str = ""        # "key-<12 hex digits of its sha256>", or "ip-<address>" without a key
+    key: str = ""        # "key-<12 hex digits of its sha256>", else "ip-<address>"
     admin: bool = False  # it came with an admin key: it may raise its priority
 
 
