@@ -24,7 +24,7 @@ server = {{ stop_grace_s = 1, api_keys = {{ "x", "nightly", "bulk", "ann" }} }}
 models = {{
   {{ name = "fake", binary = {lua_str(binary)}, model_file = "/x.gguf", ctx_size = 4096,
     parallel = 1,
-    args = {{ "--fake-capture", {lua_str(str(capture))}, "--fake-token-delay-s", "0.1" }} }},
+    args = {{ "--fake-capture", {lua_str(str(capture))}, "--fake-token-delay-s", "0.15" }} }},
 }}
 """
 
@@ -42,7 +42,7 @@ def order(capture: Path) -> list[str]:
 
 def send_all(gw: Gateway, requests: list[tuple[str, str, Any]], gap_s: float) -> None:
     """Each (api key, text, lkn priority or None) from its own thread, ``gap_s`` apart, streamed
-    (the fake engine takes 0.1 s a token then: 0.8 s an answer); waits for all answers."""
+    (the fake engine takes 0.15 s a token then: 1.2 s an answer); waits for all answers."""
     errors: list[BaseException] = []
 
     def one(key: str, text: str, priority: Any) -> None:
@@ -70,9 +70,9 @@ def test_interactive_requests_pass_a_queued_batch_job(gw: Gateway, capture: Path
                                                                  "content": "warm"}])
     batch = [("nightly", f"batch {i}", "batch") for i in range(6)]
     # the person uses the job's own key: only the priority puts them ahead
-    send_all(gw, batch + [("nightly", "person", None)], gap_s=0.05)
+    send_all(gw, batch + [("nightly", "person", None)], gap_s=0.02)
     got = order(capture)[1:]
-    # each answer takes ~0.8 s on one slot: when the person asks, the first batch request is at
+    # each answer takes ~1.2 s on one slot: when the person asks, the first batch request is at
     # the engine; the rest of the job waits behind the person
     assert got.index("person") <= 1, got
     assert sorted(got) == sorted(t for _, t, _ in batch + [("", "person", None)])
@@ -83,7 +83,7 @@ def test_a_key_with_many_queued_does_not_push_a_key_with_one_behind_all(
     gw.client().chat.completions.create(model="fake", messages=[{"role": "user",
                                                                  "content": "warm"}])
     bulk = [("bulk", f"bulk {i}", None) for i in range(6)]
-    send_all(gw, bulk + [("ann", "ann", None)], gap_s=0.05)
+    send_all(gw, bulk + [("ann", "ann", None)], gap_s=0.02)
     got = order(capture)[1:]
     # bulk's first is at the engine; ann's turn ties with bulk's second (which queued first):
     # fair to one request, and the four others wait behind ann

@@ -241,6 +241,9 @@ PLANNER_CASES = [
       ready(Option("a@512", 512, 400), in_flight=1, since=0.0)],
      [pw(1, Option("big@512", 512, 900), 0.0), pw(2, Option("b@512", 512, 400), 10.0),
       pw(3, Option("a@512", 512, 400), 95.0)], {}, 100.0, []),
+    ("an interactive request that fits now starts before an overdue batch request takes the "
+     "room (no swapping back and forth)",
+     [], [pw(1, PA, 65.0, priority=BATCH), pw(2, PB, 99.0)], {}, 100.0, [Start("b@512")]),
     ("a remote upstream starts while a forced waiter's room is being made: it takes no room",
      [ready(PA, in_flight=1, since=90.0)],
      [pw(1, PB, 60.0), pw(2, Option("r@8192", 8192, 0, local=False), 99.0)], {}, 100.0,

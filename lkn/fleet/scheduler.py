@@ -225,8 +225,8 @@ def _forced(by_urgency: list[Waiter], board: _Board, now: float, max_wait_s: flo
         if plan is None:
             continue  # nothing can make room for it (pinned engines): another may be forced
         outranks = _outranks(w, plan, top)
-        if not overdue and not outranks:
-            continue
+        if plan and not overdue and not outranks:
+            continue  # (one that fits now goes first: a less urgent one must not take its room)
         cost = planner.swap_cost(plan, w.options[0])
         factor = planner.OUTRANK_RESIDENCE if outranks else planner.RESIDENCE
         busy = [s for s in plan if s.in_flight or s.key in top]
