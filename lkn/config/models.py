@@ -10,7 +10,8 @@ from typing import Any
 from lkn.config.schema import (CACHE_TYPES, ENGINES, INHERITED, PUBLIC_ONLY, REMOTE_CTX,
                                REMOTE_PARALLEL, STRATEGIES, ModelConfig, ServerConfig,
                                VariantConfig)
-from lkn.config.sections import (health_path, parse_breaker, parse_cache, parse_homeostasis,
+from lkn.config.sections import (env_name, health_path, parse_breaker, parse_cache,
+                                 parse_homeostasis,
                                  parse_upstream)
 from lkn.config.values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, boolean, choice,
                                env_table, gpu_layers, hf_context_limit, integer, model_file,
@@ -106,6 +107,7 @@ def parse_model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         retries=t.get("retries", integer(0), 2),
         command=command,
         health_path=t.get("health_path", health_path, "/health"),
+        engine_key_env=t.get("engine_key_env", env_name, None),
         fallbacks=t.get("fallbacks", strings, ()),
         context_fallback=t.get("context_fallback", string, None),
         pinned=t.get("pinned", boolean, False),

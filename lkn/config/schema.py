@@ -118,6 +118,9 @@ class ModelConfig:
     # {model_file}, {ctx_size}); ready when health_path answers 200
     command: tuple[str, ...] = ()
     health_path: str = "/health"
+    # engine = "command": the environment variable that hands the engine lkn's per-start key
+    # (None: the command gets none and lkn calls it without one)
+    engine_key_env: str | None = None
     # Several backends for one public model: each a model of its own (``parent`` names the
     # public one), balanced, with a circuit breaker each, retried before the first byte.
     backends: tuple[ModelConfig, ...] = ()
@@ -194,6 +197,18 @@ class ServerConfig:
     admin_keys: tuple[str, ...] = ()   # /admin and /status; none: the admin API is loopback-only
     preload: tuple[str, ...] = ()      # models started at boot and after every reload
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call lkn ("*": any)
+    # The trust boundary (README "Security"):
+    # upstream hosts a runtime backend (POST /admin/models/{m}/backends) may point at: CIDRs
+    # ("10.0.0.0/8") or host name patterns ("gpu*.lan"); empty: runtime backends only with
+    # admin_keys set, and then only to hosts the config file's upstreams already use
+    runtime_upstreams: tuple[str, ...] = ()
+    # addresses (CIDRs) of reverse proxies whose X-Forwarded-For/Forwarded names the client;
+    # a loopback request through any other proxy is not trusted as local
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_public: bool = False   # /metrics open even when keys are set (for scrapers)
+    body_timeout_s: float = 60.0   # a request's headers and body must arrive within this
+    max_body_mb: float = 16.0      # the largest request body (413 beyond)
+    max_in_flight: int = 256       # requests read or served at once (503 + Retry-After beyond)
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # every model's default
 

@@ -2,6 +2,7 @@
 and ``upstream`` tables a model or the server holds."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import replace
 from typing import Any
@@ -82,6 +83,12 @@ def parse_server(value: Any) -> ServerConfig:
         admin_keys=t.get("admin_keys", secrets, d.admin_keys),
         preload=t.get("preload", strings, d.preload),
         cors_origins=t.get("cors_origins", origins, d.cors_origins),
+        runtime_upstreams=t.get("runtime_upstreams", strings, d.runtime_upstreams),
+        trusted_proxies=t.get("trusted_proxies", networks, d.trusted_proxies),
+        metrics_public=t.get("metrics_public", boolean, d.metrics_public),
+        body_timeout_s=t.get("body_timeout_s", number(0.001), d.body_timeout_s),
+        max_body_mb=t.get("max_body_mb", number(0.001, 1024.0), d.max_body_mb),
+        max_in_flight=t.get("max_in_flight", integer(1), d.max_in_flight),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:
@@ -120,6 +127,18 @@ def parse_upstream(path: str, value: Any) -> UpstreamConfig:
     )
     t.finish()
     return result
+
+
+def networks(path: str, value: Any) -> tuple[str, ...]:
+    """Addresses or CIDRs (``"10.0.0.0/8"``, ``"::1"``), checked here so a typo fails the load."""
+    items = strings(path, value)
+    for i, item in enumerate(items):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{path}[{i + 1}]: must be an address or CIDR like "
+                              f"\"10.0.0.0/8\", got {show(item)}") from None
+    return items
 
 
 def env_name(path: str, value: Any) -> str:
