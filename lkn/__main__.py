@@ -11,7 +11,7 @@ import urllib.request
 from typing import Any, Callable
 
 from lkn import cli, fastjson
-from lkn.config import load_config, missing_model_files, parse_listen, summary
+from lkn.config import Config, load_config, missing_model_files, parse_listen, summary
 from lkn.errors import ConfigError
 from lkn.ops.inflight import REQUEST_ID
 from lkn.gateway.loop import run
@@ -56,8 +56,22 @@ def _check(args: argparse.Namespace) -> int:
     if missing and args.strict:
         print(f"{args.file}: {len(missing)} model files missing", file=sys.stderr)
         return 1
+    print(f"systemd TimeoutStopSec >= {stop_timeout_s(cfg):.0f} (drain + longest stop grace "
+          f"+ {KILL_MARGIN_S:.0f} s to kill and reap)")
     print("config OK" + (f" ({len(missing)} model files missing)" if missing else ""))
     return 0
+
+
+KILL_MARGIN_S = 15.0  # SIGKILL of what outlived its grace, the reap, the state file, exit
+
+
+def stop_timeout_s(cfg: Config) -> float:
+    """How long a SIGTERM'd lkn may take: it drains, then stops every engine at once, each
+    with its stop grace."""
+    from lkn.fleet.processes import default_client_factory
+    graces = [default_client_factory(m, m.variants[0]).stop_grace_s(cfg.server.stop_grace_s)
+              for p in cfg.models for m in p.engine_models if m.variants]
+    return cfg.server.shutdown_drain_s + max(graces, default=0.0) + KILL_MARGIN_S
 
 
 def health_url(address: str) -> str:

@@ -7,8 +7,12 @@ The tree::
     │   └── ContextLengthExceeded 400 invalid_request_error / context_length_exceeded
     ├── Unauthorized              401 authentication_error
     ├── Forbidden                 403 permission_error (the admin API off loopback, no keys)
+    ├── RequestTimeout            408 invalid_request_error / request_timeout (body too slow)
+    ├── PayloadTooLarge           413 invalid_request_error / request_too_large
+    ├── UnsupportedMediaType      415 invalid_request_error (a JSON route, not JSON)
     ├── ModelNotFound             404 invalid_request_error / model_not_found
     ├── QueueFull                 429 rate_limit_error (Retry-After)
+    ├── Overloaded                503 server_error / overloaded (max_in_flight; Retry-After)
     ├── EngineUnavailable         503 engine_unavailable (start failed, crashed, shutting down)
     ├── Cancelled                 503 server_error / request_cancelled (by an operator)
     ├── UpstreamError             502 upstream_error (engine unreachable or broke mid-answer)
@@ -34,6 +38,7 @@ class LknError(Exception):
     type = "server_error"
     code: str | None = None
     should_retry: bool | None = None
+    close_connection = False  # the connection is closed after the answer (an unread body)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -78,6 +83,35 @@ class Forbidden(LknError):
     status = 403
     type = "permission_error"
     code = "forbidden"
+
+
+class RequestTimeout(LknError):
+    """The client did not send its whole body within ``server.body_timeout_s``."""
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    close_connection = True
+
+
+class PayloadTooLarge(LknError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    close_connection = True
+
+
+class UnsupportedMediaType(LknError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class Overloaded(LknError):
+    """More requests are being read or served than ``server.max_in_flight``."""
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+    should_retry = True
 
 
 class ModelNotFound(LknError):

@@ -147,7 +147,7 @@ def test_health_of_a_failed_model_is_503(make_gw: Any) -> None:
     assert r.status_code == 503 and r.json()["status"] == "failed"
 
 
-def test_admin_keys_guard_admin_and_status_but_not_health(make_gw: Any) -> None:
+def test_admin_keys_guard_admin_and_status_but_not_health_or_readiness(make_gw: Any) -> None:
     gw = make_gw(server='admin_keys = { "adm-1" }, api_keys = { "client-1" }')
     url = gw.base_url
     for method, path in (("GET", "/status"), ("POST", "/admin/models/fake/load"),
@@ -161,8 +161,13 @@ def test_admin_keys_guard_admin_and_status_but_not_health(make_gw: Any) -> None:
     assert http("GET", url + "/v1/models", headers=ADMIN).status_code == 401
     assert http("GET", url + "/v1/models",
                 headers={"Authorization": "Bearer client-1"}).status_code == 200
-    for path in ("/health", "/health/fake", "/ready", "/metrics"):
+    for path in ("/health", "/ready"):
         assert http("GET", url + path).status_code == 200, path
+    for path in ("/health/fake", "/metrics"):  # they follow the keys: either kind
+        assert http("GET", url + path).status_code == 401, path
+        for key in ("client-1", "adm-1"):
+            r = http("GET", url + path, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, path
 
 
 def test_reload_through_the_admin_api_reports_config_errors(make_gw: Any) -> None:

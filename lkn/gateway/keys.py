@@ -35,6 +35,14 @@ class ConfigReloader(Protocol):
 
 
 RELOADER: web.AppKey[ConfigReloader] = web.AppKey("lkn_reloader")
+@dataclass
+class Intake:
+    """Requests being read or served now, and how many were turned away (max_in_flight)."""
+    in_flight: int = 0
+    refused: int = 0
+
+
+INTAKE = web.AppKey("lkn_intake", Intake)
 NOTIFIER = web.AppKey("lkn_notifier", Notifier)
 LIFECYCLE = web.AppKey("lkn_lifecycle", Lifecycle)
 # The endless admin streams (logs followed, events) being served: cancelled at shutdown.

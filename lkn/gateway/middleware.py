@@ -1,25 +1,28 @@
 """What every request passes through before its route: its id, lkn's error bodies, the keys
-(client and admin), the loopback rule of the admin API, and CORS for browser clients."""
+(client and admin), who counts as local (``lkn.gateway.trust``), and CORS for browser
+clients."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from lkn.errors import BadRequest, Forbidden, LknError, ModelNotFound, Unauthorized
-from lkn.gateway.keys import STATE
+from lkn.config import ServerConfig
+from lkn.errors import (BadRequest, Forbidden, LknError, ModelNotFound, Overloaded,
+                        PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMediaType)
+from lkn.gateway.keys import INTAKE, STATE
 from lkn.gateway.ui_static import is_ui_path
 from lkn.ops.inflight import REQUEST_ID, request_id
-from lkn.request.caller import bearer_token, key_matches
+from lkn.request.caller import CLIENT, bearer_token, key_matches
+from lkn.request.trust import box_names, client_of, host_allowed, is_json, same_site
 
 log = logging.getLogger("lkn.gateway.middleware")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = ("/health", "/ready", "/metrics")
+OPEN_PATHS = ("/health", "/ready")
 
 
 def is_admin_path(path: str) -> bool:
@@ -28,7 +31,10 @@ def is_admin_path(path: str) -> bool:
 
 
 def _error_response(exc: LknError, rid: str = "") -> web.Response:
-    return web.json_response(exc.body(rid), status=exc.status, headers=exc.headers())
+    response = web.json_response(exc.body(rid), status=exc.status, headers=exc.headers())
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 @web.middleware
@@ -72,59 +78,112 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                                         f"{exc}"), rid)
 
 
-def is_loopback(remote: str | None) -> bool:
-    try:
-        address = ipaddress.ip_address((remote or "").split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+def _key_of(request: web.Request, keys: tuple[str, ...], what: str) -> None:
+    if not key_matches(bearer_token(request), keys):
+        raise Unauthorized(f"invalid or missing {what}: send 'Authorization: Bearer <key>'")
 
 
-def local_browser_safe(request: web.Request) -> bool:
-    """Trusting loopback must not trust a browser on the box: a page of another site can send
-    a simple POST (no preflight) to 127.0.0.1, and DNS rebinding can make it read answers. So
-    the request's Host must be a loopback name and any Origin must be that same host."""
-    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
-    host = host.strip("[]").lower()
-    if host != "localhost" and not is_loopback(host):
-        return False
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
-    return origin.split("://", 1)[-1].lower() == request.host.lower()
+def _browser_check(request: web.Request, settings: ServerConfig, *, admin: bool) -> None:
+    """Without keys, a request must come from this box's own names (DNS rebinding) and not
+    from another site's page (Origin, Sec-Fetch-Site); a body must be JSON (a cross-site
+    ``text/plain`` POST needs no preflight)."""
+    names = box_names(settings.listen, settings.cors_origins)
+    if not host_allowed(request.host, names, loopback_only=admin) or not same_site(
+            request.host, request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+            () if admin else settings.cors_origins):
+        raise Forbidden("refused: without keys lkn answers neither other sites' pages nor "
+                        "foreign host names (DNS rebinding); set server.api_keys, or "
+                        "server.cors_origins for browser clients")
+    if request.body_exists and not is_json(request.headers.get("Content-Type", "")):
+        raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Client keys (``api_keys``) guard the OpenAI routes; admin keys (``admin_keys``) guard
-    ``/admin/`` and ``/status``. Without admin keys ``/admin/`` answers loopback only, and
-    ``/status`` answers loopback, else is guarded like the OpenAI routes. Health, readiness,
-    metrics, the dashboard's static files (``/ui/``: no data in them) and CORS preflights are
-    open."""
+    """Who may call what (README "Security"). Client keys (``api_keys``) guard the OpenAI
+    routes; admin keys guard ``/admin/`` and ``/status``, which without them answer
+    only a direct loopback client. ``/metrics`` and ``/health/{model}`` follow the keys when
+    any are set (``metrics_public`` opens /metrics). Health, readiness, the dashboard's static
+    files (no data in them) and CORS preflights are open. Without keys every route also
+    passes the browser checks (``_browser_check``)."""
     settings = request.app[STATE].cfg.server
     path = request.path
-    if path in OPEN_PATHS or path.startswith("/health/") or is_ui_path(path) or (
+    if path in OPEN_PATHS or is_ui_path(path) or (
             request.method == "OPTIONS" and settings.cors_origins):
         return await handler(request)
-    admin = is_admin_path(path)
-    if admin and settings.admin_keys:
-        if not key_matches(bearer_token(request), settings.admin_keys):
-            raise Unauthorized("invalid or missing admin key: send 'Authorization: Bearer "
-                               "<admin key>' (server.admin_keys)")
-        return await handler(request)
-    local = admin and is_loopback(request.remote) and local_browser_safe(request)
-    if path.startswith("/admin/") and not local:
-        raise Forbidden("the admin API answers only on loopback (and not to other sites' "
-                        "pages in a browser) when server.admin_keys is not set")
-    if (settings.api_keys and not local
-            and not key_matches(bearer_token(request), settings.api_keys)):
-        raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
+    client = client_of(request.remote, request.headers, settings.trusted_proxies)
+    request[CLIENT] = client
+    keys = settings.api_keys + settings.admin_keys
+    if is_admin_path(path):
+        if settings.admin_keys:
+            _key_of(request, settings.admin_keys, "admin key (server.admin_keys)")
+            return await handler(request)
+        if not client.local:
+            raise Forbidden("the admin API and /status answer only a direct loopback client "
+                            "(not through a proxy) when server.admin_keys is not set")
+        _browser_check(request, settings, admin=True)
+    elif path == "/metrics" or path.startswith("/health/"):
+        if keys and not (path == "/metrics" and settings.metrics_public):
+            _key_of(request, keys, "API key")
+        elif not keys:
+            _browser_check(request, settings, admin=False)
+    elif settings.api_keys:  # an admin key is not a client key
+        _key_of(request, settings.api_keys, "API key")
+    else:
+        _browser_check(request, settings, admin=False)
     return await handler(request)
 
 
-MIDDLEWARES = (request_id_middleware, errors_middleware, auth_middleware)
+MiB = 1024 * 1024
+
+
+def body_limit(settings: ServerConfig) -> int:
+    return int(settings.max_body_mb * MiB)
+
+
+@web.middleware
+async def intake_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """At most ``max_in_flight`` requests are read or served at once (a 503 with Retry-After
+    beyond, before any body is read); a body larger than ``max_body_mb`` is a 413, one that
+    has not arrived within ``body_timeout_s`` a 408 (the connection is closed: the rest of
+    a stalled body is never read). Health and readiness are never turned away."""
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    intake, settings = request.app[INTAKE], request.app[STATE].cfg.server
+    if intake.in_flight >= settings.max_in_flight:
+        intake.refused += 1
+        raise Overloaded(f"lkn is serving {intake.in_flight} requests, its limit "
+                         f"(server.max_in_flight); try again shortly",
+                         headers={"Retry-After": "1"})
+    intake.in_flight += 1
+    try:
+        if request.body_exists:
+            request = await _read_body(request, settings)
+        return await handler(request)
+    finally:
+        intake.in_flight -= 1
+
+
+async def _read_body(request: web.Request, settings: ServerConfig) -> web.Request:
+    limit = body_limit(settings)
+    too_large = PayloadTooLarge(f"the request body is larger than {settings.max_body_mb:g} "
+                                f"MiB (server.max_body_mb)")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    if request.client_max_size != limit:  # changed by a reload since the app was made
+        request = request.clone(client_max_size=limit)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            await request.read()  # kept by aiohttp: the route's json() reads it from memory
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within "
+                             f"{settings.body_timeout_s:g} s (server.body_timeout_s)") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    return request
+
+
+MIDDLEWARES = (request_id_middleware, errors_middleware, auth_middleware, intake_middleware)
 
 
 def add_cors(app: web.Application, origins: tuple[str, ...]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import AsyncIterator, Callable
 
@@ -23,10 +22,12 @@ from lkn.engines.bound import warm_shapes
 from lkn.engines.registry import EngineRegistry, default_state_dir, sweep_stale
 from lkn.fleet.manager import EngineManager
 from lkn.gateway import admin_actions, admin_streams, openai_routes, read_routes, ui_static
-from lkn.gateway.keys import LIFECYCLE, NOTIFIER, RELOADER, STATE, GatewayState, Lifecycle
-from lkn.gateway.middleware import MIDDLEWARES, add_cors
+from lkn.gateway.keys import (INTAKE, LIFECYCLE, NOTIFIER, RELOADER, STATE, GatewayState, Intake,
+                              Lifecycle)
+from lkn.gateway.middleware import MIDDLEWARES, add_cors, body_limit
 from lkn.gateway.read_models import live_metrics
 from lkn.gateway.reload import Reloader
+from lkn.gateway.signals import Signals
 from lkn.ops.events import EventBus
 from lkn.ops.metrics import Metrics
 from lkn.ops.notify import Notifier
@@ -37,7 +38,7 @@ log = logging.getLogger("lkn.gateway.server")
 # never sends a request on a connection the engine is closing.
 KEEPALIVE_S = 4.0
 BACKEND_CHECK_S = 5.0  # a backend's health path is asked this often (circuit breakers)
-MAX_BODY = 64 * 1024 * 1024  # long prompts and embeddings batches are large
+LINGER_S = 2.0
 
 
 class GatewayServer:
@@ -50,7 +51,9 @@ class GatewayServer:
         self._manager_factory = manager_factory
         self.notifier = Notifier()
         self.lifecycle = Lifecycle()
-        self.app = web.Application(middlewares=MIDDLEWARES, client_max_size=MAX_BODY)
+        self.app = web.Application(middlewares=MIDDLEWARES,
+                                   client_max_size=body_limit(cfg.server))
+        self.app[INTAKE] = Intake()
         self.app[NOTIFIER] = self.notifier
         self.app[LIFECYCLE] = self.lifecycle
         self.app.cleanup_ctx.append(self._resources)
@@ -107,11 +110,17 @@ class GatewayServer:
                     on_started: Callable[[web.Application], None] | None = None) -> None:
         """Serve until ``stop`` is set (or SIGTERM/SIGINT), then drain and stop the engines."""
         app, cfg = self.app, self.cfg
+        # keepalive_timeout: aiohttp closes a connection whose request (headers included) has
+        # not arrived by then, and an idle keep-alive one: the headers' deadline. After an
+        # answer to a body lkn did not read (408, 413) it reads and drops what still comes
+        # for at most LINGER_S, so the client sees the answer, then closes.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                               shutdown_timeout=cfg.server.shutdown_drain_s)
+                               shutdown_timeout=cfg.server.shutdown_drain_s,
+                               keepalive_timeout=cfg.server.body_timeout_s,
+                               lingering_time=LINGER_S)
         await runner.setup()
         stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
+        signals = Signals(stop.set, app[RELOADER].request, lambda: _disconnect(runner))
         try:
             for address in listen or list(cfg.server.listen):
                 host, port = parse_listen(address)
@@ -119,9 +128,7 @@ class GatewayServer:
                 await site.start()
                 log.info("listening on http://%s", address)
             if install_signals:
-                loop.add_signal_handler(signal.SIGTERM, stop.set)
-                loop.add_signal_handler(signal.SIGINT, stop.set)
-                loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request)
+                signals.install()
             self.lifecycle.listening = True
             if on_started is not None:
                 on_started(app)
@@ -133,10 +140,21 @@ class GatewayServer:
             self.notifier.stopping()
             watchdog.cancel()
         finally:
-            if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
-            await runner.cleanup()
+            signals.drain()
+            try:
+                await runner.cleanup()
+            finally:
+                if install_signals:
+                    signals.remove()
+
+
+def _disconnect(runner: web.AppRunner) -> int:
+    """Closes every client connection (a stop signal during the drain): their requests are
+    cancelled, which ends their leases."""
+    connections = runner.server.connections if runner.server is not None else []
+    for connection in connections:
+        connection.force_close()
+    return len(connections)
 
 
 async def _housekeeping(state: GatewayState) -> None:

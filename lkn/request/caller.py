@@ -20,6 +20,10 @@ from aiohttp import web
 from lkn.config import ServerConfig
 from lkn.errors import BadRequest
 from lkn.fleet import planner
+from lkn.request.trust import Client
+
+# Who sent a request (set by the auth middleware: the peer, or what a trusted proxy says)
+CLIENT = web.RequestKey("lkn_client", Client)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ def caller_of(request: web.Request, server: ServerConfig) -> Caller:
     admin = bool(token) and key_matches(token, server.admin_keys)
     if admin or (token and key_matches(token, server.api_keys)):
         return Caller("key-" + hashlib.sha256(_bytes(token)).hexdigest()[:12], admin)
-    return Caller(f"ip-{request.remote or 'unknown'}", admin)
+    client = request.get(CLIENT)
+    return Caller(f"ip-{client.address if client else request.remote or 'unknown'}", admin)
 
 
 def take_priority(lkn_field: Any, caller: Caller) -> tuple[Any, float]:
