@@ -7,12 +7,26 @@ arrive split anywhere, including inside a UTF-8 character or between ``\\r`` and
 The relay's fast path never decodes: ``complete_events`` cuts a byte stream at its last event
 boundary and ``plain_data_events`` says whether a run of events is already framed exactly as
 ``frame`` would frame it again, so it can be sent on as it came.
+
+An upstream event (or line) still open after ``MAX_UPSTREAM_LINE`` bytes raises
+``EventTooLarge``: a broken or hostile upstream cannot make lkn buffer without end.
 """
 from __future__ import annotations
 
 from lkn import fastjson
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+
+MAX_UPSTREAM_LINE = 8 * 1024 * 1024  # bytes of one event, or one line, still without its end
+
+
+class EventTooLarge(ValueError):
+    """An upstream event or line longer than ``MAX_UPSTREAM_LINE`` without its end."""
+
+    def __init__(self, limit: int) -> None:
+        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+        super().__init__(f"an event over {size} without its end")
 
 
 @dataclass(frozen=True)
@@ -22,16 +36,20 @@ class Event:
 
 
 class SSEParser:
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_UPSTREAM_LINE) -> None:
         self._buf = b""
         self._data: list[str] = []
+        self._size = 0  # of the lines in _data
         self._comment = False
+        self._limit = limit
 
     def feed(self, chunk: bytes) -> Iterator[Event]:
         self._buf += chunk
         while True:
             idx = self._buf.find(b"\n")
             if idx < 0:
+                if len(self._buf) > self._limit:
+                    raise EventTooLarge(self._limit)
                 return
             raw, self._buf = self._buf[:idx], self._buf[idx + 1:]
             line = raw.rstrip(b"\r").decode("utf-8", "replace")
@@ -40,10 +58,13 @@ class SSEParser:
                     yield Event("\n".join(self._data))
                 elif self._comment:
                     yield Event(None, comment=True)
-                self._data, self._comment = [], False
+                self._data, self._size, self._comment = [], 0, False
             elif line.startswith(":"):
                 self._comment = True
             elif line.startswith("data:"):
+                self._size += idx
+                if self._size > self._limit:
+                    raise EventTooLarge(self._limit)
                 value = line[5:]
                 self._data.append(value[1:] if value.startswith(" ") else value)
             # "event:", "id:" and "retry:" fields are not used by OpenAI-style streams
@@ -54,7 +75,7 @@ class SSEParser:
             yield from self.feed(b"\n")
         if self._data:
             yield Event("\n".join(self._data))
-        self._data = []
+        self._data, self._size = [], 0
 
 
 def frame(data: str) -> bytes:
@@ -82,15 +103,18 @@ def sse_headers(headers: dict[str, str]) -> dict[str, str]:
 
 class EventSplitter:
     """Cuts a byte stream after its last complete event (a blank line, LF or CRLF); the rest
-    waits for the next chunk."""
+    waits for the next chunk, up to ``limit`` bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_UPSTREAM_LINE) -> None:
         self._buf = b""
+        self._limit = limit
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._buf + chunk if self._buf else chunk
         end = max(buf.rfind(b"\n\n") + 2, buf.rfind(b"\n\r\n") + 3)
         if end < 3:  # neither found (rfind gave -1)
+            if len(buf) > self._limit:
+                raise EventTooLarge(self._limit)
             self._buf = buf
             return b""
         self._buf = buf[end:]

@@ -34,7 +34,7 @@ ENGINE_MARKERS = ("llama-server", "fake_llama.py", "fake_sglang.py", "fake_upstr
 SESSION_MARK = "LKN_TEST_SESSION"
 os.environ[SESSION_MARK] = f"{os.getpid()}-{SESSION_START}"
 # lkn's engine state files (see lkn/engines/registry.py) go to a directory of this session's own.
-os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="lkn-test-state-")
+STATE_HOME = os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="lkn-test-state-")
 
 
 def free_port() -> int:
@@ -177,12 +177,19 @@ def engine_processes(marks: tuple[str, ...] = ENGINE_MARKERS) -> list[psutil.Pro
         try:
             cmd = " ".join(p.info["cmdline"] or [])
             if (p.info["create_time"] >= SESSION_START - 1 and any(m in cmd for m in marks)
-                    and p.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]
+                    and _ours(p.environ())
                     and p.status() != psutil.STATUS_ZOMBIE):
                 found.append(p)
         except psutil.Error:
             pass
     return found
+
+
+def _ours(environ: dict[str, str]) -> bool:
+    # lkn hands its engines an allow-listed environment: the session mark does not reach them,
+    # this session's own XDG_STATE_HOME (allow-listed) does.
+    return (environ.get(SESSION_MARK) == os.environ[SESSION_MARK]
+            or environ.get("XDG_STATE_HOME") == STATE_HOME)
 
 
 @pytest.fixture(autouse=True)

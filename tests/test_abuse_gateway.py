@@ -306,3 +306,19 @@ def test_a_second_sigterm_shortens_the_drain(daemon_config: tuple[Path, int]) ->
         assert got["chunks"] < 400
         err = lkn.stderr.read()
         assert b"Traceback" not in err and b"drain cut short" in err
+
+
+async def test_a_reloaded_body_limit_applies_at_once(tmp_path: Path, aiohttp_client: Any) -> None:
+    from dataclasses import replace
+
+    from lkn.gateway.keys import STATE
+    c = await app_client(tmp_path, aiohttp_client, "max_body_mb = 0.01")
+    state = c.app[STATE]
+    big = b'{"model": "nope", "messages": [{"role": "user", "content": "' + b"x" * 20_000 + b'"}]}'
+
+    async def chunked() -> Any:
+        yield big
+    state.cfg = replace(state.cfg, server=replace(state.cfg.server, max_body_mb=1.0))
+    assert (await c.post("/v1/chat/completions", data=chunked(), headers=JSON)).status == 404
+    state.cfg = replace(state.cfg, server=replace(state.cfg.server, max_body_mb=0.005))
+    assert (await c.post("/v1/chat/completions", data=chunked(), headers=JSON)).status == 413

@@ -22,10 +22,10 @@ KEY_ENV = "LKN_TEST_UPSTREAM_KEY"
 def make_gw(tmp_path: Path, gateway_factory: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(KEY_ENV, "sk-test-0123456789abcdef")
 
-    def make(backends: list[str], extra: str = "") -> Gateway:
+    def make(backends: list[str], extra: str = "", server: str = "") -> Gateway:
         entries = ",\n".join(backends)
         return gateway_factory(write_config(tmp_path, f"""
-server = {{ engine_start_timeout_s = 20, stop_grace_s = 1,
+server = {{ engine_start_timeout_s = 20, stop_grace_s = 1, {server}
            log_dir = {lua_str(str(tmp_path / 'logs'))} }}
 models = {{ {{ name = "chat", {extra}
               backends = {{ {entries} }} }} }}
@@ -191,7 +191,8 @@ def test_active_health_checks_open_the_circuit_of_a_dead_backend(
 
 def test_backends_registered_at_runtime(upstream: Any, make_gw: Any) -> None:
     (u1, _), (u2, c2) = upstream(), upstream()
-    gw = make_gw([remote(u1, 'id = "file"')], 'balance = "round_robin",')
+    gw = make_gw([remote(u1, 'id = "file"')], 'balance = "round_robin",',
+                 'runtime_upstreams = { "127.0.0.1" },')  # off without it (issue 20)
     base = gw.base_url + "/admin/models/chat/backends"
     body = {"id": "extra", "weight": 2,
             "upstream": {"url": u2, "api_key_env": KEY_ENV, "model": "remote-model"}}

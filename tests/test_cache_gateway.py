@@ -58,7 +58,9 @@ def test_second_identical_greedy_request_is_a_hit_the_engine_never_sees(
         model="f", messages=MSG, temperature=0.0, user="someone else")  # alias, same request
     assert first.headers["x-lkn-cache"] == "miss" and second.headers["x-lkn-cache"] == "hit"
     assert second.headers["x-lkn-model"] == "fake" and "age" in second.headers
-    assert first.parse().model_dump() == second.parse().model_dump()
+    fresh = {"id", "created"}  # a hit is a new answer: its own id (issue 20, item 6)
+    assert first.parse().model_dump(exclude=fresh) == second.parse().model_dump(exclude=fresh)
+    assert first.parse().id != second.parse().id
     assert second.parse().choices[0].message.content == ANSWER
     assert len(engine_requests(capture)) == 1
     assert metric(gw, "lkn_cache_requests_total", model="fake", result="miss") == 1

@@ -89,7 +89,8 @@ class Gateway:
         VALID["/admin/models/fake/backends"]["upstream"]["url"] = (
             f"http://127.0.0.1:{engine_port}/v1")
         cfg = write_config(self.tmp_path, f"""
-server = {{ log_dir = {lua_str(str(self.tmp_path / "logs"))} }}
+server = {{ log_dir = {lua_str(str(self.tmp_path / "logs"))},
+           runtime_upstreams = {{ "127.0.0.1" }} }}
 models = {{ {{ name = "fake", backends = {{ {{ id = "one",
   upstream = {{ url = {lua_str(f"http://127.0.0.1:{engine_port}/v1")} }} }} }} }} }}
 """)

@@ -12,7 +12,8 @@ from typing import Any
 import openai
 import pytest
 
-from lkn.request.caller import Caller, caller_of, take_priority
+from lkn.request.caller import CLIENT, Caller, caller_of, take_priority
+from lkn.request.trust import Client
 from lkn.errors import BadRequest
 from lkn.config import ServerConfig
 from tests.conftest import Gateway, http, lua_str, write_config
@@ -110,8 +111,9 @@ def test_priority_is_checked_and_never_reaches_the_engine(gw: Gateway, capture: 
     assert r.status_code == 200  # priority and the homeostat's options side by side
 
 
-class FakeRequest:
+class FakeRequest(dict):  # type: ignore[type-arg]
     def __init__(self, headers: dict[str, str], remote: str = "10.0.0.7") -> None:
+        super().__init__()
         self.headers = headers
         self.remote = remote
 
@@ -135,6 +137,10 @@ def test_caller_of() -> None:
     # no turns); a header byte that is no UTF-8 (kept as a surrogate by aiohttp) is no error
     assert caller({"Authorization": "Bearer made-up"}) == Caller("ip-10.0.0.7", False)
     assert caller({"Authorization": "Bearer team-\udcff"}) == Caller("ip-10.0.0.7", False)
+    # behind a trusted proxy: the client it names (the auth middleware sets it)
+    proxied = FakeRequest({})
+    proxied[CLIENT] = Client("203.0.113.9")
+    assert caller_of(proxied, SERVER) == Caller("ip-203.0.113.9", False)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("field, admin, expected_rest, expected", [

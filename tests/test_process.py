@@ -82,7 +82,9 @@ async def test_exit_before_ready_fails_at_once_with_log_tail(fake_binary: str) -
         # the exit itself failed the start, not the 60 s start timeout
         assert "exited with code 3 before it was ready" in message
         assert "not ready after" not in message
-        assert "out of memory while loading tensors" in message
+        # the engine's last words are for admins (describe: /status), never in the error
+        assert "out of memory while loading tensors" not in message
+        assert "out of memory while loading tensors" in proc.describe()["log_tail"]
         assert proc.state is State.FAILED
         assert not proc.illegal_transitions  # every move was in the table
 
@@ -351,8 +353,8 @@ async def test_a_port_taken_before_the_engine_binds_it_is_a_retry_on_another_por
 
 async def test_a_second_bind_failure_fails_the_start(fake_binary: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """One retry, not a loop: when the next port is taken too, the start fails with the
-    engine's own words."""
+    """One retry, not a loop: when the next port is taken too, the start fails, saying so
+    (the engine's own words are in its log tail, for admins)."""
     import lkn.engines.proctree as proctree
     async with aiohttp.ClientSession() as session:
         proc = fake_process(fake_binary, session)
@@ -361,7 +363,8 @@ async def test_a_second_bind_failure_fails_the_start(fake_binary: str,
         try:
             with pytest.raises(EngineStartError) as info:
                 await proc.ensure_ready()
-            assert "couldn't bind HTTP server socket" in str(info.value)
+            assert "was taken before the engine could bind it" in str(info.value)
+            assert "couldn't bind HTTP server socket" in proc.describe()["log_tail"]
             assert proc.state is State.FAILED
             assert proc.logs.tail(60).count("--- lkn: start: ") == 2
         finally:

@@ -104,7 +104,8 @@ def test_reasoning_effort_reaches_the_harmony_template(gw: Gateway) -> None:
     for fields, line in (({}, "Reasoning: medium"), ({"reasoning": "high"}, "Reasoning: high"),
                          ({"reasoning_effort": "minimal"}, "Reasoning: low")):
         body = engine_body({"messages": MSG, **fields}, engine="llamacpp", mode="lkn")
-        prompt = http("POST", proc.base_url + "/apply-template", json.dumps(body)).json()["prompt"]
+        prompt = http("POST", proc.base_url + "/apply-template", json.dumps(body),
+                      headers=proc.client.headers()).json()["prompt"]
         assert line in prompt
 
 

@@ -40,7 +40,8 @@ def test_idle_engine_releases_memory_and_resumes(gw: Gateway) -> None:
 
 async def chat(session: aiohttp.ClientSession, proc: EngineProcess, max_tokens: int = 2) -> str:
     async with session.post(proc.base_url + "/v1/chat/completions", json={
-            "model": "sg", "messages": MSG, "max_tokens": max_tokens}) as resp:
+            "model": "sg", "messages": MSG, "max_tokens": max_tokens},
+            headers=proc.client.headers()) as resp:
         assert resp.status == 200, await resp.text()
         return str((await resp.json())["choices"][0]["message"]["content"])
 

@@ -32,7 +32,7 @@ def setup(tmp_path: Path, fake_binary: str, gateway_factory: Any, text: str, *,
 server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))} }}
 models = {{
   {{ name = "m", binary = {lua_str(fake_binary)}, model_file = "/x.gguf", ctx_size = 4096,
-    reasoning = "{reasoning}", {extra}
+    vram_mb = 100, reasoning = "{reasoning}", {extra}
     args = {{ "--fake-text", {lua_str(str(answer))}, "--fake-capture", {lua_str(str(capture))},
              {args} }} }},
 }}

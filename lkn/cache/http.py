@@ -6,15 +6,23 @@
 A hit is answered here, without an engine: the stored JSON as it was sent, or replayed as an
 OpenAI stream. A miss ``tee``s the relayed stream into an accumulator and ``settle``s the
 response: a 200 JSON answer, or a stream that ended with ``[DONE]`` and no error, is stored.
+
+Lookups are partitioned by the caller's key (``store.partition_of``). A hit goes out with a fresh
+``id`` and ``created`` (every replayed chunk too): an answer is never handed out under the id of
+the request that first got it. A miss whose answer is not what a plain run of the request gives
+(its probe failed, so it was not gated; it escalated to another model) is ``decline``d: not
+stored.
 """
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any, AsyncIterator, Mapping
 
 from aiohttp import web
 
-from lkn.cache.store import BYPASS, HIT, MISS, Lookup, ResponseCache
+from lkn.cache.store import BYPASS, HIT, MISS, Lookup, ResponseCache, partition_of
 from lkn.cache.stream import StreamAccumulator, replay
 from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import BadRequest
@@ -22,7 +30,8 @@ from lkn.ops.metrics import Metrics
 from lkn.sse import sse_headers
 
 CACHE_HEADER = "x-lkn-cache"
-__all__ = ["BYPASS", "CACHE_HEADER", "CacheTicket", "HIT", "MISS", "cache_opt_out"]
+__all__ = ["BYPASS", "CACHE_HEADER", "CacheTicket", "HIT", "MISS", "cache_opt_out",
+           "fresh_identity", "partition_of"]
 
 
 def cache_opt_out(lkn_field: Any) -> tuple[Any, bool]:
@@ -34,6 +43,12 @@ def cache_opt_out(lkn_field: Any) -> tuple[Any, bool]:
         raise BadRequest(f"lkn cache must be true or false, got {lkn_field['cache']!r}",
                          param="lkn.cache")
     return rest, not lkn_field["cache"]
+
+
+def fresh_identity(answer: dict[str, Any]) -> dict[str, Any]:
+    """A stored answer under a new ``id`` and ``created``, as if generated now."""
+    prefix = "cmpl" if answer.get("object") == "text_completion" else "chatcmpl"
+    return {**answer, "id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
 
 
 def _no_cache(headers: Mapping[str, str]) -> bool:
@@ -52,17 +67,18 @@ class CacheTicket:
         self._accumulator: StreamAccumulator | None = None
         self._relayed_to_end = False
         self._stored = False
+        self._declined = False
 
     @classmethod
     def open(cls, cache: ResponseCache, metrics: Metrics, request: web.Request, route: str,
              model: ModelConfig, body: dict[str, Any], settings: HomeostasisConfig,
-             opted_out: bool) -> CacheTicket | None:
+             opted_out: bool, partition: str) -> CacheTicket | None:
         stream = bool(body.get("stream"))
         options = body.get("stream_options")
         include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
         lookup = cache.lookup(route, model, body, settings,
                               bypass=opted_out or _no_cache(request.headers),
-                              needs_usage=include_usage or not stream)
+                              needs_usage=include_usage or not stream, partition=partition)
         if lookup is None:
             return None
         metrics.cache_requests.inc(model.name, lookup.result)
@@ -78,13 +94,18 @@ class CacheTicket:
         assert entry is not None
         headers = {**headers, "x-lkn-model": self.lookup.model,
                    "Age": str(max(0, int(now - entry.stored_at)))}
+        answer = fresh_identity(json.loads(entry.answer))
         if not self._stream:
-            return web.Response(body=entry.answer, content_type="application/json",
-                                headers=headers)
+            return web.Response(body=json.dumps(answer, ensure_ascii=False,
+                                                separators=(",", ":")).encode("utf-8"),
+                                content_type="application/json", headers=headers)
         # The whole stream is known: one body with a length, no chunked transfer.
-        return web.Response(body=b"".join(replay(json.loads(entry.answer),
-                                                 include_usage=self._include_usage)),
+        return web.Response(body=b"".join(replay(answer, include_usage=self._include_usage)),
                             headers=sse_headers(headers))
+
+    def decline(self) -> None:
+        """This request's answer is not one to keep (see the module's docstring)."""
+        self._declined = True
 
     async def tee(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass a miss's relayed stream through, assembling the answer it spells."""
@@ -105,7 +126,7 @@ class CacheTicket:
 
     def settle(self, response: web.StreamResponse) -> None:
         """Store a miss's answer if it is a complete success."""
-        if self.lookup.result != MISS or response.status != 200:
+        if self.lookup.result != MISS or response.status != 200 or self._declined:
             return
         if isinstance(response, web.Response):
             raw = response.body
@@ -124,7 +145,7 @@ class CacheTicket:
 
     def _store_stream(self) -> None:
         acc = self._accumulator
-        if acc is None or not self._relayed_to_end or self._stored:
+        if acc is None or not self._relayed_to_end or self._stored or self._declined:
             return
         self._stored = True
         acc.finish()

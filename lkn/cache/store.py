@@ -11,6 +11,9 @@ fingerprint. The fingerprint covers everything in the model's config but its ali
 cache settings, so it changes whenever a reload changes what answers (engine, file, arguments,
 homeostasis); ``configure`` then drops that model's entries at once.
 
+The key also carries the request's partition: the id of the client key it came with
+(``key-<hash>``), or ``anonymous`` where lkn has no keys. One tenant's answer is never another's.
+
 Entries expire ``ttl_s`` after they were stored; the least recently used go first when a model's
 store would exceed ``max_mb``. Each entry remembers whether its answer carries ``usage``: one that
 was assembled from a stream whose client did not ask for usage cannot answer a request that must
@@ -32,6 +35,7 @@ ENTRY_OVERHEAD = 256  # bytes an entry costs beyond its answer and key (objects,
 ROUTES = ("chat", "completions")
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
+ANONYMOUS = "anonymous"  # the partition of every request where lkn has no keys
 
 
 def deterministic(body: dict[str, Any]) -> bool:
@@ -57,11 +61,19 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def partition_of(caller_key: str) -> str:
+    """A request's cache partition from its caller's id: a configured key's own
+    (``key-<hash>``); anything else (an address) shares ``anonymous``: an address names no
+    tenant, and with keys configured only a key gets through."""
+    return caller_key if caller_key.startswith("key-") else ANONYMOUS
+
+
 def request_key(route: str, model_name: str, body: dict[str, Any], settings: Any,
-                fingerprint: str) -> str:
+                fingerprint: str, partition: str = ANONYMOUS) -> str:
     """The canonical request as a hex digest (``settings``: a dataclass, e.g. the effective
-    HomeostasisConfig)."""
+    HomeostasisConfig; ``partition``: whose cache it is)."""
     canonical = {"route": route, "model": model_name, "fingerprint": fingerprint,
+                 "partition": partition,
                  "settings": asdict(settings),
                  "body": _canonical({k: v for k, v in body.items() if k not in IGNORED_FIELDS})}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -184,14 +196,14 @@ class ResponseCache:
         return dropped
 
     def lookup(self, route: str, model: ModelConfig, body: dict[str, Any], settings: Any, *,
-               bypass: bool, needs_usage: bool) -> Lookup | None:
+               bypass: bool, needs_usage: bool, partition: str = ANONYMOUS) -> Lookup | None:
         """None where the model has no cache (or the route is never cached)."""
         store = self._stores.get(model.name)
         if store is None or route not in ROUTES:
             return None
         if bypass or not deterministic(body):
             return Lookup(BYPASS, model.name)
-        key = request_key(route, model.name, body, settings, store.fingerprint)
+        key = request_key(route, model.name, body, settings, store.fingerprint, partition)
         entry = store.get(key, self._clock())
         if entry is not None and (entry.has_usage or not needs_usage):
             return Lookup(HIT, model.name, key, store.fingerprint, entry)

@@ -15,6 +15,7 @@ The modules, each of one concept::
     checks     checks across models: duplicate names, references to no model
     build      the whole file: build_config, load_config
     runtime    backends added or removed while lkn runs
+    upstreams  where a runtime backend may point (runtime_upstreams), URLs shown without userinfo
     summary    the startup summary, missing model files
 
 This package re-exports what the rest of lkn imports from ``lkn.config``.

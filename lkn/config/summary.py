@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from lkn.config.schema import Config
+from lkn.config.upstreams import redact_url
 
 
 def missing_model_files(cfg: Config) -> list[str]:
@@ -32,7 +33,8 @@ def summary(cfg: Config) -> str:
             continue
         if m.upstream is not None:
             key = f", key from ${m.upstream.api_key_env}" if m.upstream.api_key_env else ""
-            lines.append(f"    upstream {m.upstream.url} as {m.upstream.model or m.name}{key}")
+            lines.append(f"    upstream {redact_url(m.upstream.url)} as "
+                         f"{m.upstream.model or m.name}{key}")
             continue
         for v in m.variants:
             exists = "" if os.path.exists(v.model_file) else "  [file missing]"

@@ -10,9 +10,11 @@ The modules, each of one concept::
     states          State and the table of legal transitions
     handle          EngineHandle: what the layers above hold of a process
     process         EngineProcess: one child's lifecycle, under its own lock
-    proctree        ports, process groups, the parent-death signal
+    proctree        ports, process trees held by identity, the parent-death signal
     registry        the engine processes on disk, so that none outlives lkn
-    logs            an engine's output: a bounded ring mirrored to a file
+    identity        a process by boot id and start ticks; staleness: the sweep's pure rules
+    logs            an engine's output: a bounded ring mirrored to a private file
+    child_env       an engine child's allow-listed environment
     upstream        a request's timeouts and body on its way to the engine
     tokens, bound   counting prompt tokens; a cheap upper bound first
     chat_template   a model's chat template from its files

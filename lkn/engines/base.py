@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from lkn.config import ModelConfig, VariantConfig
+from lkn.engines.child_env import engine_env
 from lkn.engines.footprint import Footprint
+from lkn.engines.limits import read_limited
 from lkn.engines.upstream import JSON_HEADERS, encode
 
 RECONNECT_WINDOW_S = 0.5  # a pooled connection the engine closed fails at once, not later
@@ -46,6 +49,17 @@ class ProbeResult:
 class Readiness:
     ready: bool
     detail: str = ""
+    # The server on the port refused lkn's engine key (401/403): not the engine lkn started
+    # (another process holds the port), whatever it says about its health.
+    refused: bool = False
+
+
+REFUSED = (401, 403)
+
+
+def readiness(status: int, detail: str) -> Readiness:
+    """A readiness answer from an HTTP status: 200 ready, 401/403 refused, else not yet."""
+    return Readiness(status == 200, detail, refused=status in REFUSED)
 
 
 ROUTES = {
@@ -70,10 +84,16 @@ class EngineClient(ABC):
     # ``footprint``); kept by EngineProcess while STARTING. Empty: the engine reports none.
     report_markers: tuple[str, ...] = ()
 
+    # Whether a started engine of this kind takes lkn's per-start key (and refuses callers
+    # without it); False: it is started without one and called without one.
+    takes_engine_key = False
+
     def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
         self.model = model
         self.variant = variant
         self.effective_ctx: int = variant.ctx_size
+        # The key of the current start (``new_engine_key``): only lkn may call the engine.
+        self.engine_key: str | None = None
 
     @property
     def key(self) -> str:
@@ -92,20 +112,42 @@ class EngineClient(ABC):
     # Set by the manager while the engine's footprint is unknown: its next start reports it.
     learn_footprint = False
 
+    def debug_start(self) -> bool:
+        """Whether ``launch_argv`` raised the engine's log level (e.g. for ``learn_footprint``):
+        debug output may carry prompts and answers, so once the engine is ready none of its
+        output is kept (see ``EngineProcess._drain``)."""
+        return False
+
     def footprint(self, report: list[str]) -> Footprint | None:
         """The memory footprint the report lines of one start spell, if any."""
         return None
 
-    def env(self) -> dict[str, str]:
-        # systemd's notify socket and watchdog are lkn's, not the engine's
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        env.update(dict(self.model.env))
-        return env
+    def new_engine_key(self) -> None:
+        """A fresh random key for the next start (called before ``launch_argv`` and ``env``);
+        every call lkn makes to the engine carries it (``headers``)."""
+        self.engine_key = secrets.token_urlsafe(32) if self.takes_engine_key else None
+
+    def env(self, withheld: frozenset[str] = frozenset()) -> dict[str, str]:
+        """The child's environment: allow-listed (see ``child_env``), never a name in
+        ``withheld`` (the config's upstream keys), plus the model's ``env``."""
+        return engine_env(os.environ, self.model.env, withheld=withheld)
 
     @abstractmethod
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         """One readiness probe. Connection errors propagate (the engine is not listening yet)."""
+
+    async def confirm_key(self, session: aiohttp.ClientSession, url: str,
+                          health: Readiness) -> Readiness:
+        """After a health check the engine answers without a key (llama-server's /health,
+        SGLang's /ready): ready only if ``url``, which needs the key, takes this start's key;
+        any other server on the port would pass the health check too."""
+        if not health.ready or self.engine_key is None:
+            return health
+        async with session.get(url, headers=self.headers(),
+                               timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            await read_limited(resp)
+            return Readiness(resp.status == 200, f"{health.detail}; key check HTTP "
+                             f"{resp.status}", refused=resp.status in REFUSED)
 
     def health_settings(self) -> dict[str, Any]:
         """Settings that shape how the engine is watched; part of its identity on reload."""
@@ -132,14 +174,21 @@ class EngineClient(ABC):
         data = encode(payload)
         sent = time.monotonic()
         try:
-            return await session.post(url, data=data, headers=headers, timeout=timeout)
+            resp = await session.post(url, data=data, headers=headers, timeout=timeout)
         except aiohttp.ServerDisconnectedError:
             if time.monotonic() - sent > RECONNECT_WINDOW_S:
                 raise  # the engine had the request and died on it: never run it twice
             # The engine closed a pooled keep-alive connection just as it was reused
             # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
             # fresh connection.
-            return await session.post(url, data=data, headers=headers, timeout=timeout)
+            resp = await session.post(url, data=data, headers=headers, timeout=timeout)
+        if resp.status in REFUSED and self.engine_key is not None:
+            # lkn's engine never refuses lkn: another server took the port (the engine died);
+            # its answer is not relayed.
+            resp.release()
+            raise EngineRequestError(f"the server on {base_url} refused this start's engine "
+                                     f"key: not the engine lkn started")
+        return resp
 
     def prepare_body(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         out = dict(body)
@@ -150,8 +199,11 @@ class EngineClient(ABC):
         return self.model.name
 
     def headers(self) -> dict[str, str]:
-        """Extra headers of every request to the engine (a remote upstream's key)."""
-        return {}
+        """Extra headers of every request to the engine: the key of its current start (a
+        remote upstream: its own key). Every call to the engine takes them from here."""
+        if self.engine_key is None:
+            return {}
+        return {"Authorization": f"Bearer {self.engine_key}"}
 
     @property
     def request_timeout_s(self) -> float | None:
@@ -300,7 +352,7 @@ async def openai_probe(session: aiohttp.ClientSession, url: str, payload: dict[s
 
 
 async def read_json(resp: aiohttp.ClientResponse) -> Any:
-    raw = await resp.read()
+    raw = await read_limited(resp)
     if resp.status != 200:
         raise EngineRequestError(f"HTTP {resp.status}: {raw[:300].decode('utf-8', 'replace')}")
     try:

@@ -8,19 +8,22 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
 
 log = logging.getLogger("lkn.gpu")
+SMI_TIMEOUT_S = 5.0  # a reading takes ~50 ms; a hung driver call is killed, not left running
 
 
 class GpuMonitor:
     def __init__(self, *, poll_s: float = 0.25, timeout_s: float = 15.0,
-                 smi: str | None = None) -> None:
+                 smi: str | None = None, smi_timeout_s: float = SMI_TIMEOUT_S) -> None:
         self.smi = smi if smi is not None else shutil.which("nvidia-smi")
         self.poll_s = poll_s
         self.timeout_s = timeout_s
+        self.smi_timeout_s = smi_timeout_s
 
     @property
     def present(self) -> bool:
@@ -32,11 +35,21 @@ class GpuMonitor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-            out, _ = await asyncio.wait_for(proc.communicate(), 5)
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL)
+        except OSError:
+            return None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.smi_timeout_s)
             return sum(int(x) for x in out.decode().split() if x.strip().isdigit())
         except (OSError, asyncio.TimeoutError, ValueError):
             return None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: kill it, and reap it
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
 
     async def wait_released(self, before_mb: int | None, freed_mb: int) -> None:
         """Wait until usage dropped by most of ``freed_mb`` from ``before_mb`` (or a timeout)."""

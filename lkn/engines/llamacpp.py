@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 
-from lkn.engines.base import (EngineClient, EngineRequestError, ProbeResult, Readiness, openai_probe,
-                   read_json)
+from lkn.engines.limits import read_limited
+from lkn.engines.base import (EngineClient, EngineRequestError, ProbeResult, Readiness,
+                              openai_probe, read_json, readiness)
 from lkn.engines.footprint import REPORT_MARKER, Footprint, parse_footprint
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
@@ -40,8 +41,12 @@ class LlamaCppEngine(EngineClient):
     # builds: "server is listening on ... - starting the main loop").
     ready_markers = ("model loaded", "listening on http")
     # "<device> model|KV|compute|output buffer size = X MiB", printed at -lv 4 only (the
-    # default, 3, prints none of them; 4 costs ~175 more lines at start and ~14 per request).
+    # default, 3, prints none of them; 4 costs ~180 more lines at start and ~30 per request,
+    # which some builds fill with request bodies: see ``debug_start``).
     report_markers = (REPORT_MARKER,)
+    # Through the environment (``LLAMA_API_KEY``, read like ``--api-key``), never the argv:
+    # /proc/PID/cmdline is readable by every user, /proc/PID/environ only by lkn's.
+    takes_engine_key = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,18 +77,33 @@ class LlamaCppEngine(EngineClient):
         at = len(argv) - len(self.variant.args)
         return argv[:at] + ["-lv", "4"] + argv[at:]
 
+    def debug_start(self) -> bool:
+        # Measured (SmolLM2-135M, CPU): -lv 4 adds no start time, ~180 lines at start and ~30
+        # per request. Keeping only what it says before ready (the footprint lines come then)
+        # costs nothing; a throw-away measuring start would cost a whole second model load.
+        return self.learn_footprint
+
     def footprint(self, report: list[str]) -> Footprint | None:
         return parse_footprint(report)
 
+    def env(self, withheld: frozenset[str] = frozenset()) -> dict[str, str]:
+        env = super().env(withheld)
+        if self.engine_key is not None:
+            env["LLAMA_API_KEY"] = self.engine_key
+        return env
+
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
-        async with session.get(f"{base_url}/health",
+        async with session.get(f"{base_url}/health", headers=self.headers(),
                                timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            body = await resp.text()
-            return Readiness(resp.status == 200, body[:200])
+            body = (await read_limited(resp)).decode("utf-8", "replace")
+            health = readiness(resp.status, body[:200])
+        # /health needs no key (any llama-server on the port passes it); /props does.
+        return await self.confirm_key(session, f"{base_url}/props", health)
 
     async def on_ready(self, session: aiohttp.ClientSession, base_url: str) -> None:
         try:
-            async with session.get(f"{base_url}/props", timeout=HELPER_TIMEOUT) as resp:
+            async with session.get(f"{base_url}/props", headers=self.headers(),
+                                   timeout=HELPER_TIMEOUT) as resp:
                 props = await read_json(resp)
             n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
             if isinstance(n_ctx, int) and n_ctx > 0:
@@ -98,7 +118,7 @@ class LlamaCppEngine(EngineClient):
                                             "chat_template_kwargs", "reasoning_effort",
                                             "add_generation_prompt") if k in body}
             async with session.post(f"{base_url}/apply-template", json=payload,
-                                    timeout=HELPER_TIMEOUT) as resp:
+                                    headers=self.headers(), timeout=HELPER_TIMEOUT) as resp:
                 return (await read_json(resp))["prompt"]
         prompt = body.get("prompt", body.get("input", ""))
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
@@ -113,7 +133,7 @@ class LlamaCppEngine(EngineClient):
         async with session.post(f"{base_url}/tokenize",
                                 json={"content": prompt, "add_special": True,
                                       "parse_special": True},
-                                timeout=HELPER_TIMEOUT) as resp:
+                                headers=self.headers(), timeout=HELPER_TIMEOUT) as resp:
             return len((await read_json(resp))["tokens"])
 
     async def opens_think(self, session: aiohttp.ClientSession, base_url: str,
@@ -126,7 +146,7 @@ class LlamaCppEngine(EngineClient):
         if key not in self._opens_think:
             payload["messages"] = [{"role": "user", "content": "Hi"}]
             async with session.post(f"{base_url}/apply-template", json=payload,
-                                    timeout=HELPER_TIMEOUT) as resp:
+                                    headers=self.headers(), timeout=HELPER_TIMEOUT) as resp:
                 prompt = (await read_json(resp))["prompt"]
             self._opens_think[key] = isinstance(prompt, str) and \
                 prompt.rstrip().endswith("<think>")
@@ -137,11 +157,11 @@ class LlamaCppEngine(EngineClient):
         async with session.post(f"{base_url}/tokenize",
                                 json={"content": text, "add_special": False,
                                       "parse_special": True},
-                                timeout=HELPER_TIMEOUT) as resp:
+                                headers=self.headers(), timeout=HELPER_TIMEOUT) as resp:
             return len((await read_json(resp))["tokens"])
 
     async def probe(self, session: aiohttp.ClientSession, base_url: str, route: str,
                     body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
         return await openai_probe(session, base_url + self.upstream_path(route),
                                   self.prepare_body(route, body), route, top_k, n_tokens,
-                                  extra={"cache_prompt": True})
+                                  headers=self.headers(), extra={"cache_prompt": True})

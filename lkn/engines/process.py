@@ -26,9 +26,9 @@ import aiohttp
 
 from lkn.engines.base import EngineClient
 from lkn.engines.handle import StateCallback
-from lkn.engines.logs import LogRing
+from lkn.engines.logs import LogRing, redact_argv
 from lkn.engines.proctree import (PortError, PortPool, die_with_parent, kill_survivors,
-                                  process_tree, running, signal_group, wait_exit)
+                                  running, track, tree_of, wait_exit)
 from lkn.engines.registry import TAG_ENV, EngineRegistry, kill_tree_of
 from lkn.engines.states import TRANSITIONS, State, is_legal
 
@@ -41,6 +41,7 @@ log = logging.getLogger("lkn.engine")
 # Python servers (SGLang's uvicorn, most command engines).
 BIND_FAILURE_MARKERS = ("couldn't bind http server socket", "address already in use")
 BIND_TAIL_LINES = 30
+LOG_TAIL_LINES = 15  # of a failed engine, in describe() (/status): admins only
 START_MARK = "start: "  # the log's mark of each spawn, followed by its command line
 CONFIRM_DEATH_S = 0.5  # how long a suspect engine is watched for a death already under way
 CONFIRM_EXIT_S = 5.0  # how long a dead engine's crash bookkeeping may take when confirmed
@@ -50,7 +51,8 @@ FAST_POLL_WINDOW_S = 1.0
 
 
 class EngineStartError(Exception):
-    """The engine did not become ready; the message carries the reason and its log tail."""
+    """The engine did not become ready; the message carries the reason, never engine output
+    (it may reach clients: the log tail is in ``describe()`` and the log API, for admins)."""
 
 
 class PortTaken(EngineStartError):
@@ -68,6 +70,7 @@ class EngineProcess:
                  spawn: Spawn = asyncio.create_subprocess_exec,
                  registry: EngineRegistry | None = None,
                  log_max_bytes: int = 0, log_keep: int = 3,
+                 withheld_env: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.key = client.key
@@ -80,6 +83,7 @@ class EngineProcess:
         self._on_change = on_change
         self._spawn = spawn
         self._registry = registry
+        self._withheld_env = withheld_env  # never in the engine's environment (upstream keys)
         self._tag: str | None = None
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -167,11 +171,13 @@ class EngineProcess:
         except PortError as exc:
             self.last_error = str(exc)
             raise EngineStartError(self.last_error) from None
+        self.client.new_engine_key()  # before argv and env, which may carry it
+        self.logs.hidden = (self.client.engine_key,) if self.client.engine_key else ()
         argv = self.client.launch_argv(self.port)
-        self.logs.mark(START_MARK + " ".join(argv))
+        self.logs.mark(START_MARK + " ".join(redact_argv(argv)))
         self.started_at = self._clock()
         self._set_state(State.STARTING)
-        env = self.client.env()
+        env = self.client.env(self._withheld_env)
         self._tag = self._registry.new_tag() if self._registry is not None else None
         if self._tag is not None:
             env[TAG_ENV] = self._tag  # inherited by the whole tree: found and killed by it
@@ -187,9 +193,11 @@ class EngineProcess:
             self._set_state(State.FAILED, self.last_error)
             self.logs.close()
             raise EngineStartError(self.last_error) from None
+        track(self.proc)  # held by identity from now on: no signal reaches a recycled pid
         if self._registry is not None and self._tag is not None:
             self._registry.add(self._tag, self.proc.pid, self.key)
-        self._drain_task = asyncio.create_task(self._drain(self.proc))
+        self._drain_task = asyncio.create_task(self._drain(self.proc,
+                                                           self.client.debug_start()))
         try:
             await self._wait_healthy()
             await self.client.on_ready(self._session, self.base_url)
@@ -199,11 +207,13 @@ class EngineProcess:
                 f"start failed: {exc!r}")
             port, exited = self.port, self.proc.returncode is not None
             await self._terminate()
-            if retry and exited and not self._abort and isinstance(exc, EngineStartError) \
-                    and self._bind_failed():
-                raise PortTaken(f"port {port} was taken before the engine could bind it") \
-                    from None
-            self.last_error = self._with_log_tail(reason)
+            taken = isinstance(exc, PortTaken) or (
+                exited and isinstance(exc, EngineStartError) and self._bind_failed())
+            if taken and not isinstance(exc, PortTaken):  # lkn's words, not the engine's
+                reason = f"port {port} was taken before the engine could bind it"
+            if retry and taken and not self._abort:
+                raise PortTaken(reason) from None
+            self.last_error = reason
             self._set_state(State.FAILED, reason)
             self.logs.close()
             if isinstance(exc, asyncio.CancelledError):
@@ -242,6 +252,9 @@ class EngineProcess:
                                        f"before it was ready")
             try:
                 ready = await self.client.check_ready(self._session, self.base_url)
+                if ready.refused and self.client.engine_key:  # another server's port
+                    raise PortTaken(f"port {self.port} answers, but refuses this start's "
+                                    f"engine key ({ready.detail}): another server holds it")
                 if ready.ready:
                     return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
@@ -257,9 +270,12 @@ class EngineProcess:
                 self._clock() - self.started_at < FAST_POLL_WINDOW_S
             await asyncio.wait(waits, timeout=FAST_POLL_S if early else HEALTH_POLL_S)
 
-    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
+    async def _drain(self, proc: asyncio.subprocess.Process, debug: bool = False) -> None:
+        """The child's output into the log ring. ``debug`` (a debug-level start: its output may
+        carry prompts): nothing said after the start is kept (no request came before it)."""
         assert proc.stdout is not None
         markers, reports = self.client.ready_markers, self.client.report_markers
+        withheld = 0
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -268,6 +284,11 @@ class EngineProcess:
                 line = await proc.stdout.read(65536)
             if not line:
                 return
+            if debug and (self.proc is not proc or self.state is not State.STARTING):
+                if not withheld:
+                    self.logs.mark("a debug-level start: no output kept after it")
+                withheld += 1
+                continue
             text = line.decode("utf-8", "replace")
             self.logs.append(text)
             if self.state is not State.STARTING:
@@ -295,7 +316,7 @@ class EngineProcess:
             # kill the tree. The manager restarts it on demand, with backoff.
             await self._kill_tree(proc)
             await self._reap()
-            self.last_error = self._with_log_tail(f"engine exited unexpectedly with code {code}")
+            self.last_error = f"engine exited unexpectedly with code {code}"
             self._set_state(State.FAILED, f"exited unexpectedly with code {code}")
             self.logs.close()
 
@@ -349,24 +370,23 @@ class EngineProcess:
         proc = self.proc
         if proc is None:
             return
-        tree = process_tree(proc.pid)
+        tree = tree_of(proc).capture()  # handles on the children, taken before the reap
         if proc.returncode is None:
-            signal_group(proc.pid, signal.SIGTERM)
+            tree.signal_group(signal.SIGTERM)
             if await wait_exit(proc, self.stop_grace_s) is None:
                 self.logs.mark(f"no exit {self.stop_grace_s:g}s after SIGTERM: SIGKILL")
-                signal_group(proc.pid, signal.SIGKILL)
+                tree.signal_group(signal.SIGKILL)
                 await wait_exit(proc)
-        # Children that left the group (setsid) or outlived the leader: kill them by pid.
-        tree += [p for p in process_tree(proc.pid) if p not in tree]
-        await asyncio.get_running_loop().run_in_executor(None, kill_survivors, tree)
+        # Children that left the group (setsid) or outlived the leader: kill them by handle.
+        await asyncio.get_running_loop().run_in_executor(None, kill_survivors,
+                                                         tree.capture().members())
         await self._kill_tree(proc)
         await self._reap()
 
     async def _kill_tree(self, proc: asyncio.subprocess.Process) -> None:
         """After the leader exited: SIGKILL its group and everything carrying its tag."""
-        tag = self._tag
-        signal_group(proc.pid, signal.SIGKILL)
-        if tag is not None:
+        tree_of(proc).signal_group(signal.SIGKILL)
+        if (tag := self._tag) is not None:
             killed = await asyncio.get_running_loop().run_in_executor(None, kill_tree_of, tag)
             if killed:
                 self.logs.mark(f"killed {len(killed)} leftover processes of the engine: {killed}")
@@ -409,16 +429,11 @@ class EngineProcess:
             raise EngineStartError(self.last_error) from None
         self._set_state(State.READY, "memory resumed")
 
-    def _with_log_tail(self, reason: str) -> str:
-        """``reason`` followed by the engine's last output lines, for errors people read."""
-        tail = self.logs.tail(15)
-        return f"{reason}; engine log tail:\n{tail}" if tail else reason
-
     async def _fail_running(self, reason: str) -> None:
         """A running engine that can no longer be trusted: kill its tree, mark it FAILED (the
         manager counts it as a crash and restarts it on demand)."""
         await self._terminate()
-        self.last_error = self._with_log_tail(reason)
+        self.last_error = reason
         self._set_state(State.FAILED, reason)
         self.logs.close()
 
@@ -427,4 +442,7 @@ class EngineProcess:
                 "ctx_size": self.client.effective_ctx, "last_error": self.last_error or None,
                 "start_seconds": (None if self.ready_seconds is None
                                   else round(self.ready_seconds, 3)),
-                "log": self.logs.path}
+                "log": self.logs.path,
+                # for admins (/status): the engine's last words when it failed
+                "log_tail": (self.logs.tail(LOG_TAIL_LINES) or None)
+                if self.state is State.FAILED else None}

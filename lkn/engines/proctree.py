@@ -1,5 +1,6 @@
 """The operating-system side of engine processes: loopback ports, the parent-death signal, and
-waiting for and killing process trees. Plain functions; ``EngineProcess`` decides when."""
+waiting for and killing process trees (held by identity from the spawn on: ``ProcTree``).
+``EngineProcess`` decides when."""
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +12,14 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from typing import Any, Callable
 
 import psutil
 
 EXIT_POLL_S = 0.25    # how soon a leader's exit is noticed (see wait_exit)
 PR_SET_PDEATHSIG = 1
+PIDFD_SIGNAL_PROCESS_GROUP = 4  # linux/pidfd.h: pidfd_send_signal to the pidfd's group
 
 
 class PortError(Exception):
@@ -98,29 +101,106 @@ async def wait_exit(proc: asyncio.subprocess.Process,
 
 
 def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not gone, not dying, not a zombie to be reaped)."""
+    """Whether ``pid`` is a live process (not gone, not dying, not a zombie to be reaped). A
+    look, never a signal: a bare pid is enough for it."""
     try:
         return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.NoSuchProcess:
         return False
 
 
-def process_tree(pid: int) -> list[psutil.Process]:
+class ProcTree:
+    """An engine's leader and the tree under it, held by identity from the spawn on. After the
+    leader is reaped its pid (and its process group's id, once the group is empty) can name
+    another process: every signal here goes through a pidfd opened at the spawn or a psutil
+    handle (which refuses a pid that names another process now), never a bare pid."""
+
+    def __init__(self, pid: int, *, held: bool = True) -> None:
+        self.pid = pid
+        self._fd = _pidfd(pid) if held else None
+        self._leader = _own_child(pid) if held else None
+        if self._leader is None and self._fd is not None:  # not ours: hold nothing
+            os.close(self._fd)
+            self._fd = None
+        if self._fd is not None:
+            weakref.finalize(self, os.close, self._fd)
+        self._members: dict[int, psutil.Process] = {}
+
+    def capture(self) -> ProcTree:
+        """Remember the leader's descendants as they are now: handles that outlive its reap."""
+        if self._leader is not None:
+            with contextlib.suppress(psutil.Error):
+                for p in self._leader.children(recursive=True):
+                    self._members.setdefault(p.pid, p)
+        return self
+
+    def members(self) -> list[psutil.Process]:
+        """The leader and every descendant captured so far, as psutil handles."""
+        return [p for p in (self._leader, *self._members.values()) if p is not None]
+
+    def signal_group(self, sig: int) -> None:
+        """``sig`` to the engine's process group. Through the leader's pidfd the kernel names
+        the group by the leader itself, not by a number (Linux 6.9+), also after its reap.
+        Else the group's id is used only while the leader is not reaped (a zombie keeps its
+        pid, and so its group's id); after that, the captured handles get it one by one."""
+        if self._fd is not None:
+            try:
+                signal.pidfd_send_signal(self._fd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP)
+                return
+            except ProcessLookupError:
+                return  # no process left in the group
+            except OSError:
+                pass  # an older kernel: no group flag
+        if self._leader_unreaped():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+            return
+        for p in self.members():
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+
+    def _leader_unreaped(self) -> bool:
+        if self._fd is not None:
+            try:
+                signal.pidfd_send_signal(self._fd, 0)
+                return True
+            except OSError:
+                return False
+        return self._leader is not None and self._leader.is_running()
+
+
+def _pidfd(pid: int) -> int | None:
     try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):  # gone already, or no pidfds (Linux < 5.3)
+        return None
+
+
+def _own_child(pid: int) -> psutil.Process | None:
+    """A handle on ``pid`` if it is lkn's own child (just spawned: so not a recycled pid)."""
+    try:
+        p = psutil.Process(pid)
+        return p if p.ppid() == os.getpid() else None
     except psutil.Error:
-        return []
+        return None
 
 
-def signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # pragma: no cover - would mean the group is not ours
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+_TREES: weakref.WeakKeyDictionary[Any, ProcTree] = weakref.WeakKeyDictionary()
+
+
+def track(proc: Any) -> ProcTree:
+    """Hold the identity of a child just spawned, for every later signal to its tree."""
+    tree = _TREES[proc] = ProcTree(proc.pid)
+    return tree
+
+
+def tree_of(proc: Any) -> ProcTree:
+    """The tree ``track`` holds for ``proc``. A child it never saw is taken by its pid only
+    while it is not reaped (``returncode`` unset); a reaped one by nothing but its tag."""
+    tree = _TREES.get(proc)
+    if tree is None:
+        tree = _TREES[proc] = ProcTree(proc.pid, held=proc.returncode is None)
+    return tree
 
 
 def kill_survivors(tree: list[psutil.Process]) -> None:

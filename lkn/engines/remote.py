@@ -19,10 +19,12 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 import aiohttp
 
 from lkn.config import ModelConfig, UpstreamConfig, VariantConfig
+from lkn.config.upstreams import redact_url
 from lkn.engines import anthropic
 from lkn.engines.base import (ROUTES, EngineClient, EngineRequestError, ProbeResult, Readiness,
                               openai_probe)
 from lkn.engines.handle import StateCallback
+from lkn.engines.limits import read_limited
 from lkn.engines.logs import LogRing
 from lkn.engines.process import ILLEGAL_KEPT, EngineStartError
 from lkn.engines.states import REMOTE_TRANSITIONS, State, is_legal
@@ -117,17 +119,18 @@ class RemoteEngine(EngineClient):
             yield tail
 
     def scrub(self, text: str) -> str:
-        """The text with the key masked (an upstream may quote it in an error)."""
+        """The text with the key and any URL's userinfo masked (an upstream, or aiohttp, may
+        quote them in an error)."""
         name = self.upstream.api_key_env
         key = os.environ.get(name) if name else None
-        return text.replace(key, "***") if key else text
+        return redact_url(text.replace(key, "***") if key else text)
 
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         if not self.upstream.health_path:
             return Readiness(True)
         async with session.get(base_url + self.upstream.health_path, headers=self.headers(),
                                timeout=CHECK_TIMEOUT) as resp:
-            body = await resp.read()
+            body = await read_limited(resp)
         if resp.status == 200:
             return Readiness(True)
         return Readiness(False, f"HTTP {resp.status}: "
@@ -206,6 +209,11 @@ class RemoteProcess:
     def base_url(self) -> str:
         return self.client.upstream.url
 
+    @property
+    def shown_url(self) -> str:
+        """Its URL for errors, logs and /status: without userinfo."""
+        return redact_url(self.base_url)
+
     def _set(self, state: State, note: str) -> None:
         # The same state again is no move: two callers of ensure_ready each run a check.
         if state is not self.state and not is_legal(self.state, state, REMOTE_TRANSITIONS):
@@ -227,13 +235,13 @@ class RemoteProcess:
         except (aiohttp.ClientError, OSError, TimeoutError, EngineRequestError) as exc:
             readiness, detail = Readiness(False), str(exc) or exc.__class__.__name__
         if not readiness.ready:
-            self.last_error = (f"upstream {self.base_url} of model '{self.client.model.name}' "
-                               f"is not answering: {detail}")
+            self.last_error = (f"upstream {self.shown_url} of model '{self.client.model.name}' "
+                               f"is not answering: {self.client.scrub(detail)}")
             self._set(State.FAILED, "")
             raise EngineStartError(self.last_error)
         self.ready_seconds = self._clock() - started
         self.last_error = ""
-        self._set(State.READY, f"{self.base_url}, {self.ready_seconds:.2f}s")
+        self._set(State.READY, f"{self.shown_url}, {self.ready_seconds:.2f}s")
 
     async def confirm_alive(self) -> bool:
         # A server elsewhere: lkn cannot see its process; its breaker and health checks judge.
@@ -251,4 +259,4 @@ class RemoteProcess:
                 "ctx_size": self.client.effective_ctx, "last_error": self.last_error or None,
                 "start_seconds": (None if self.ready_seconds is None
                                   else round(self.ready_seconds, 3)),
-                "log": None, "upstream": self.base_url}
+                "log": None, "upstream": self.shown_url}

@@ -31,8 +31,9 @@ from typing import Any, TypeGuard
 import aiohttp
 
 from lkn.engines.tokens import generation_prompt
-from lkn.engines.base import (EngineClient, EngineCrashed, EngineRequestError, ProbeResult, Readiness,
-                   read_json)
+from lkn.engines.limits import read_limited
+from lkn.engines.base import (EngineClient, EngineCrashed, EngineRequestError, ProbeResult,
+                              Readiness, read_json, readiness)
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 # A release copies the weights to host memory and a resume copies them back: seconds per GB.
@@ -61,6 +62,10 @@ class SGLangEngine(EngineClient):
     # 5 s until the SIGTERM watchdog notices, the drain, then up to 15 s for the schedulers
     # to release GPU memory; a SIGKILL in between can leave that memory held.
     default_stop_grace_s = 30.0
+    # ``--api-key`` guards every route but /health*, /ready and /metrics. SGLang reads it from
+    # its argv only, which every user of the host may read in /proc/PID/cmdline: it keeps out
+    # callers that cannot see the host's processes (other containers, a network namespace).
+    takes_engine_key = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -89,22 +94,35 @@ class SGLangEngine(EngineClient):
             argv += ["--reasoning-parser", m.reasoning_parser]
         return argv + list(v.args)
 
+    def launch_argv(self, port: int) -> list[str]:
+        argv = self.argv(port)
+        if self.engine_key is None:
+            return argv
+        return argv + ["--api-key", self.engine_key]  # after the args: the operator's loses
+
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         if self._has_ready is not False:
-            async with session.get(f"{base_url}/ready",
+            async with session.get(f"{base_url}/ready", headers=self.headers(),
                                    timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                if resp.status != 404:
-                    self._has_ready = True
-                    return Readiness(resp.status == 200, f"/ready {resp.status}")
-                self._has_ready = False
+                status = resp.status
+            # /ready, /health and /metrics need no key (srt/utils/auth.py): any SGLang on the
+            # port passes them; /v1/models does not.
+            if status != 404:
+                self._has_ready = True
+                return await self.confirm_key(session, f"{base_url}/v1/models",
+                                              readiness(status, f"/ready {status}"))
+            self._has_ready = False
         # Older SGLang: /health runs a 1-token generation; a short timeout never passes.
         timeout = aiohttp.ClientTimeout(total=self.model.health_timeout_s)
-        async with session.get(f"{base_url}/health", timeout=timeout) as resp:
-            return Readiness(resp.status == 200, f"/health {resp.status}")
+        async with session.get(f"{base_url}/health", headers=self.headers(),
+                               timeout=timeout) as resp:
+            health = readiness(resp.status, f"/health {resp.status}")
+        return await self.confirm_key(session, f"{base_url}/v1/models", health)
 
     async def on_ready(self, session: aiohttp.ClientSession, base_url: str) -> None:
         try:
-            async with session.get(f"{base_url}/server_info", timeout=HELPER_TIMEOUT) as resp:
+            async with session.get(f"{base_url}/server_info", headers=self.headers(),
+                                   timeout=HELPER_TIMEOUT) as resp:
                 info = await read_json(resp)
             ctx = info.get("context_length")
             if isinstance(ctx, int) and ctx > 0:
@@ -128,7 +146,7 @@ class SGLangEngine(EngineClient):
             if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
                 prompt = max(prompt, key=len)
             payload["prompt"] = prompt if prompt is not None else ""
-        async with session.post(f"{base_url}/tokenize", json=payload,
+        async with session.post(f"{base_url}/tokenize", json=payload, headers=self.headers(),
                                 timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         count = data.get("count") if isinstance(data, dict) else None
@@ -158,7 +176,7 @@ class SGLangEngine(EngineClient):
                                 text: str) -> int | None:
         payload = {"model": self.served_model_name(), "prompt": text,
                    "add_special_tokens": False}
-        async with session.post(f"{base_url}/tokenize", json=payload,
+        async with session.post(f"{base_url}/tokenize", json=payload, headers=self.headers(),
                                 timeout=HELPER_TIMEOUT) as resp:
             count = (await read_json(resp)).get("count")
         return count if isinstance(count, int) else None
@@ -180,7 +198,7 @@ class SGLangEngine(EngineClient):
             payload.pop(key, None)
         payload.update(max_tokens=n_tokens, logprobs=True, top_logprobs=top_k)
         async with session.post(base_url + self.upstream_path("chat"), json=payload,
-                                timeout=HELPER_TIMEOUT) as resp:
+                                headers=self.headers(), timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         try:
             content = data["choices"][0]["logprobs"]["content"]
@@ -209,7 +227,7 @@ class SGLangEngine(EngineClient):
                                    "top_logprobs_num": top_k, "logprob_start_len": -1,
                                    "return_text_in_logprobs": True, "stream": False}
         payload["input_ids" if _is_token_ids(prompt) else "text"] = prompt
-        async with session.post(f"{base_url}/generate", json=payload,
+        async with session.post(f"{base_url}/generate", json=payload, headers=self.headers(),
                                 timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         meta = data.get("meta_info", {}) if isinstance(data, dict) else {}
@@ -233,7 +251,8 @@ class SGLangEngine(EngineClient):
         and whenever the scheduler goes idle). Anything unexpected counts as busy: a sleep
         skipped is cheap, a release at the wrong time is not."""
         try:
-            async with session.get(f"{base_url}/v1/loads", timeout=LOADS_TIMEOUT) as resp:
+            async with session.get(f"{base_url}/v1/loads", headers=self.headers(),
+                                   timeout=LOADS_TIMEOUT) as resp:
                 data = await read_json(resp)
         except (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError):
             return False
@@ -258,8 +277,8 @@ class SGLangEngine(EngineClient):
         in an unknown state: ``EngineCrashed``."""
         try:
             async with session.post(url, json={"tags": list(MEMORY_TAGS)},
-                                    timeout=MEMORY_TIMEOUT) as resp:
-                raw = await resp.read()
+                                    headers=self.headers(), timeout=MEMORY_TIMEOUT) as resp:
+                raw = await read_limited(resp)
                 if resp.status != 200:
                     raise EngineCrashed(f"{url.rsplit('/', 1)[-1]} answered HTTP {resp.status}: "
                                         f"{raw[:300].decode('utf-8', 'replace')}")

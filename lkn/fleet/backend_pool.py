@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import aiohttp
 
 from lkn.config import BreakerPolicy, ModelConfig
+from lkn.config.upstreams import redact_url
 from lkn.fleet.balance import Backend
 from lkn.fleet.balance import order as balance_order
 from lkn.fleet.breaker import Breaker
@@ -97,7 +98,7 @@ class BackendPool:
         """Each backend of the model with its weight, load and circuit, for /status."""
         now = self._clock()
         return [{"backend": b.name, "weight": b.weight,
-                 "upstream": b.upstream.url if b.upstream else None,
+                 "upstream": redact_url(b.upstream.url) if b.upstream else None,
                  "in_flight": in_flight(b),
                  "breaker": self.breakers.get(b.name, Breaker()).describe(b.breaker, now)}
                 for b in model.backends]

@@ -14,6 +14,7 @@ import aiohttp
 
 from lkn.config import Config, ModelConfig, VariantConfig
 from lkn.engines.base import EngineClient
+from lkn.engines.child_env import upstream_key_names
 from lkn.engines.handle import StateCallback
 from lkn.engines.process import EngineProcess, PortPool, Spawn, State
 from lkn.engines.registry import EngineRegistry
@@ -62,11 +63,13 @@ class ProcessMaker:
         if isinstance(client, RemoteEngine):  # nothing to spawn: a server elsewhere
             return RemoteProcess(client, session=self.session, on_change=on_change,
                                  clock=self.clock)
-        s = self.config().server
+        cfg = self.config()
+        s = cfg.server
         extra = {} if self.spawn is None else {"spawn": self.spawn}
         return EngineProcess(client, ports=self.ports, session=self.session,
                              start_timeout_s=s.engine_start_timeout_s,
                              stop_grace_s=s.stop_grace_s, log_dir=s.log_dir,
                              on_change=on_change, registry=self.registry, clock=self.clock,
                              log_max_bytes=int(s.log_max_mb * 1024 * 1024),
-                             log_keep=s.log_keep, **extra)
+                             log_keep=s.log_keep,
+                             withheld_env=upstream_key_names(cfg.models), **extra)

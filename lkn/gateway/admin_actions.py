@@ -11,7 +11,10 @@ Routes::
     POST /admin/models/{name}/wake
     POST /admin/reload                          like SIGHUP; the outcome and any config error
     POST /admin/models/{name}/backends          add an upstream backend (JSON: id, upstream,
-                                                weight); kept across reloads, gone at restart
+                                                weight); kept across reloads, gone at restart;
+                                                only to hosts server.runtime_upstreams allows
+                                                (403 otherwise) and with an api_key_env the
+                                                file uses for that model (lkn.config.upstreams)
     DELETE /admin/models/{name}/backends/{id}   remove one added at runtime (after its
                                                 requests in flight)
     POST /admin/requests/{id}/cancel
@@ -26,7 +29,9 @@ import asyncio
 from aiohttp import web
 
 from lkn.config import Config, ModelConfig, runtime_backend, with_backends
-from lkn.errors import BadRequest, ConfigError
+from lkn.config.runtime import RuntimeBackendError
+from lkn.config.upstreams import redact_url
+from lkn.errors import BadRequest, ConfigError, Forbidden
 from lkn.fleet import operations
 from lkn.fleet.operations import Conflict
 from lkn.fleet.records import EngineRecord
@@ -88,13 +93,15 @@ async def add_backend(request: web.Request) -> web.Response:
 
     def change(cfg: Config) -> Config:
         model = _backends_model(cfg, request.match_info["name"])
+        added_so_far = {name for entries in state.runtime.values() for name in entries}
         try:
-            backend = runtime_backend(cfg, model, entry)
+            backend = runtime_backend(cfg, model, entry, added_so_far)
+        except RuntimeBackendError as exc:
+            if exc.forbidden:
+                raise Forbidden(redact_url(str(exc)), param=exc.param) from None
+            raise ConfigRejected(redact_url(str(exc)), param=exc.param) from None
         except ConfigError as exc:
-            raise ConfigRejected(str(exc)) from None
-        if backend.upstream is None:
-            raise BadRequest("only upstream backends can be added at runtime",
-                             param="upstream")
+            raise ConfigRejected(redact_url(str(exc))) from None
         state.runtime.setdefault(model.name, {})[backend.name] = entry
         added.append(backend)
         return with_backends(cfg, model.name, model.backends + (backend,))

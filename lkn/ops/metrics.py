@@ -184,6 +184,9 @@ class Metrics:
         self.tokens_per_second = Histogram(r, "lkn_tokens_per_second", "Completion tokens per "
                                            "second of generation, per answer", TOKENS_PER_SECOND,
                                            ("model",))
+        self.client_stalls = Counter(r, "lkn_client_stalls_total", "Clients dropped because "
+                                     "they took no data for stream_idle_timeout_s (they "
+                                     "stopped reading)", ("model",))
 
     def observe_usage(self, model: str, usage: Usage | None) -> None:
         if usage is None:

@@ -3,10 +3,16 @@ stream event by event (split thinking, the response cache's tee, usage read on t
 engine's usage feeds the metrics and the request's ``Outcome`` (tokens/s, time to first event).
 
 The response's ``x-lkn-*`` headers are not set here: a stream takes them from the ``Outcome``
-when its headers go out, any other response when the handler returns it."""
+when its headers go out, any other response when the handler returns it.
+
+What comes from the engine is bounded (``MAX_UPSTREAM_BODY`` for a whole answer, ``lkn.sse``'s
+``MAX_UPSTREAM_LINE`` for an event): beyond, a 502, or mid-stream lkn's error event. What goes
+to the client has a deadline per write (``server.stream_idle_timeout_s``, ``write_deadline``):
+a client that stops reading is dropped and the lease released, like a client that left."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any, AsyncIterator
@@ -16,20 +22,30 @@ from aiohttp import web
 
 from lkn.cache.http import CacheTicket
 from lkn.config import ServerConfig
+from lkn.config.upstreams import redact_url
 from lkn.engines.base import EngineRequestError
+from lkn.engines.limits import UpstreamTooLarge, read_limited
 from lkn.engines.upstream import upstream_timeout, with_usage
 from lkn.errors import (ERROR_SOURCE_HEADER, EngineUnavailable, EngineUnreachable, GatewayTimeout,
                         UpstreamError)
 from lkn.fleet.records import Lease
 from lkn.ops.usage import Usage, answer_usage, read_usage
+from lkn.relay.client_write import BoundedResponse, WriteDeadline
 from lkn.relay.stream import StreamRelay
 from lkn.relay.thinking_stream import ThinkingRelay
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
-from lkn.sse import frame_json
+from lkn.request.validate_formats import check_media_urls
+from lkn.sse import EventTooLarge, frame_json
 
 log = logging.getLogger("lkn.request.forward")
+
+
+def write_deadline(state: GatewayState, server: ServerConfig, outcome: Outcome) -> WriteDeadline:
+    """The deadline of each write to this request's client; a stall counts for its model."""
+    return WriteDeadline(server.stream_idle_timeout_s, outcome.request_id,
+                         lambda: state.metrics.client_stalls.inc(outcome.model or "unknown"))
 
 
 class Forwarder:
@@ -49,6 +65,7 @@ class Forwarder:
         s = self.server
         client = lease.client
         stream = bool(body.get("stream")) and route != "embeddings"
+        check_media_urls(body, client.kind)  # per engine: a backend or fallback may be local
         thinking = ThinkingRelay(route, body, lease, self.state.session)
         payload = thinking.prepare(client.prepare_body(route, body))
         # usage feeds the metrics (an engine with another wire format reports it its own way);
@@ -68,28 +85,36 @@ class Forwarder:
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
         except aiohttp.ClientConnectorError as exc:
-            raise EngineUnreachable(f"engine {lease.process.key} is unreachable: {exc}") from None
+            raise EngineUnreachable(f"engine {lease.process.key} is unreachable: "
+                                    f"{redact_url(str(exc))}") from None
         except aiohttp.ClientError as exc:  # it may have seen the request: never replayed
-            raise UpstreamError(f"engine {lease.process.key} is unreachable: {exc}") from None
+            raise UpstreamError(f"engine {lease.process.key} is unreachable: "
+                                f"{redact_url(str(exc))}") from None
         async with upstream:
-            if upstream.status >= 400:
-                raw = await upstream.read()
-                return web.json_response(client.normalize_error(upstream.status, raw),
-                                         status=upstream.status,
-                                         headers={ERROR_SOURCE_HEADER: "engine"})
-            if not stream or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
+            if not stream or upstream.status >= 400 \
+                    or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
                 try:
-                    raw = await upstream.read()
+                    raw = await read_limited(upstream)
                 except asyncio.TimeoutError:
                     raise GatewayTimeout(f"engine {lease.process.key} did not finish within "
                                          f"{whole:g}s") from None
+                except UpstreamTooLarge as exc:
+                    raise UpstreamError(f"engine {lease.process.key} sent too much: "
+                                        f"{exc}") from None
                 except aiohttp.ClientError as exc:
                     raise UpstreamError(f"engine {lease.process.key} broke off its answer: "
-                                        f"{exc}") from None
+                                        f"{redact_url(str(exc))}") from None
+                deadline = write_deadline(self.state, s, self.outcome)
+                if upstream.status >= 400:
+                    return BoundedResponse(
+                        deadline=deadline, status=upstream.status,
+                        text=json.dumps(client.normalize_error(upstream.status, raw)),
+                        content_type="application/json",
+                        headers={ERROR_SOURCE_HEADER: "engine"})
                 raw = client.translate_answer(raw)
                 self._usage(answer_usage(raw, time.monotonic() - sent))
-                return web.Response(body=await thinking.response(raw), status=upstream.status,
-                                    content_type="application/json")
+                return BoundedResponse(deadline=deadline, body=await thinking.response(raw),
+                                       status=upstream.status, content_type="application/json")
             return await self.relay_stream(upstream, lease, started, thinking,
                                            strip_usage=strip_usage, body=body)
 
@@ -98,7 +123,8 @@ class Forwarder:
                            body: dict[str, Any] | None = None) -> web.StreamResponse:
         """Relay the engine's stream to the client. A failure after the first byte is an error
         event on the stream (the status line went out long ago), never an exception."""
-        resp = await self.stream.open()
+        writer = await self.stream.open()
+        resp = writer.response
         relay = StreamRelay(lease.client.normalize_stream_data, strip_usage=strip_usage)
         first_at: float | None = None
         failure: str | None = None
@@ -119,10 +145,10 @@ class Forwarder:
                     self.outcome.ttft_s = first_at - started
                     self.state.metrics.ttft_seconds.observe(self.outcome.ttft_s, model)
                 if out:
-                    await resp.write(out)
+                    await writer.write(out)
             out = relay.finish()
             if out:
-                await resp.write(out)
+                await writer.write(out)
         except asyncio.CancelledError:
             upstream.close()  # the client went away: the engine stops generating for nobody
             raise
@@ -136,6 +162,9 @@ class Forwarder:
         except asyncio.TimeoutError:
             failure = (f"engine {lease.process.key} sent nothing for "
                        f"{self.server.stream_idle_timeout_s:g}s")
+        except EventTooLarge as exc:
+            upstream.close()  # the rest of that event is nobody's to read
+            failure = f"engine {lease.process.key} sent {exc}"
         except aiohttp.ClientError as exc:
             failure = f"engine {lease.process.key} broke off the stream: {exc}"
         self._usage(read_usage(relay.usage, relay.timings,
@@ -147,14 +176,15 @@ class Forwarder:
             self.broken = True
             log.warning("stream for model=%s failed: %s", model, failure)
             try:
-                await resp.write(frame_json(UpstreamError(failure).body(self.outcome.request_id)))
+                await writer.write(frame_json(
+                    UpstreamError(failure).body(self.outcome.request_id)))
             except ConnectionResetError:
                 pass
             # A dead engine is a crash now, not at the next request: before the stream's end
             # reaches the client, whose next request would otherwise meet the corpse.
             await lease.process.confirm_alive()
         try:
-            await resp.write_eof()
+            await writer.write_eof()
         except ConnectionResetError:
             pass
         return resp

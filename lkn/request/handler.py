@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from aiohttp import web
 
-from lkn.cache.http import CacheTicket, cache_opt_out
+from lkn.cache.http import CacheTicket, cache_opt_out, partition_of
 from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnavailable,
                         EngineUnreachable, GatewayTimeout, LknError, ModelNotFound,
@@ -31,13 +31,14 @@ from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.ops.traffic import Finished
 from lkn.request.caller import caller_of, take_priority
-from lkn.request.forward import Forwarder
+from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.lease import Backends, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
 from lkn.request.validate import VALIDATORS, parse_json_object
+from lkn.request.validate_formats import check_media_urls
 
 log = logging.getLogger("lkn.request.handler")
 
@@ -96,7 +97,8 @@ class RequestHandler:
         label = "unknown"  # metrics never carry unvalidated client input as a label
         status = 500
         outcome = self.outcome
-        self.stream = stream = OpenStream(request, outcome.headers)
+        self.stream = stream = OpenStream(request, outcome.headers,
+                                          write_deadline(self.state, self.cfg.server, outcome))
         entry = self.state.inflight.add(self.request_id, route)
         try:
             body = parse_json_object(await request.read())
@@ -107,6 +109,7 @@ class RequestHandler:
             outcome.client_key = caller.key
             model = self.cfg.require(body["model"])
             label = entry.model = model.name
+            check_media_urls(body, model.engine)  # before an engine starts for it
             if body.get("stream") and route != "embeddings":
                 stream.loading = LoadingFeedback(request, route, model, self.state.manager,
                                                  outcome.headers)
@@ -116,7 +119,8 @@ class RequestHandler:
             settings = self._settings(request, route, model, lkn_field)
             if self.cache is not None:
                 self._cache = CacheTicket.open(self.cache, self.state.metrics, request,
-                                               route, model, body, settings, cache_off)
+                                               route, model, body, settings, cache_off,
+                                               partition_of(caller.key))
                 if self._cache is not None:
                     outcome.cache = self._cache.lookup.result
                     if self._cache.hit:
@@ -332,6 +336,8 @@ class RequestHandler:
         outcome.entropy = reading.score
         outcome.intervention = verdict.intervention
         body = gate.rewrite(route, body, settings, verdict)
+        if reading.score is None and self._cache is not None:
+            self._cache.decline()  # not gated: a later request's probe may intervene
         if verdict.intervention != "escalate":
             return Gated(body, lease, model)
         target = self.state.cfg.resolve(settings.escalate_to or "")  # in force, as above
@@ -339,6 +345,8 @@ class RequestHandler:
             return Gated(body, lease, model)
         lease.release()
         outcome.escalated_from = model.name
+        if self._cache is not None:
+            self._cache.decline()  # another model's answer
         self.state.metrics.escalations.inc(model.name, target.name)
         if self.stream.loading is not None:
             self.stream.loading.model = target  # progress names what it now waits for

@@ -1,6 +1,7 @@
 """The client's event stream once its SSE headers went out: while the request waited for an
 engine (``LoadingFeedback``) or once the answer began. From then on the status line is sent, so
-an error is an error event on this stream and then its end, never a new response."""
+an error is an error event on this stream and then its end, never a new response. Every write
+goes through a ``ClientWriter``: a client that stops reading is dropped after the deadline."""
 from __future__ import annotations
 
 import contextlib
@@ -8,15 +9,23 @@ from typing import Callable
 
 from aiohttp import web
 
+from lkn.config import ServerConfig
 from lkn.errors import LknError
+from lkn.relay.client_write import ClientWriter, WriteDeadline
 from lkn.request.loading import LoadingFeedback
 from lkn.sse import frame_bytes, frame_json, sse_headers
 
 
+DEFAULT_DEADLINE = WriteDeadline(ServerConfig.stream_idle_timeout_s)  # the config's default
+
+
 class OpenStream:
-    def __init__(self, request: web.Request, headers: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, request: web.Request, headers: Callable[[], dict[str, str]],
+                 deadline: WriteDeadline = DEFAULT_DEADLINE) -> None:
         self._request = request
         self._headers = headers  # read when the headers go out, not before
+        self._deadline = deadline
+        self._writer: ClientWriter | None = None
         self.loading: LoadingFeedback | None = None  # a stream that may wait for an engine
         self._answer: web.StreamResponse | None = None  # the relayed answer, once prepared
 
@@ -27,14 +36,20 @@ class OpenStream:
             return self._answer
         return self.loading.response if self.loading is not None else None
 
-    async def open(self) -> web.StreamResponse:
+    async def open(self) -> ClientWriter:
         """The stream to relay an answer on: the one already open, or a new one, prepared."""
         resp = self.response
         if resp is None:
             resp = web.StreamResponse(status=200, headers=sse_headers(self._headers()))
             await resp.prepare(self._request)
         self._answer = resp
-        return resp
+        return self._writer_of(resp)
+
+    def _writer_of(self, resp: web.StreamResponse) -> ClientWriter:
+        if self._writer is None or self._writer.response is not resp:
+            self._writer = ClientWriter(resp, getattr(self._request, "transport", None),
+                                        self._deadline)
+        return self._writer
 
     async def error_event(self, error: LknError, request_id: str) -> web.StreamResponse:
         """lkn's error after the headers went out: an error event, then the end."""
@@ -49,7 +64,8 @@ class OpenStream:
     async def _close_with(self, event: bytes) -> web.StreamResponse:
         resp = self.response
         assert resp is not None, "only an open stream gets error events"
+        writer = self._writer_of(resp)
         with contextlib.suppress(ConnectionResetError):
-            await resp.write(event)
-            await resp.write_eof()
+            await writer.write(event)
+            await writer.write_eof()
         return resp

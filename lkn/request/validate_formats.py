@@ -144,3 +144,35 @@ def check_reasoning_fields(body: dict[str, Any]) -> None:
     kwargs = body.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise BadRequest("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
+
+
+# Engines that run on this box. Given an http(s) (or file:) URL in a media part, llama-server
+# and SGLang fetch it themselves, from lkn's network: a client could make lkn's box call its
+# neighbours or a cloud metadata service. Only ``data:`` URLs go to them. A remote upstream
+# ("upstream", config "remote") fetches from its own network: its URLs pass.
+LOCAL_ENGINES = ("llamacpp", "sglang", "command")
+MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # SGLang takes all three
+
+
+def check_media_urls(body: dict[str, Any], engine: str) -> None:
+    """Chat content parts with a URL for an engine of kind ``engine`` (a model's ``engine`` or an
+    engine client's ``kind``): on a local engine only ``data:`` URLs pass."""
+    messages = body.get("messages")
+    if engine not in LOCAL_ENGINES or not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in MEDIA_PARTS:
+                continue
+            media = part.get(kind)
+            url = media.get("url") if isinstance(media, dict) else media
+            param = f"messages[{i}].content[{j}].{kind}" + (".url" if isinstance(media, dict)
+                                                             else "")
+            if not isinstance(url, str) or url[:5].lower() != "data:":
+                raise BadRequest(f"{param} must be a data: URL (data:image/png;base64,...): "
+                                 f"this model's engine runs on lkn's host and does not fetch "
+                                 f"URLs for clients", param=param, code="invalid_image_url")

@@ -26,6 +26,13 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-malformed-logprobs top-logprob entries carry "logprob": null (a broken engine build)
   --fake-drop-reused        close a keep-alive connection when a second /v1 request arrives on
                             it, unanswered (llama-server dropping an idle connection just then)
+  --fake-debug-bodies       at -lv 4 and above, print every request body (llama.cpp builds whose
+                            debug log carries request bodies)
+  --fake-env-dump FILE      write the environment it was started with (JSON) to FILE
+
+Like llama-server, ``--api-key K`` or the environment's ``LLAMA_API_KEY`` make every route but
+``/health`` and ``/v1/health`` answer 401 "Invalid API Key" to a request without
+``Authorization: Bearer K``.
 """
 from __future__ import annotations
 
@@ -48,6 +55,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("-c", type=int, default=512)
     p.add_argument("--alias", default="fake")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("-lv", "--verbosity", type=int, default=3)
     p.add_argument("--fake-listen-delay-s", type=float, default=0.0)
     p.add_argument("--fake-load-s", type=float, default=0.0)
     p.add_argument("--fake-exit-before-ready", type=int, default=None)
@@ -67,12 +76,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-opens-think", action="store_true")
     p.add_argument("--fake-malformed-logprobs", action="store_true")
     p.add_argument("--fake-drop-reused", action="store_true")
+    p.add_argument("--fake-debug-bodies", action="store_true")
+    p.add_argument("--fake-env-dump", default=None)
     args, _unknown = p.parse_known_args()
     return args
 
 
 ARGS = parse()
 T0 = time.monotonic()
+API_KEY = ARGS.api_key or os.environ.get("LLAMA_API_KEY") or None
+PUBLIC = ("/health", "/v1/health")  # llama-server's routes that need no key
 
 
 def err(status: int, message: str, kind: str) -> web.Response:
@@ -89,6 +102,12 @@ SERVED: set[object] = set()  # client addresses of connections that answered a /
 
 @web.middleware
 async def gate(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    if API_KEY and request.path not in PUBLIC and \
+            request.headers.get("Authorization") != f"Bearer {API_KEY}":
+        print("W srv    operator(): unauthorized: Invalid API Key", flush=True)
+        return err(401, "Invalid API Key", "authentication_error")
+    if ARGS.fake_debug_bodies and ARGS.verbosity >= 4 and request.can_read_body:
+        print(f"D srv  log_server_r: request: {(await request.read()).decode()}", flush=True)
     if loading():
         return err(503, "Loading model", "unavailable_error")
     if ARGS.fake_drop_reused and request.path.startswith("/v1/") and request.transport:
@@ -270,6 +289,9 @@ async def crash_later(delay: float) -> None:
 
 async def main() -> None:
     print(f"fake llama-server pid {os.getpid()} port {ARGS.port}", flush=True)
+    if ARGS.fake_env_dump:
+        with open(ARGS.fake_env_dump, "w", encoding="utf-8") as f:
+            json.dump(dict(os.environ), f)
     if ARGS.fake_ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if ARGS.fake_grandchild:

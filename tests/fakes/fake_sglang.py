@@ -322,6 +322,9 @@ def build_app() -> web.Application:
 
 async def main() -> None:
     print(f"fake-sglang pid {os.getpid()}: loading {ARGS.model_path}", flush=True)
+    # engine.py logs its whole ServerArgs dataclass at start, the API key included
+    print(f"server_args=ServerArgs(model_path={ARGS.model_path!r}, api_key={ARGS.api_key!r}, "
+          f"context_length={ARGS.context_length!r})", flush=True)
     if (err := rules.context_length_error(ARGS.context_length, DERIVED_CTX)) is not None:
         print(f"fake-sglang: {err}", flush=True)
         sys.exit(1)
