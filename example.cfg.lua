@@ -12,20 +12,37 @@ server = {
   -- Addresses to listen on; IPv4 and IPv6 ("[::1]:8080") may be mixed.
   listen = { "127.0.0.1:8080" },
 
-  -- Client API keys. Empty or absent: no authentication. Clients send
-  -- "Authorization: Bearer <key>" (or "x-api-key: <key>"). /health and /metrics stay open.
+  -- Client API keys. Empty or absent: no authentication (then browsers of other sites and
+  -- foreign Host names are refused, and bodies must be JSON). Clients send
+  -- "Authorization: Bearer <key>" (or "x-api-key: <key>"). /health and /ready stay open;
+  -- /metrics and /health/{model} need a client or admin key once any key is set.
   api_keys = {},
 
   -- Keys for the admin API (/admin/..., /status, `lkn ps`, `lkn load` ...; the CLI reads
-  -- LKN_ADMIN_KEY). Separate from client keys. Empty: /admin answers only on loopback.
+  -- LKN_ADMIN_KEY). Separate from client keys. Empty: /admin and /status answer only a direct
+  -- loopback client (not one that came through a proxy).
   admin_keys = {},
+  -- Reverse proxies (addresses or CIDRs) whose X-Forwarded-For / Forwarded names the client.
+  trusted_proxies = {},
+  metrics_public = false,        -- true: /metrics open even with keys (a Prometheus scraper)
+  -- Without api_keys, the Host names lkn answers under besides localhost, this host's name
+  -- (and <name>.local) and the listen/cors names, e.g. { "gpubox.lan", "*.lan" }.
+  allowed_hosts = {},
+  -- Upstream hosts a backend added at runtime (POST /admin/models/{m}/backends) may use:
+  -- CIDRs for addresses, patterns for names, e.g. { "10.0.0.0/8", "gpu*.lan" }. Empty: off
+  -- unless admin_keys are set, and then only hosts this file's upstreams use.
+  runtime_upstreams = {},
+  body_timeout_s = 60,           -- a request's headers and body must arrive within this
+  max_body_mb = 16,              -- the largest request body (413 beyond)
+  max_in_flight = 256,           -- requests read or served at once (503 + Retry-After beyond)
   -- Models started at boot and after every reload (their smallest variant), in the background.
   preload = {},
   -- Browser origins allowed to call lkn (CORS), e.g. { "https://chat.example" } or { "*" }.
   cors_origins = {},
 
   request_timeout_s = 600,       -- a whole non-streaming answer
-  stream_idle_timeout_s = 300,   -- silence allowed between two streamed events
+  stream_idle_timeout_s = 300,   -- silence allowed between two streamed events, and the
+                                 -- longest a write to a client may wait (then it is dropped)
   engine_start_timeout_s = 120,  -- from spawn until the engine's health check passes
   stop_grace_s = 10,             -- SIGTERM -> this long -> SIGKILL
   engine_port_range = { 20100, 20199 },  -- engines listen on 127.0.0.1 ports from here (keep

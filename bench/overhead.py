@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,29 @@ def variant_rows(args: argparse.Namespace, tmp: str, name: str, *, root: str = R
     return rows
 
 
+def alternate(args: argparse.Namespace, tmp: str) -> list[str]:
+    """Before and after, ``args.alternate`` times in turn: the medians of lkn's CPU per plain
+    answer and per stream (the cache-hit rows too), and the change."""
+    runs: dict[str, list[Row]] = {"before": [], "after": []}
+    for i in range(args.alternate):
+        for name, root in (("before", args.baseline), ("after", ROOT)):
+            print(f"  round {i + 1}/{args.alternate}: {name}", flush=True)
+            runs[name] += variant_rows(args, tmp, name, root=root)
+    lines = [f"CPU per request, medians of {args.alternate} alternating rounds (µs):",
+             "| row | before | after | change |", "|---|---|---|---|"]
+    for suffix in ("", ", cache hit"):
+        for label, field in (("answer", "cpu_answer_us"), ("stream", "cpu_stream_us")):
+            values = {name: statistics.median(getattr(r, field) for r in rows
+                                              if r.target == name + suffix)
+                      for name, rows in runs.items()
+                      if any(r.target == name + suffix for r in rows)}
+            if len(values) == 2:
+                change = (values["after"] / values["before"] - 1) * 100
+                lines.append(f"| {label}{suffix} | {values['before']:.0f} | "
+                             f"{values['after']:.0f} | {change:+.1f} % |")
+    return lines
+
+
 # ---------------------------------------------------------------------------- profile
 def profile(args: argparse.Namespace, tmp: str, cpu_per_request_us: float) -> list[str]:
     """Serve plain answers on 16 connections under a profiler; return the report: where lkn's
@@ -322,6 +346,10 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="ROOT",
                     help="also measure the lkn checked out at ROOT (e.g. the commit before a "
                          "change), in the same run: a before/after table")
+    ap.add_argument("--alternate", type=int, default=0, metavar="N",
+                    help="with --baseline: N more rounds of before, after, each a fresh lkn, "
+                         "then the medians of lkn's CPU per answer and per stream (a box's "
+                         "noise moves single runs by 20 %%; alternating cancels its drift)")
     ap.add_argument("--uvloop", action="store_true",
                     help="also measure lkn running on uvloop (when installed)")
     ap.add_argument("--keep", action="store_true",
@@ -394,6 +422,7 @@ def main() -> None:
             rows.insert(2, cache_row)
         rows += extra
         report = profile(args, tmp, lkn_row.cpu_answer_us) if args.profile else []
+        alternated = alternate(args, tmp) if args.baseline and args.alternate else []
     print()
     print("\n".join(table(rows)))
     print()
@@ -402,6 +431,9 @@ def main() -> None:
         print()
         print("profile of lkn:")
         print("\n".join(report))
+    if alternated:
+        print()
+        print("\n".join(alternated))
     print(f"\nload average {os.getloadavg()[0]:.2f} after the run")
     path = os.path.join(ROOT, "bench", "out", "overhead.png")
     plot(rows, rss, path)

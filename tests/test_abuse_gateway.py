@@ -4,6 +4,7 @@ health without a key, stalled and oversized uploads, a flood of requests, and si
 the drain. Each test fails without its fix."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -37,22 +38,26 @@ async def app_client(tmp_path: Path, aiohttp_client: Any, server: str = "") -> T
 
 # --- who is local --------------------------------------------------------------------------
 
+U = False  # came through a proxy: never the operator
+
+
 @pytest.mark.parametrize("peer, headers, trusted, client", [
     ("127.0.0.1", {}, (), Client("127.0.0.1")),
-    ("127.0.0.1", {"X-Forwarded-For": "8.8.8.8"}, (), Client("127.0.0.1", known=False)),
-    ("127.0.0.1", {"Forwarded": "for=8.8.8.8"}, (), Client("127.0.0.1", known=False)),
-    ("127.0.0.1", {"X-Real-IP": "8.8.8.8"}, (), Client("127.0.0.1", known=False)),
-    ("127.0.0.1", {"Via": "1.1 nginx"}, (), Client("127.0.0.1", known=False)),
+    ("127.0.0.1", {"X-Forwarded-For": "8.8.8.8"}, (), Client("127.0.0.1", U)),
+    ("127.0.0.1", {"Forwarded": "for=8.8.8.8"}, (), Client("127.0.0.1", U)),
+    ("127.0.0.1", {"X-Real-IP": "8.8.8.8"}, (), Client("127.0.0.1", U)),
+    ("127.0.0.1", {"Via": "1.1 nginx"}, (), Client("127.0.0.1", U)),
     # a trusted proxy names the client; spoofed entries left of it are not believed
     ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1, 8.8.8.8"}, ("127.0.0.1/32",),
-     Client("8.8.8.8")),
-    ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"}, ("127.0.0.1/32",), Client("127.0.0.1")),
+     Client("8.8.8.8", U)),
+    ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"}, ("127.0.0.1/32",), Client("127.0.0.1", U)),
     ("127.0.0.1", {"Forwarded": 'for="[2001:db8::1]:443";proto=https'}, ("127.0.0.0/8",),
-     Client("2001:db8::1")),
-    ("127.0.0.1", {"Via": "1.1 nginx"}, ("127.0.0.1/32",), Client("127.0.0.1", known=False)),
+     Client("2001:db8::1", U)),
+    ("127.0.0.1", {"Via": "1.1 nginx"}, ("127.0.0.1/32",), Client("127.0.0.1", U)),
+    # a trusted proxy that names nobody (a plain proxy_pass) is not the operator either
+    ("127.0.0.1", {}, ("127.0.0.1/32",), Client("127.0.0.1", U)),
     # a proxy not in the list: its headers name nobody
-    ("10.0.0.9", {"X-Forwarded-For": "127.0.0.1"}, ("10.0.0.1/32",),
-     Client("10.0.0.9", known=False)),
+    ("10.0.0.9", {"X-Forwarded-For": "127.0.0.1"}, ("10.0.0.1/32",), Client("10.0.0.9", U)),
     ("::ffff:127.0.0.1", {}, (), Client("::ffff:127.0.0.1")),
 ])
 def test_who_the_client_is(peer: str, headers: dict[str, str], trusted: tuple[str, ...],
@@ -60,9 +65,17 @@ def test_who_the_client_is(peer: str, headers: dict[str, str], trusted: tuple[st
     assert client_of(peer, headers, trusted) == client
 
 
+def test_a_proxy_appending_its_own_header_line_is_read_whole() -> None:
+    """HAProxy's ``option forwardfor`` adds a line after the client's own: the client's
+    "127.0.0.1" must not pass for the proxy's word."""
+    from multidict import CIMultiDict
+    headers = CIMultiDict([("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "8.8.8.8")])
+    assert client_of("127.0.0.1", headers, ("127.0.0.1/32",)) == Client("8.8.8.8", U)
+
+
 def test_loopback_is_local_only_without_a_proxy_between() -> None:
     assert Client("::ffff:127.0.0.1").local and Client("::1").local
-    assert not Client("127.0.0.1", known=False).local and not Client("10.0.0.1").local
+    assert not Client("127.0.0.1", U).local and not Client("10.0.0.1").local
 
 
 @pytest.mark.parametrize("header", ["Forwarded", "X-Forwarded-For", "X-Real-IP", "Via"])
@@ -77,16 +90,18 @@ async def test_a_same_host_proxy_does_not_make_the_internet_admin(
     assert (await c.post("/admin/reload", headers={header: value})).status == 403
 
 
-async def test_a_trusted_proxy_passes_its_local_clients_only(
+async def test_nothing_through_a_trusted_proxy_is_the_operator(
         tmp_path: Path, aiohttp_client: Any) -> None:
     c = await app_client(tmp_path, aiohttp_client, 'trusted_proxies = { "127.0.0.1" }')
-    assert (await c.get("/status", headers={"X-Forwarded-For": "127.0.0.1"})).status == 200
-    assert (await c.get("/status", headers={"X-Forwarded-For": "203.0.113.9"})).status == 403
+    for headers in ({"X-Forwarded-For": "127.0.0.1"}, {"X-Forwarded-For": "203.0.113.9"}, {}):
+        assert (await c.get("/status", headers=headers)).status == 403, headers
 
 
 # --- browsers: other sites, DNS rebinding, simple POSTs ------------------------------------
 
 @pytest.mark.parametrize("host, names, admin, allowed", [
+    ("gpu7.lan:8080", frozenset({"*.lan"}), False, True),
+    ("gpu7.lan.evil.example", frozenset({"*.lan"}), False, False),
     ("127.0.0.1:8080", frozenset(), False, True),
     ("[::1]:8080", frozenset(), True, True),
     ("localhost:8080", frozenset(), True, True),
@@ -322,3 +337,42 @@ async def test_a_reloaded_body_limit_applies_at_once(tmp_path: Path, aiohttp_cli
     assert (await c.post("/v1/chat/completions", data=chunked(), headers=JSON)).status == 404
     state.cfg = replace(state.cfg, server=replace(state.cfg.server, max_body_mb=0.005))
     assert (await c.post("/v1/chat/completions", data=chunked(), headers=JSON)).status == 413
+
+
+async def test_allowed_hosts_name_this_box(tmp_path: Path, aiohttp_client: Any) -> None:
+    c = await app_client(tmp_path, aiohttp_client, 'allowed_hosts = { "GPUBOX.lan" }')
+    assert (await c.get("/v1/models", headers={"Host": "gpubox.lan:8080"})).status == 200
+    r = await c.get("/v1/models", headers={"Host": "other.lan:8080"})
+    assert r.status == 403 and "allowed_hosts" in (await r.json())["error"]["message"]
+
+
+def test_the_operators_routes_are_never_turned_away(gateway: Any) -> None:
+    gw = gateway("max_in_flight = 1, body_timeout_s = 30")
+    stalled = raw(gw.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    with stalled:
+        deadline = time.monotonic() + 10
+        while _in_flight(gw) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http("POST", gw.base_url + "/v1/chat/completions", CHAT).status_code == 503
+        assert http("GET", gw.base_url + "/status").status_code == 200
+
+
+@pytest.mark.parametrize("resolved, refused", [
+    (["169.254.169.254"], True), (["10.0.0.5", "fe80::1"], True), (["10.0.0.5"], False)])
+async def test_a_runtime_name_that_resolves_to_metadata_is_refused(
+        monkeypatch: pytest.MonkeyPatch, resolved: list[str], refused: bool) -> None:
+    """``*.lan`` may allow a name; what it resolves to (nip.io-style) is checked as well."""
+    import socket as so
+
+    from lkn.gateway.admin_actions import _resolves_to_blocked
+
+    async def getaddrinfo(self: Any, host: str, port: Any, **_: Any) -> list[Any]:
+        assert host == "gpu1.lan"
+        return [(so.AF_INET6 if ":" in a else so.AF_INET, so.SOCK_STREAM, 6, "", (a, 0))
+                for a in resolved]
+    monkeypatch.setattr(asyncio.get_running_loop().__class__, "getaddrinfo", getaddrinfo)
+    entry = {"id": "g", "upstream": {"url": "http://gpu1.lan:8080/v1"}}
+    assert (await _resolves_to_blocked(entry) == "gpu1.lan") is refused
+    assert await _resolves_to_blocked({"id": "g", "upstream": {"url": "http://10.0.0.1/v1"}}) \
+        is None  # an address is judged as written, by the allow-list

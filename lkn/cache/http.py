@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Mapping
 
 from aiohttp import web
 
+from lkn import fastjson
 from lkn.cache.store import BYPASS, HIT, MISS, Lookup, ResponseCache, partition_of
 from lkn.cache.stream import StreamAccumulator, replay
 from lkn.config import HomeostasisConfig, ModelConfig
@@ -94,11 +95,10 @@ class CacheTicket:
         assert entry is not None
         headers = {**headers, "x-lkn-model": self.lookup.model,
                    "Age": str(max(0, int(now - entry.stored_at)))}
-        answer = fresh_identity(json.loads(entry.answer))
+        answer = fresh_identity(fastjson.loads(entry.answer))
         if not self._stream:
-            return web.Response(body=json.dumps(answer, ensure_ascii=False,
-                                                separators=(",", ":")).encode("utf-8"),
-                                content_type="application/json", headers=headers)
+            return web.Response(body=fastjson.dumps(answer), content_type="application/json",
+                                headers=headers)
         # The whole stream is known: one body with a length, no chunked transfer.
         return web.Response(body=b"".join(replay(answer, include_usage=self._include_usage)),
                             headers=sse_headers(headers))

@@ -206,6 +206,9 @@ class ServerConfig:
     # a loopback request through any other proxy is not trusted as local
     trusted_proxies: tuple[str, ...] = ()
     metrics_public: bool = False   # /metrics open even when keys are set (for scrapers)
+    # more names of this box a key-less lkn answers under ("gpubox.lan", "*.lan"): any other
+    # Host name is refused (DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
     body_timeout_s: float = 60.0   # a request's headers and body must arrive within this
     max_body_mb: float = 16.0      # the largest request body (413 beyond)
     max_in_flight: int = 256       # requests read or served at once (503 + Retry-After beyond)

@@ -86,6 +86,8 @@ def parse_server(value: Any) -> ServerConfig:
         runtime_upstreams=t.get("runtime_upstreams", strings, d.runtime_upstreams),
         trusted_proxies=t.get("trusted_proxies", networks, d.trusted_proxies),
         metrics_public=t.get("metrics_public", boolean, d.metrics_public),
+        allowed_hosts=tuple(h.lower() for h in t.get("allowed_hosts", strings,
+                                                      d.allowed_hosts)),
         body_timeout_s=t.get("body_timeout_s", number(0.001), d.body_timeout_s),
         max_body_mb=t.get("max_body_mb", number(0.001, 1024.0), d.max_body_mb),
         max_in_flight=t.get("max_in_flight", integer(1), d.max_in_flight),

@@ -72,6 +72,13 @@ def ip_literal(host: str) -> IPAddress | None:
     return ip
 
 
+def blocked_address(address: str) -> bool:
+    """A resolved address no runtime backend may reach (a name that resolves to the metadata
+    service, nip.io-style, passes the check on the name as written)."""
+    ip = ip_literal(address)
+    return ip is not None and _blocked(address, ip)
+
+
 def _blocked(host: str, ip: IPAddress | None) -> bool:
     if ip is None:
         return host in BLOCKED_NAMES

@@ -25,12 +25,13 @@ traffic status (``/status``) in read_routes.py.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
 from lkn.config import Config, ModelConfig, runtime_backend, with_backends
 from lkn.config.runtime import RuntimeBackendError
-from lkn.config.upstreams import redact_url
+from lkn.config.upstreams import blocked_address, host_of, ip_literal, redact_url
 from lkn.errors import BadRequest, ConfigError, Forbidden
 from lkn.fleet import operations
 from lkn.fleet.operations import Conflict
@@ -86,10 +87,34 @@ async def reload(request: web.Request) -> web.Response:
 # Each backend change is computed and recorded under the reload lock (Reloader.apply), against
 # the config of that moment: a SIGHUP reload in between can neither lose it nor see half of it.
 
+RESOLVE_S = 5.0
+
+
+async def _resolves_to_blocked(entry: Any) -> str | None:
+    """The runtime upstream's host name, when it resolves to a link-local or metadata address
+    (checked once, here: lkn does not pin the answer, so a name that changes later is the
+    allow-list's business — prefer CIDRs in ``runtime_upstreams``)."""
+    upstream = entry.get("upstream") if isinstance(entry, dict) else None
+    url = upstream.get("url") if isinstance(upstream, dict) else None
+    host = host_of(url) if isinstance(url, str) else None
+    if not host or ip_literal(host) is not None:
+        return None
+    try:
+        async with asyncio.timeout(RESOLVE_S):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except (OSError, TimeoutError):
+        return None  # unresolvable now: its health check fails before any use
+    return host if any(blocked_address(str(info[4][0])) for info in infos) else None
+
+
 async def add_backend(request: web.Request) -> web.Response:
     state = request.app[STATE]
     entry = parse_json_object(await request.read())
     added: list[ModelConfig] = []
+    host = await _resolves_to_blocked(entry)
+    if host is not None:
+        raise Forbidden(f"backend.upstream.url: {host} resolves to a link-local or metadata "
+                        f"address", param="backend.upstream.url")
 
     def change(cfg: Config) -> Config:
         model = _backends_model(cfg, request.match_info["name"])

@@ -16,7 +16,7 @@ from lkn.gateway.keys import INTAKE, STATE
 from lkn.gateway.ui_static import is_ui_path
 from lkn.ops.inflight import REQUEST_ID, request_id
 from lkn.request.caller import CLIENT, bearer_token, key_matches
-from lkn.request.trust import box_names, client_of, host_allowed, is_json, same_site
+from lkn.request.trust import box_names, client_of, host_allowed, host_name, is_json, same_site
 
 log = logging.getLogger("lkn.gateway.middleware")
 
@@ -87,13 +87,14 @@ def _browser_check(request: web.Request, settings: ServerConfig, *, admin: bool)
     """Without keys, a request must come from this box's own names (DNS rebinding) and not
     from another site's page (Origin, Sec-Fetch-Site); a body must be JSON (a cross-site
     ``text/plain`` POST needs no preflight)."""
-    names = box_names(settings.listen, settings.cors_origins)
+    names = box_names(settings.listen, settings.cors_origins, settings.allowed_hosts)
     if not host_allowed(request.host, names, loopback_only=admin) or not same_site(
             request.host, request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
             () if admin else settings.cors_origins):
-        raise Forbidden("refused: without keys lkn answers neither other sites' pages nor "
-                        "foreign host names (DNS rebinding); set server.api_keys, or "
-                        "server.cors_origins for browser clients")
+        raise Forbidden(f"refused: without keys lkn answers neither other sites' pages nor "
+                        f"foreign host names (DNS rebinding); name this box's other names in "
+                        f"server.allowed_hosts (Host here: {host_name(request.host)[:80]!r}), "
+                        f"set server.api_keys, or server.cors_origins for browser clients")
     if request.body_exists and not is_json(request.headers.get("Content-Type", "")):
         raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
 
@@ -146,22 +147,27 @@ async def intake_middleware(request: web.Request, handler: Handler) -> web.Strea
     """At most ``max_in_flight`` requests are read or served at once (a 503 with Retry-After
     beyond, before any body is read); a body larger than ``max_body_mb`` is a 413, one that
     has not arrived within ``body_timeout_s`` a 408 (the connection is closed: the rest of
-    a stalled body is never read). Health and readiness are never turned away."""
+    a stalled body is never read). Health, readiness and the operator's routes (a long admin
+    event stream must not cost a slot, nor a flood lock the operator out) are never turned
+    away."""
     if request.path in OPEN_PATHS:
         return await handler(request)
     intake, settings = request.app[INTAKE], request.app[STATE].cfg.server
-    if intake.in_flight >= settings.max_in_flight:
-        intake.refused += 1
-        raise Overloaded(f"lkn is serving {intake.in_flight} requests, its limit "
-                         f"(server.max_in_flight); try again shortly",
-                         headers={"Retry-After": "1"})
-    intake.in_flight += 1
+    counted = not is_admin_path(request.path)
+    if counted:
+        if intake.in_flight >= settings.max_in_flight:
+            intake.refused += 1
+            raise Overloaded(f"lkn is serving {intake.in_flight} requests, its limit "
+                             f"(server.max_in_flight); try again shortly",
+                             headers={"Retry-After": "1"})
+        intake.in_flight += 1
     try:
         if request.body_exists:
             request = await _read_body(request, settings)
         return await handler(request)
     finally:
-        intake.in_flight -= 1
+        if counted:
+            intake.in_flight -= 1
 
 
 async def _read_body(request: web.Request, settings: ServerConfig) -> web.Request:

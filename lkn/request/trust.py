@@ -4,13 +4,16 @@ Loopback is trusted as "the operator" only when nothing stands between: a reques
 through a proxy (``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP`` or ``Via``) may carry
 anybody's request, and a same-host reverse proxy connects from 127.0.0.1. A proxy listed in
 ``server.trusted_proxies`` names the client in ``X-Forwarded-For`` (or ``Forwarded: for=``,
-or ``X-Real-IP``); that client is then judged like a direct one. Without keys a browser on the
+or ``X-Real-IP``): that address is the client's for fair shares and logs, but a client that
+came through a proxy is never the operator, and neither is a request from a trusted proxy's
+address that names no client (a plain ``proxy_pass``). Without keys a browser on the
 box must not be a way in either: a page of another site can send a simple POST (no preflight)
 to 127.0.0.1, and DNS rebinding makes a foreign name resolve to it, so the ``Host`` must be a
 name of this box and any ``Origin``/``Sec-Fetch-Site`` must say "this site".
 """
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
@@ -23,12 +26,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True)
 class Client:
-    address: str       # the client's address: the peer, or what a trusted proxy says
-    known: bool = True  # False: it came through a proxy lkn does not trust (never "local")
+    address: str         # the client's address: the peer, or what a trusted proxy says
+    direct: bool = True  # nothing stood between: no proxy header, no trusted proxy as peer
 
     @property
     def local(self) -> bool:
-        return self.known and is_loopback(self.address)
+        """The operator's seat (without admin keys): a direct loopback peer. A client a proxy
+        names is never local — what a proxy passes on, its client may have written."""
+        return self.direct and is_loopback(self.address)
 
 
 def ip_of(text: str | None) -> IPAddress | None:
@@ -58,13 +63,22 @@ def in_networks(address: IPAddress | None, networks: Iterable[str]) -> bool:
         address in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
+def _all(headers: Mapping[str, str], name: str) -> str:
+    """Every line of a header, joined as one list (a proxy may append a line of its own
+    after the client's)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return ",".join(getall(name, ()))
+    return headers.get(name, "")
+
+
 def _forwarded_chain(headers: Mapping[str, str]) -> list[str]:
     """The addresses a request passed, the client first: X-Forwarded-For, else the ``for=``
     of Forwarded (RFC 7239), else X-Real-IP."""
-    xff = headers.get("X-Forwarded-For")
+    xff = _all(headers, "X-Forwarded-For")
     if xff:
         return [part.strip() for part in xff.split(",")]
-    forwarded = headers.get("Forwarded")
+    forwarded = _all(headers, "Forwarded")
     if forwarded:
         return [pair.split("=", 1)[1] for element in forwarded.split(",")
                 for pair in (p.strip() for p in element.split(";"))
@@ -75,31 +89,32 @@ def _forwarded_chain(headers: Mapping[str, str]) -> list[str]:
 
 def client_of(peer: str | None, headers: Mapping[str, str],
               trusted_proxies: tuple[str, ...]) -> Client:
-    """Who sent a request that arrived from ``peer`` with these headers."""
-    if not any(h in headers for h in PROXY_HEADERS):
-        return Client(peer or "unknown")
-    if not trusted_proxies or not in_networks(ip_of(peer), trusted_proxies):
-        return Client(peer or "unknown", known=False)
-    # From the right: each hop a trusted proxy added, until the first one it did not vouch
-    # for; when every hop is a trusted address, the first is the client (on a proxy's host).
+    """Who sent a request that arrived from ``peer`` with these headers. Only a peer in
+    ``trusted_proxies`` is believed about its client (the rightmost hop it and its fellow
+    proxies did not add); a trusted proxy that names nobody (a plain ``proxy_pass``) stands
+    for an unknown client, never for itself."""
+    peer = peer or "unknown"
+    proxied = any(h in headers for h in PROXY_HEADERS)
+    trusted = bool(trusted_proxies) and in_networks(ip_of(peer), trusted_proxies)
+    if not proxied or not trusted:
+        return Client(peer, direct=not proxied and not trusted)
     address = None
     for hop in reversed(_forwarded_chain(headers)):
         address = ip_of(hop)
-        if address is None:
-            return Client(peer or "unknown", known=False)
-        if not in_networks(address, trusted_proxies):
+        if address is None or not in_networks(address, trusted_proxies):
             break
-    if address is None:
-        return Client(peer or "unknown", known=False)
-    return Client(str(address))
+    return Client(str(address) if address is not None else peer, direct=False)
 
 
 @lru_cache(maxsize=8)
-def box_names(listen: tuple[str, ...], cors_origins: tuple[str, ...]) -> frozenset[str]:
-    """The names a browser may use for this box: localhost, its host name, the names lkn
-    listens on, and the hosts of the allowed CORS origins (addresses are always fine: DNS
+def box_names(listen: tuple[str, ...], cors_origins: tuple[str, ...],
+              allowed_hosts: tuple[str, ...] = ()) -> frozenset[str]:
+    """The names a request may use for this box: localhost, its host name (and its mDNS
+    ``.local`` name), ``allowed_hosts`` (lowercase; ``*.lan``-style patterns allowed), the names
+    lkn listens on, and the hosts of the allowed CORS origins (addresses are always fine: DNS
     rebinding needs a name)."""
-    names = {"localhost", socket.gethostname().lower()}
+    hostname = socket.gethostname().lower()
+    names = {"localhost", hostname, hostname + ".local", *allowed_hosts}
     names.update(a.rsplit(":", 1)[0].strip("[]").lower() for a in listen)
     names.update(o.split("://", 1)[-1].rsplit(":", 1)[0].lower() for o in cors_origins)
     return frozenset(names)
@@ -119,7 +134,8 @@ def host_allowed(host: str, names: frozenset[str], *, loopback_only: bool = Fals
     name = host_name(host)
     if loopback_only:
         return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
-    return ip_of(name) is not None or name in names or name.endswith(".localhost")
+    return ip_of(name) is not None or name in names or name.endswith(".localhost") or any(
+        "*" in pattern and fnmatch.fnmatchcase(name, pattern) for pattern in names)
 
 
 def same_site(host: str, origin: str | None, fetch_site: str | None,

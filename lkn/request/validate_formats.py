@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lkn.config import ModelConfig
 from lkn.errors import BadRequest
 from lkn.relay.thinking import CHANNELS, EFFORTS
 
@@ -152,6 +153,13 @@ def check_reasoning_fields(body: dict[str, Any]) -> None:
 # ("upstream", config "remote") fetches from its own network: its URLs pass.
 LOCAL_ENGINES = ("llamacpp", "sglang", "command")
 MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # SGLang takes all three
+
+
+def media_engine(model: ModelConfig) -> str:
+    """The engine kind a model's media URLs are judged by: a model whose backends include a
+    local engine is local (the balancer's pick must not decide whether a request is valid)."""
+    kinds = [m.engine for m in model.engine_models]
+    return next((k for k in kinds if k in LOCAL_ENGINES), kinds[0] if kinds else model.engine)
 
 
 def check_media_urls(body: dict[str, Any], engine: str) -> None:
