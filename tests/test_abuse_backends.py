@@ -1,7 +1,8 @@
 """Issue 20, items 1 and 6 and the URLs in errors: runtime backends held to the trust boundary
 (``server.runtime_upstreams``, the file's own ``api_key_env``s, never a metadata address), the
 response cache partitioned per key with fresh ids and nothing stored that a probe did not gate,
-and userinfo never shown. Each test fails without its fix."""
+userinfo never shown, and an upstream's redirect never followed. Each test fails without its
+fix."""
 from __future__ import annotations
 
 import json
@@ -120,6 +121,45 @@ class Recorder:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Redirector:
+    """An upstream that answers 302 to the same path on ``target`` for ``method`` (GET: its
+    health check, POST: a chat request) and 200 to anything else."""
+
+    def __init__(self, target: str, method: str) -> None:
+        hits = self.hits = []  # type: list[tuple[str, str]]
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                hits.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                raw = json.dumps({"object": "list", "data": []}).encode()
+                if self.command == method:
+                    self.send_response(302)
+                    self.send_header("Location", target + self.path.removeprefix("/v1"))
+                    raw = b""
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -267,6 +307,28 @@ def test_runtime_backend_url_with_userinfo_is_refused_without_echoing_it(
     assert "hunter2" not in r.text
     chat(gw, 2)
     assert target.hits == []
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])  # its health check, a chat request
+def test_an_upstream_redirect_is_never_followed(tmp_path: Path, gateway_factory: Any,
+                                               recorders: Any, method: str) -> None:
+    target = recorders()  # where a hostile upstream points lkn (a metadata address, say)
+    redirector = Redirector(target.url, method)
+    try:
+        gw = gateway_factory(write_config(tmp_path, f"""
+server = {{ log_dir = {lua_str(str(tmp_path / 'logs'))} }}
+models = {{ {{ name = "up", upstream = {{ url = {lua_str(redirector.url)} }} }} }}
+"""))
+        r = http("POST", gw.base_url + "/v1/chat/completions",
+                 json.dumps({"model": "up", "messages": MSG}))
+        assert r.status_code in (502, 503), r.text  # lkn's error, never the redirect
+        assert r.json()["error"]["source"] == "lkn"
+        assert "location" not in {k.lower() for k in r.headers}
+        assert (method, "/v1/models" if method == "GET" else "/v1/chat/completions") \
+            in redirector.hits
+        assert target.hits == []
+    finally:
+        redirector.close()
 
 
 # ------------------------------------------------------------------ URLs in errors

@@ -23,10 +23,12 @@ from lkn.config import ModelConfig, UpstreamConfig, VariantConfig
 from lkn.engines.base import EngineRequestError
 from lkn.engines.child_env import engine_env, upstream_key_names
 from lkn.engines.command import CommandEngine
+from lkn.engines.footprint import parse_footprint
 from lkn.engines.gpu import GpuMonitor
-from lkn.engines.llamacpp import LlamaCppEngine
+from lkn.engines.llamacpp import LlamaCppEngine, kept_after_ready
 from lkn.engines.logs import LogRing, redact_argv
 from lkn.engines.process import EngineProcess, PortPool, State
+from lkn.fleet.processes import ProcessMaker
 from tests.conftest import (FAKE_LLAMA, FAKE_SGLANG, free_port, http, lua_str, make_wrapper,
                             smollm2_path, write_config)
 from tests.fakes.hf_model import make_hf_model_dir
@@ -86,7 +88,7 @@ def test_a_debug_level_engine_logs_no_prompt(tmp_path: Path, fake_binary: str,
     row = engine_row(gw.base_url)
     log_text = Path(row["log"]).read_text()
     assert " -lv 4 " in log_text  # it was the debug-level start
-    assert "no output kept" in log_text
+    assert "only I/W/E lines kept" in log_text
     assert_marker_nowhere(tmp_path / "logs", gw.base_url, row["engine"])
 
 
@@ -99,6 +101,67 @@ def test_real_footprint_run_logs_no_prompt(tmp_path: Path, gateway_factory: Any)
     assert row["vram_measured_mb"]  # the footprint was learned from this very start
     assert " -lv 4 " in Path(row["log"]).read_text()
     assert_marker_nowhere(tmp_path / "logs", gw.base_url, row["engine"])
+
+
+# The pinned llama-server at -lv 4 --log-prefix (SmolLM2-135M Q4_1, CPU), lines as it printed them
+PREFIXED_REPORT = [
+    "0.00.259.458 I load_tensors:   CPU_Mapped model buffer size =    92.10 MiB",
+    "0.00.261.764 I llama_context:        CPU  output buffer size =     0.75 MiB",
+    "0.00.261.901 I llama_kv_cache:        CPU KV buffer size =    11.25 MiB",
+    "0.00.276.029 I sched_reserve:        CPU compute buffer size =    15.14 MiB",
+]
+
+
+@pytest.mark.parametrize("line, kept", [
+    ("0.00.333.816 I srv  llama_server: listening on http://127.0.0.1:18931\n", True),
+    ("0.00.007.270 W srv  llama_server: security: no API key is set\n", True),
+    ("0.12.004.101 E srv    send_error: task id = 0, error: CUDA error: out of memory\n", True),
+    (PREFIXED_REPORT[0], True),
+    ("0.05.013.570 D srv  log_server_r: request: {\"messages\": ...}\n", False),
+    ("\trepeat_last_n = 64, repeat_penalty = 1.000\n", False),  # a continuation line
+    ("<|im_start|>user\n", False),
+    ("I need help with my taxes\n", False),  # a prompt's line: no time, no level
+    ("E = mc2\n", False),
+    ("0.05.013.570 X srv  something\n", False),
+    ("warning: no usable GPU found\n", False),
+    ("", False),
+])
+def test_after_ready_a_debug_start_keeps_only_normal_level_lines(line: str, kept: bool) -> None:
+    assert kept_after_ready(line) is kept
+
+
+def test_the_footprint_is_read_from_prefixed_lines() -> None:
+    footprint = parse_footprint(PREFIXED_REPORT)
+    assert footprint is not None
+    assert footprint.buffers == {"CPU_Mapped": {"model": 92.1},
+                                 "CPU": {"output": 0.75, "KV": 11.25, "compute": 15.14}}
+
+
+async def test_a_debug_start_keeps_its_errors_after_ready_not_its_debug_lines(
+        fake_binary: str) -> None:
+    """After ready, a footprint start's debug lines (a request body, a prompt on continuation
+    lines) are dropped; its errors and warnings stay, for the crash or OOM that follows."""
+    model = ModelConfig(name="m", engine="llamacpp", binary=fake_binary, variants=(
+        VariantConfig(512, "/nonexistent.gguf", 0, args=("--fake-debug-bodies",)),))
+    client = LlamaCppEngine(model, model.variants[0])
+    client.learn_footprint = True
+    port = free_port()
+    async with aiohttp.ClientSession() as session:
+        proc = EngineProcess(client, ports=PortPool(port, port + 20), session=session,
+                             start_timeout_s=20, stop_grace_s=2)
+        await proc.ensure_ready()
+        try:
+            for body in (CHAT, {**CHAT, "fake_error_status": 500}):
+                async with session.post(proc.base_url + "/v1/chat/completions", json=body,
+                                        headers=client.headers()) as resp:
+                    await resp.read()
+        finally:
+            await proc.stop()
+    log = proc.logs.tail(400)
+    assert "--log-prefix" in log and " -lv 4 " in log
+    assert MARKER not in log and "log_server_r" not in log and "formatted prompt" not in log
+    assert "a debug-level start: only I/W/E lines kept after it" in log
+    assert "injected engine error 500" in log and "fake: SIGTERM, exiting" in log
 
 
 def test_engine_logs_are_private(tmp_path: Path) -> None:
@@ -314,6 +377,32 @@ def test_spawned_engine_sees_no_upstream_key(tmp_path: Path, fake_binary: str,
     assert env["PATH"] == os.environ["PATH"]
 
 
+async def test_a_restart_after_a_reload_withholds_the_upstream_keys_it_added(
+        tmp_path: Path, fake_binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process kept across a reload that adds an upstream whose key's name the allow-list
+    passes (HF_*): the engine's next start does not inherit that key."""
+    monkeypatch.setenv("HF_TOKEN_UPSTREAM", "added-by-the-reload")
+    dump = tmp_path / "env.json"
+    remote = ('{ name = "remote", upstream = { url = "http://127.0.0.1:9/v1", '
+              'api_key_env = "HF_TOKEN_UPSTREAM" } },')
+    configs = [gateway_config(tmp_path, fake_binary, "/nonexistent.gguf", "--fake-env-dump",
+                              str(dump), extra_models=extra) for extra in ("", remote)]
+    in_force = configs[0]
+    model = in_force.models[0]
+    port = free_port()
+    async with aiohttp.ClientSession() as session:
+        maker = ProcessMaker(config=lambda: in_force, session=session,
+                             ports=PortPool(port, port + 20))
+        proc = maker(LlamaCppEngine(model, model.variants[0]), lambda p, old: None)
+        await proc.ensure_ready()
+        await proc.stop()
+        assert json.loads(dump.read_text())["HF_TOKEN_UPSTREAM"] == "added-by-the-reload"
+        in_force = configs[1]  # the reload
+        await proc.ensure_ready()
+        await proc.stop()
+    assert "HF_TOKEN_UPSTREAM" not in json.loads(dump.read_text())
+
+
 async def test_a_refused_health_check_is_not_my_engine(fake_binary: str) -> None:
     """Another llama-server (another lkn's engine) holds the port lkn picked: its /health
     says 200, but it refuses this start's key. lkn never takes it for its own engine: a port
@@ -385,3 +474,16 @@ async def test_hung_nvidia_smi_is_killed_and_reaped(tmp_path: Path) -> None:
     assert await gpu.used_mb() is None
     pid = int(pidfile.read_text())
     assert not psutil.pid_exists(pid)  # killed, and reaped: not even a zombie is left
+
+
+def test_an_engine_key_never_looks_like_a_flag() -> None:
+    """SGLang takes the key as ``--api-key KEY``: one starting with "-" was read as a flag
+    (argparse's exit status 2), one start in 64 with urlsafe keys."""
+    from lkn.engines.sglang import SGLangEngine
+    model = ModelConfig(name="sg", engine="sglang",
+                        variants=(VariantConfig(4096, "/models/hf", 999),))
+    client = SGLangEngine(model, model.variants[0])
+    for _ in range(2000):
+        client.new_engine_key()
+        argv = client.launch_argv(30000)
+        assert argv[argv.index("--api-key") + 1][0] != "-"

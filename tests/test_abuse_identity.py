@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
 import psutil
 import pytest
 
@@ -27,6 +28,7 @@ from lkn.engines.process import EngineProcess, PortPool, State
 from lkn.engines.registry import TAG_ENV, EngineRegistry, sweep, write_private
 from lkn.engines.staleness import (Action, EngineEntry, Facts, StateRecord, decide, dir_problem,
                                    file_problem, parse_record)
+from tests.conftest import free_port
 
 BOOT = "boot-a"
 SLEEP = ("sleep", "60")
@@ -401,6 +403,39 @@ async def test_without_the_group_flag_a_reaped_leader_s_group_gets_captured_hand
     tree.signal_group(signal.SIGKILL)
     assert killpg_calls == []
     assert await _dies(child)
+
+
+async def test_without_the_group_flag_a_crashed_engine_s_children_die(
+        tmp_path: Path, fake_binary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crash path on a kernel before 6.9: the leader is killed from outside and reaped by
+    the child watcher, and nobody stopped it to capture its tree then. Its children (SGLang's
+    scheduler and detokenizer, holding VRAM) die all the same: captured while it ran."""
+    monkeypatch.setattr("lkn.engines.proctree.PIDFD_SIGNAL_PROCESS_GROUP", 1 << 30)  # EINVAL
+    killpg_calls: list[int] = []
+    monkeypatch.setattr("lkn.engines.proctree.os.killpg",
+                        lambda pgid, sig: killpg_calls.append(pgid))
+    monkeypatch.chdir(tmp_path)  # where the fake writes its children's pids (fake.children)
+    model = ModelConfig(name="fake", engine="llamacpp", binary=fake_binary, variants=(
+        VariantConfig(512, "/nonexistent.gguf", 0, args=("--fake-children", "2")),))
+    port = free_port()
+    async with aiohttp.ClientSession() as session:
+        engine = EngineProcess(LlamaCppEngine(model, model.variants[0]),
+                               ports=PortPool(port, port + 20), session=session,
+                               start_timeout_s=20, stop_grace_s=2)
+        await engine.ensure_ready()
+        kids = [int(pid) for pid in (tmp_path / "fake.children").read_text().split()]
+        try:
+            await asyncio.sleep(0.2)  # it runs a moment before it crashes
+            assert engine.pid is not None
+            os.kill(engine.pid, signal.SIGKILL)  # lkn's own child, not reaped: a crash
+            deadline = time.monotonic() + 10
+            while engine.state is not State.FAILED and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert engine.state is State.FAILED, engine.state
+            assert killpg_calls == []  # not by the group's id: the leader was reaped
+            assert all([await _dies(kid) for kid in kids])
+        finally:
+            await engine.stop()
 
 
 async def _dies(pid: int, timeout_s: float = 5.0) -> bool:

@@ -3,7 +3,7 @@ item 3 and the image_url finding). Each test fails without its fix.
 
 The engine is a small aiohttp server (``ENGINE``, run as a ``command`` engine with parallel 1)
 whose answer the prompt picks: a fast stream of large chunks, an event with no end, a body far
-larger than lkn reads, a body that claims to be larger, or a short answer."""
+larger than lkn reads, a body that claims to be larger, a short answer late, or at once."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +11,7 @@ import json
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from lkn.engines import limits
 from lkn.engines.limits import UpstreamTooLarge, read_limited
 from lkn.errors import BadRequest
 from lkn.relay.client_write import ClientWriter, WriteDeadline
+from lkn.request import loading
 from lkn.request.validate_formats import check_media_urls
 from lkn.sse import EventSplitter, EventTooLarge, SSEParser
 from tests.conftest import Gateway, http, lua_str, write_config
@@ -63,11 +66,11 @@ async def chat(request):
             await resp.write(b"y" * 65536)
         await asyncio.sleep(30)
         return resp
-    if prompt == "huge-body":  # 65 MiB, chunked: no length to refuse it by
+    if prompt == "huge-body":  # 40 MiB, chunked: no length to refuse it by
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for _ in range(65):
+        for _ in range(40):
             await resp.write(b" " * (1024 * 1024))
         await resp.write(json.dumps(ANSWER).encode())
         return resp
@@ -82,6 +85,8 @@ async def chat(request):
         answer = dict(ANSWER, choices=[{"index": 0, "message": {"role": "assistant",
                       "content": "z" * (24 * 1024 * 1024)}, "finish_reason": "stop"}])
         return web.json_response(answer)
+    if prompt == "slow":  # holds the engine's one slot a while
+        await asyncio.sleep(6)
     if body.get("stream"):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -178,6 +183,48 @@ def test_a_client_that_stops_reading_a_whole_answer_is_dropped(gw: Gateway) -> N
         sock.close()
 
 
+def test_a_client_that_stops_reading_while_it_waits_gives_its_turn_back(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "INTERVAL_S", 0.0)  # progress without pause: buffers fill
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(_chat, gw, "slow", timeout=30)  # the one slot, for 6 s
+        assert _wait_for(lambda: gw.call(gw.manager.in_flight) == 1, 10)
+        sock = _stalled_client(gw, "hi", stream=True)  # queued behind it, never reads
+        try:
+            assert _wait_for(lambda: _stalls(gw) == 1, 20), "the waiting client was never dropped"
+            assert busy.result().status_code == 200
+            # parallel = 1: served only if the dropped client's turn (or lease) went back
+            answer = _chat(gw, "hi", timeout=25)
+            assert answer.status_code == 200, answer.text
+            assert gw.call(gw.manager.in_flight) == 0
+        finally:
+            sock.close()
+
+
+def test_an_admin_follower_that_stops_reading_is_dropped(gw: Gateway) -> None:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(b"GET /admin/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    bus = gw.state.bus
+    padding = "x" * 4096
+
+    def flood() -> None:  # 2 MiB of events for a follower that takes none
+        for _ in range(512):
+            bus.publish("request", padding=padding)
+    try:
+        assert _wait_for(lambda: bus.subscribers == 1, 10)
+        # stream_idle_timeout_s = 1: dropped once its buffers are full and a write waited 1 s
+        assert _wait_for(lambda: gw.call(flood) is None and bus.subscribers == 0, 30), \
+            "the stalled follower was never dropped"
+        sock.settimeout(5)
+        with pytest.raises(ConnectionResetError):  # aborted: a reset, not a clean end
+            while sock.recv(1 << 20):
+                pass
+    finally:
+        sock.close()
+
+
 # ----------------------------------------------------------------- upstream data without end
 def test_an_upstream_event_without_end_fails_the_stream_cleanly(gw: Gateway) -> None:
     answer = _chat(gw, "long-line", stream=True)
@@ -189,6 +236,13 @@ def test_an_upstream_event_without_end_fails_the_stream_cleanly(gw: Gateway) -> 
     assert _chat(gw, "hi").status_code == 200  # the lease went back
 
 
+@pytest.fixture
+def small_body_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 MiB for a whole answer: the tests send a little over it, not over the real limit."""
+    monkeypatch.setattr(limits, "MAX_UPSTREAM_BODY", 32 * MiB)
+
+
+@pytest.mark.usefixtures("small_body_limit")
 def test_an_upstream_body_over_the_limit_is_a_502(gw: Gateway) -> None:
     answer = _chat(gw, "huge-body")
     assert answer.status_code == 502
@@ -198,6 +252,7 @@ def test_an_upstream_body_over_the_limit_is_a_502(gw: Gateway) -> None:
     assert _chat(gw, "hi").status_code == 200
 
 
+@pytest.mark.usefixtures("small_body_limit")
 def test_an_upstream_body_that_claims_to_be_too_large_is_refused_at_once(gw: Gateway) -> None:
     answer = _chat(gw, "claims-huge")  # not after the engine's 30 s of silence
     assert answer.status_code == 502 and answer.json()["error"]["source"] == "lkn"
@@ -332,3 +387,14 @@ async def test_a_write_that_cannot_block_needs_no_timer(
     writer = ClientWriter(Response(), Transport(), WriteDeadline(1.0))  # type: ignore[arg-type]
     await writer.write(b"x" * size)
     assert timeouts == ([1.0] if timed else [])
+
+
+def test_a_model_with_any_local_backend_takes_no_media_urls(tmp_path: Path) -> None:
+    """The balancer's pick must not decide whether a request is valid (#20 review)."""
+    from lkn.request.validate_formats import media_engine
+    cfg = write_config(tmp_path, """models = {
+      { name = "r", upstream = { url = "http://10.0.0.1/v1" } },
+      { name = "b", backends = { { id = "x", upstream = { url = "http://10.0.0.2/v1" } },
+                                 { id = "y", model_file = "/x.gguf", ctx_size = 512 } } },
+      { name = "l", model_file = "/x.gguf", ctx_size = 512 } }""")
+    assert [media_engine(m) for m in cfg.models] == ["remote", "llamacpp", "llamacpp"]

@@ -114,8 +114,16 @@ class EngineClient(ABC):
 
     def debug_start(self) -> bool:
         """Whether ``launch_argv`` raised the engine's log level (e.g. for ``learn_footprint``):
-        debug output may carry prompts and answers, so once the engine is ready none of its
-        output is kept (see ``EngineProcess._drain``)."""
+        debug output may carry prompts and answers, so once the engine is ready only the lines
+        ``kept_after_ready`` passes are kept (see ``EngineProcess._drain``)."""
+        return False
+
+    # What the log says a debug-level start keeps after ready (see ``kept_after_ready``).
+    debug_kept = "no output kept"
+
+    def kept_after_ready(self, line: str) -> bool:
+        """Whether a line a debug-level start prints after ready is kept: only one the engine
+        would print at its normal level too. By default none (nothing tells them apart)."""
         return False
 
     def footprint(self, report: list[str]) -> Footprint | None:
@@ -124,8 +132,9 @@ class EngineClient(ABC):
 
     def new_engine_key(self) -> None:
         """A fresh random key for the next start (called before ``launch_argv`` and ``env``);
-        every call lkn makes to the engine carries it (``headers``)."""
-        self.engine_key = secrets.token_urlsafe(32) if self.takes_engine_key else None
+        every call lkn makes to the engine carries it (``headers``). Hex: a key that began
+        with "-" (as a urlsafe one may) would read as a flag on SGLang's command line."""
+        self.engine_key = secrets.token_hex(32) if self.takes_engine_key else None
 
     def env(self, withheld: frozenset[str] = frozenset()) -> dict[str, str]:
         """The child's environment: allow-listed (see ``child_env``), never a name in
@@ -143,7 +152,7 @@ class EngineClient(ABC):
         any other server on the port would pass the health check too."""
         if not health.ready or self.engine_key is None:
             return health
-        async with session.get(url, headers=self.headers(),
+        async with session.get(url, headers=self.headers(), allow_redirects=False,
                                timeout=aiohttp.ClientTimeout(total=5)) as resp:
             await read_limited(resp)
             return Readiness(resp.status == 200, f"{health.detail}; key check HTTP "
@@ -174,14 +183,16 @@ class EngineClient(ABC):
         data = encode(payload)
         sent = time.monotonic()
         try:
-            resp = await session.post(url, data=data, headers=headers, timeout=timeout)
+            resp = await session.post(url, data=data, headers=headers, timeout=timeout,
+                                      allow_redirects=False)
         except aiohttp.ServerDisconnectedError:
             if time.monotonic() - sent > RECONNECT_WINDOW_S:
                 raise  # the engine had the request and died on it: never run it twice
             # The engine closed a pooled keep-alive connection just as it was reused
             # (llama-server drops idle ones after ~5 s): it saw no request. Once more, on a
             # fresh connection.
-            resp = await session.post(url, data=data, headers=headers, timeout=timeout)
+            resp = await session.post(url, data=data, headers=headers, timeout=timeout,
+                                      allow_redirects=False)
         if resp.status in REFUSED and self.engine_key is not None:
             # lkn's engine never refuses lkn: another server took the port (the engine died);
             # its answer is not relayed.
@@ -338,7 +349,7 @@ async def openai_probe(session: aiohttp.ClientSession, url: str, payload: dict[s
         payload["top_logprobs"] = top_k
     else:
         payload["logprobs"] = top_k  # integer logprobs on /v1/completions = n_probs
-    async with session.post(url, json=payload, headers=headers,
+    async with session.post(url, json=payload, headers=headers, allow_redirects=False,
                             timeout=PROBE_TIMEOUT) as resp:
         data = await read_json(resp)
     try:

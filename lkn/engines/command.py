@@ -45,7 +45,7 @@ class CommandEngine(EngineClient):
 
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         async with session.get(base_url + self.model.health_path, headers=self.headers(),
-                               timeout=CHECK_TIMEOUT) as resp:
+                               allow_redirects=False, timeout=CHECK_TIMEOUT) as resp:
             await read_limited(resp)
             return readiness(resp.status, f"HTTP {resp.status}")
 

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import aiohttp
 
-MAX_UPSTREAM_BODY = 64 * 1024 * 1024  # one whole answer (JSON); embeddings of many inputs fit
+# The most lkn holds in memory for one whole answer (JSON) while it reads it: each request in
+# flight may hold this much. Large enough for an OpenAI-sized embeddings batch (2048 inputs of
+# 4096 dimensions as JSON floats, ~92 MB).
+MAX_UPSTREAM_BODY = 256 * 1024 * 1024
 
 
 class UpstreamTooLarge(aiohttp.ClientPayloadError):
     """An answer larger than lkn reads; its connection is closed."""
 
 
-async def read_limited(resp: aiohttp.ClientResponse, limit: int = MAX_UPSTREAM_BODY) -> bytes:
-    """The whole body of ``resp``, like ``resp.read()``, but never more than ``limit`` bytes:
-    beyond, the connection is closed and ``UpstreamTooLarge`` raised."""
+async def read_limited(resp: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+    """The whole body of ``resp``, like ``resp.read()``, but never more than ``limit`` bytes
+    (``MAX_UPSTREAM_BODY`` as it is at the call): beyond, the connection is closed and
+    ``UpstreamTooLarge`` raised."""
+    if limit is None:
+        limit = MAX_UPSTREAM_BODY
     length = resp.content_length
     if length is not None and length > limit:
         resp.close()

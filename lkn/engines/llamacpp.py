@@ -10,6 +10,7 @@ Facts that shape it (llama.cpp as of late 2026):
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from typing import Any
 
@@ -21,6 +22,18 @@ from lkn.engines.base import (EngineClient, EngineRequestError, ProbeResult, Rea
 from lkn.engines.footprint import REPORT_MARKER, Footprint, parse_footprint
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+# A line of a ``--log-prefix --log-timestamps`` start: "0.00.001.361 I srv  llama_server: ..."
+# (the time, then the level D/I/W/E). A multi-line message's continuation lines carry no
+# prefix. The time is required: a prompt's line may well begin with "I ".
+_NORMAL_LEVEL = re.compile(r"\d+\.\d{2}\.\d{3}\.\d{3} [IWE] ")
+
+
+def kept_after_ready(line: str) -> bool:
+    """Whether a line of a debug-level (``-lv 4``, prefixed) start is one a normal-level
+    start prints too (info, warning, error: a CUDA OOM, an assert, a crash trace), and so is
+    kept after ready. Debug lines, and every unprefixed continuation line, may carry a
+    request's text: dropped."""
+    return _NORMAL_LEVEL.match(line) is not None
 
 
 def default_binary() -> str:
@@ -75,13 +88,20 @@ class LlamaCppEngine(EngineClient):
             return argv
         # Before the variant's own args: a verbosity the operator chose there still wins.
         at = len(argv) - len(self.variant.args)
-        return argv[:at] + ["-lv", "4"] + argv[at:]
+        return argv[:at] + ["--log-prefix", "--log-timestamps", "-lv", "4"] + argv[at:]
 
     def debug_start(self) -> bool:
         # Measured (SmolLM2-135M, CPU): -lv 4 adds no start time, ~180 lines at start and ~30
-        # per request. Keeping only what it says before ready (the footprint lines come then)
-        # costs nothing; a throw-away measuring start would cost a whole second model load.
+        # per request. Keeping what it says before ready (the footprint lines come then), and
+        # after it only what a normal level prints too (``kept_after_ready``), costs nothing; a
+        # throw-away measuring start would cost a whole second model load.
         return self.learn_footprint
+
+    # With --log-prefix each line says its level: the lines a normal-level start prints stay.
+    debug_kept = "only I/W/E lines kept"
+
+    def kept_after_ready(self, line: str) -> bool:
+        return kept_after_ready(line)
 
     def footprint(self, report: list[str]) -> Footprint | None:
         return parse_footprint(report)

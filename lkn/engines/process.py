@@ -27,8 +27,8 @@ import aiohttp
 from lkn.engines.base import EngineClient
 from lkn.engines.handle import StateCallback
 from lkn.engines.logs import LogRing, redact_argv
-from lkn.engines.proctree import (PortError, PortPool, die_with_parent, kill_survivors,
-                                  running, track, tree_of, wait_exit)
+from lkn.engines.proctree import (CAPTURE_S, PortError, PortPool, die_with_parent, kill_survivors,
+                                  running, track, tree_of, wait_exit, watch_exit)
 from lkn.engines.registry import TAG_ENV, EngineRegistry, kill_tree_of
 from lkn.engines.states import TRANSITIONS, State, is_legal
 
@@ -70,7 +70,7 @@ class EngineProcess:
                  spawn: Spawn = asyncio.create_subprocess_exec,
                  registry: EngineRegistry | None = None,
                  log_max_bytes: int = 0, log_keep: int = 3,
-                 withheld_env: frozenset[str] = frozenset(),
+                 withheld_env: Callable[[], frozenset[str]] = frozenset,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.key = client.key
@@ -83,7 +83,7 @@ class EngineProcess:
         self._on_change = on_change
         self._spawn = spawn
         self._registry = registry
-        self._withheld_env = withheld_env  # never in the engine's environment (upstream keys)
+        self._withheld_env = withheld_env  # the config's upstream keys, read at each spawn
         self._tag: str | None = None
         self._clock = clock
         self._lock = asyncio.Lock()
@@ -177,7 +177,7 @@ class EngineProcess:
         self.logs.mark(START_MARK + " ".join(redact_argv(argv)))
         self.started_at = self._clock()
         self._set_state(State.STARTING)
-        env = self.client.env(self._withheld_env)
+        env = self.client.env(self._withheld_env())
         self._tag = self._registry.new_tag() if self._registry is not None else None
         if self._tag is not None:
             env[TAG_ENV] = self._tag  # inherited by the whole tree: found and killed by it
@@ -196,8 +196,7 @@ class EngineProcess:
         track(self.proc)  # held by identity from now on: no signal reaches a recycled pid
         if self._registry is not None and self._tag is not None:
             self._registry.add(self._tag, self.proc.pid, self.key)
-        self._drain_task = asyncio.create_task(self._drain(self.proc,
-                                                           self.client.debug_start()))
+        self._drain_task = asyncio.create_task(self._drain(self.proc, self.client.debug_start()))
         try:
             await self._wait_healthy()
             await self.client.on_ready(self._session, self.base_url)
@@ -250,6 +249,7 @@ class EngineProcess:
             if self.proc.returncode is not None:
                 raise EngineStartError(f"engine exited with code {self.proc.returncode} "
                                        f"before it was ready")
+            tree_of(self.proc).capture(every_s=CAPTURE_S)  # its children, should it crash
             try:
                 ready = await self.client.check_ready(self._session, self.base_url)
                 if ready.refused and self.client.engine_key:  # another server's port
@@ -272,10 +272,10 @@ class EngineProcess:
 
     async def _drain(self, proc: asyncio.subprocess.Process, debug: bool = False) -> None:
         """The child's output into the log ring. ``debug`` (a debug-level start: its output may
-        carry prompts): nothing said after the start is kept (no request came before it)."""
+        carry prompts): after the start, only lines a normal level prints too (kept_after_ready)."""
         assert proc.stdout is not None
         markers, reports = self.client.ready_markers, self.client.report_markers
-        withheld = 0
+        after_start = False
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -284,12 +284,13 @@ class EngineProcess:
                 line = await proc.stdout.read(65536)
             if not line:
                 return
-            if debug and (self.proc is not proc or self.state is not State.STARTING):
-                if not withheld:
-                    self.logs.mark("a debug-level start: no output kept after it")
-                withheld += 1
-                continue
             text = line.decode("utf-8", "replace")
+            if debug and (self.proc is not proc or self.state is not State.STARTING):
+                if not after_start:
+                    after_start = True
+                    self.logs.mark(f"a debug-level start: {self.client.debug_kept} after it")
+                if not self.client.kept_after_ready(text):
+                    continue
             self.logs.append(text)
             if self.state is not State.STARTING:
                 continue
@@ -308,7 +309,7 @@ class EngineProcess:
                 self._set_state(State.FAILED, self.last_error)
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
-        code = await wait_exit(proc)
+        code = await watch_exit(proc)  # its tree captured meanwhile, for _kill_tree
         async with self._lock:
             if self.proc is not proc or self.state not in (State.READY, State.ASLEEP):
                 return  # a stop we asked for

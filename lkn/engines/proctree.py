@@ -18,6 +18,7 @@ from typing import Any, Callable
 import psutil
 
 EXIT_POLL_S = 0.25    # how soon a leader's exit is noticed (see wait_exit)
+CAPTURE_S = 1.0       # how often a live tree's members are captured (see ProcTree.capture)
 PR_SET_PDEATHSIG = 1
 PIDFD_SIGNAL_PROCESS_GROUP = 4  # linux/pidfd.h: pidfd_send_signal to the pidfd's group
 
@@ -100,6 +101,18 @@ async def wait_exit(proc: asyncio.subprocess.Process,
             waiter.cancel()
 
 
+async def watch_exit(proc: asyncio.subprocess.Process) -> int:
+    """The leader's exit code once it exited; until then its tree's members are captured every
+    ``CAPTURE_S``: after a crash (the leader reaped as it died) they are what a kernel without
+    the pidfd group signal (Linux < 6.9) still reaches the group's children by."""
+    tree = tree_of(proc)
+    while True:
+        tree.capture()
+        code = await wait_exit(proc, CAPTURE_S)
+        if code is not None:
+            return code
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` is a live process (not gone, not dying, not a zombie to be reaped). A
     look, never a signal: a bare pid is enough for it."""
@@ -125,9 +138,18 @@ class ProcTree:
         if self._fd is not None:
             weakref.finalize(self, os.close, self._fd)
         self._members: dict[int, psutil.Process] = {}
+        self._captured_at: float | None = None
 
-    def capture(self) -> ProcTree:
-        """Remember the leader's descendants as they are now: handles that outlive its reap."""
+    def capture(self, *, every_s: float = 0.0) -> ProcTree:
+        """Remember the leader's descendants as they are now: handles that outlive its reap
+        (a crash's children are found by them, see ``signal_group``). Only once per ``every_s``:
+        each look reads every process of the host."""
+        now = time.monotonic()
+        if self._captured_at is not None and now - self._captured_at < every_s:
+            return self
+        self._captured_at = now
+        # the gone ones forgotten (is_running checks the start time: a reused pid is not theirs)
+        self._members = {pid: p for pid, p in self._members.items() if p.is_running()}
         if self._leader is not None:
             with contextlib.suppress(psutil.Error):
                 for p in self._leader.children(recursive=True):

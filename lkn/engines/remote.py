@@ -129,7 +129,7 @@ class RemoteEngine(EngineClient):
         if not self.upstream.health_path:
             return Readiness(True)
         async with session.get(base_url + self.upstream.health_path, headers=self.headers(),
-                               timeout=CHECK_TIMEOUT) as resp:
+                               allow_redirects=False, timeout=CHECK_TIMEOUT) as resp:
             body = await read_limited(resp)
         if resp.status == 200:
             return Readiness(True)

@@ -103,6 +103,7 @@ class SGLangEngine(EngineClient):
     async def check_ready(self, session: aiohttp.ClientSession, base_url: str) -> Readiness:
         if self._has_ready is not False:
             async with session.get(f"{base_url}/ready", headers=self.headers(),
+                                   allow_redirects=False,
                                    timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 status = resp.status
             # /ready, /health and /metrics need no key (srt/utils/auth.py): any SGLang on the
@@ -115,14 +116,14 @@ class SGLangEngine(EngineClient):
         # Older SGLang: /health runs a 1-token generation; a short timeout never passes.
         timeout = aiohttp.ClientTimeout(total=self.model.health_timeout_s)
         async with session.get(f"{base_url}/health", headers=self.headers(),
-                               timeout=timeout) as resp:
+                               allow_redirects=False, timeout=timeout) as resp:
             health = readiness(resp.status, f"/health {resp.status}")
         return await self.confirm_key(session, f"{base_url}/v1/models", health)
 
     async def on_ready(self, session: aiohttp.ClientSession, base_url: str) -> None:
         try:
             async with session.get(f"{base_url}/server_info", headers=self.headers(),
-                                   timeout=HELPER_TIMEOUT) as resp:
+                                   allow_redirects=False, timeout=HELPER_TIMEOUT) as resp:
                 info = await read_json(resp)
             ctx = info.get("context_length")
             if isinstance(ctx, int) and ctx > 0:
@@ -147,7 +148,7 @@ class SGLangEngine(EngineClient):
                 prompt = max(prompt, key=len)
             payload["prompt"] = prompt if prompt is not None else ""
         async with session.post(f"{base_url}/tokenize", json=payload, headers=self.headers(),
-                                timeout=HELPER_TIMEOUT) as resp:
+                                allow_redirects=False, timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         count = data.get("count") if isinstance(data, dict) else None
         if isinstance(count, list):
@@ -177,7 +178,7 @@ class SGLangEngine(EngineClient):
         payload = {"model": self.served_model_name(), "prompt": text,
                    "add_special_tokens": False}
         async with session.post(f"{base_url}/tokenize", json=payload, headers=self.headers(),
-                                timeout=HELPER_TIMEOUT) as resp:
+                                allow_redirects=False, timeout=HELPER_TIMEOUT) as resp:
             count = (await read_json(resp)).get("count")
         return count if isinstance(count, int) else None
 
@@ -198,7 +199,8 @@ class SGLangEngine(EngineClient):
             payload.pop(key, None)
         payload.update(max_tokens=n_tokens, logprobs=True, top_logprobs=top_k)
         async with session.post(base_url + self.upstream_path("chat"), json=payload,
-                                headers=self.headers(), timeout=HELPER_TIMEOUT) as resp:
+                                headers=self.headers(), allow_redirects=False,
+                                timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         try:
             content = data["choices"][0]["logprobs"]["content"]
@@ -228,7 +230,7 @@ class SGLangEngine(EngineClient):
                                    "return_text_in_logprobs": True, "stream": False}
         payload["input_ids" if _is_token_ids(prompt) else "text"] = prompt
         async with session.post(f"{base_url}/generate", json=payload, headers=self.headers(),
-                                timeout=HELPER_TIMEOUT) as resp:
+                                allow_redirects=False, timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         meta = data.get("meta_info", {}) if isinstance(data, dict) else {}
         tops = meta.get("output_top_logprobs")
@@ -252,7 +254,7 @@ class SGLangEngine(EngineClient):
         skipped is cheap, a release at the wrong time is not."""
         try:
             async with session.get(f"{base_url}/v1/loads", headers=self.headers(),
-                                   timeout=LOADS_TIMEOUT) as resp:
+                                   allow_redirects=False, timeout=LOADS_TIMEOUT) as resp:
                 data = await read_json(resp)
         except (EngineRequestError, aiohttp.ClientError, asyncio.TimeoutError):
             return False
@@ -277,7 +279,8 @@ class SGLangEngine(EngineClient):
         in an unknown state: ``EngineCrashed``."""
         try:
             async with session.post(url, json={"tags": list(MEMORY_TAGS)},
-                                    headers=self.headers(), timeout=MEMORY_TIMEOUT) as resp:
+                                    headers=self.headers(), allow_redirects=False,
+                                    timeout=MEMORY_TIMEOUT) as resp:
                 raw = await read_limited(resp)
                 if resp.status != 200:
                     raise EngineCrashed(f"{url.rsplit('/', 1)[-1]} answered HTTP {resp.status}: "

@@ -72,4 +72,6 @@ class ProcessMaker:
                              on_change=on_change, registry=self.registry, clock=self.clock,
                              log_max_bytes=int(s.log_max_mb * 1024 * 1024),
                              log_keep=s.log_keep,
-                             withheld_env=upstream_key_names(cfg.models), **extra)
+                             # read at each spawn: a reload may add upstream keys
+                             withheld_env=lambda: upstream_key_names(self.config().models),
+                             **extra)

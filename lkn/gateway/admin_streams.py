@@ -2,6 +2,9 @@
 
 Each stream is tracked on the app (``STREAMS``) and cancelled at shutdown, so an operator's
 open ``lkn logs -f`` or dashboard does not hold the exit for the whole drain timeout.
+
+Every write has a deadline (``server.stream_idle_timeout_s``, a ``ClientWriter``): a follower
+that stops reading is dropped, not held with its connection for ever.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from lkn.errors import BadRequest
 from lkn.fleet.records import EngineRecord
 from lkn.gateway.keys import STATE, STREAMS, GatewayState
 from lkn.gateway.params import NotFound, flag, query_number
+from lkn.relay.client_write import ClientWriter, WriteDeadline
 from lkn.sse import frame_json, sse_headers
 
 KEEPALIVE_S = 15.0  # a comment this often keeps proxies from closing a quiet stream
@@ -63,21 +67,21 @@ async def logs(request: web.Request) -> web.StreamResponse:
     # Listening before the headers go out: no line falls between the tail and the follow.
     ring.listeners.add(on_line)
     try:
-        resp = await _open_stream(request)
+        out = await _open_stream(request)
         for line in tail:
-            await resp.write(frame_json({"engine": record.slot_id, "line": line}))
+            await out.write(frame_json({"engine": record.slot_id, "line": line}))
         while True:
             try:
                 line = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
             except asyncio.TimeoutError:
-                await resp.write(KEEPALIVE)
+                await out.write(KEEPALIVE)
                 continue
             if missed:
-                await resp.write(frame_json({"engine": record.slot_id, "dropped": missed}))
+                await out.write(frame_json({"engine": record.slot_id, "dropped": missed}))
                 missed = 0
-            await resp.write(frame_json({"engine": record.slot_id, "line": line}))
+            await out.write(frame_json({"engine": record.slot_id, "line": line}))
     except ConnectionResetError:
-        return resp
+        return out.response
     finally:
         ring.listeners.discard(on_line)
 
@@ -87,19 +91,19 @@ async def events(request: web.Request) -> web.StreamResponse:
     ``history`` ones."""
     state = request.app[STATE]
     history = int(query_number(request, "history", 0, low=0, high=10_000) or 0)
-    resp = await _open_stream(request)
+    out = await _open_stream(request)
     with state.bus.subscribe() as sub:
         try:
             for past in state.bus.recent(limit=history) if history else []:
-                await resp.write(frame_json(past))
+                await out.write(frame_json(past))
             while True:
                 event = await sub.get(KEEPALIVE_S)
-                await resp.write(KEEPALIVE if event is None else frame_json(event))
+                await out.write(KEEPALIVE if event is None else frame_json(event))
         except ConnectionResetError:
-            return resp
+            return out.response
 
 
-async def _open_stream(request: web.Request) -> web.StreamResponse:
+async def _open_stream(request: web.Request) -> ClientWriter:
     resp = web.StreamResponse(headers=sse_headers({}))
     await resp.prepare(request)
     task = asyncio.current_task()
@@ -107,7 +111,9 @@ async def _open_stream(request: web.Request) -> web.StreamResponse:
         streams = request.app[STREAMS]
         streams.add(task)
         task.add_done_callback(streams.discard)
-    return resp
+    deadline = WriteDeadline(request.app[STATE].cfg.server.stream_idle_timeout_s,
+                             f"{request.method} {request.path}")
+    return ClientWriter(resp, request.transport, deadline)
 
 
 async def close_streams(app: web.Application) -> None:

@@ -91,6 +91,9 @@ class Forwarder:
             raise UpstreamError(f"engine {lease.process.key} is unreachable: "
                                 f"{redact_url(str(exc))}") from None
         async with upstream:
+            if 300 <= upstream.status < 400:  # never followed: it could point anywhere
+                raise UpstreamError(f"engine {lease.process.key} answered with a redirect "
+                                    f"(HTTP {upstream.status}), which lkn does not follow")
             if not stream or upstream.status >= 400 \
                     or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
                 try:

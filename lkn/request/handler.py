@@ -38,7 +38,7 @@ from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
 from lkn.request.validate import VALIDATORS, parse_json_object
-from lkn.request.validate_formats import check_media_urls
+from lkn.request.validate_formats import check_media_urls, media_engine
 
 log = logging.getLogger("lkn.request.handler")
 
@@ -97,8 +97,8 @@ class RequestHandler:
         label = "unknown"  # metrics never carry unvalidated client input as a label
         status = 500
         outcome = self.outcome
-        self.stream = stream = OpenStream(request, outcome.headers,
-                                          write_deadline(self.state, self.cfg.server, outcome))
+        deadline = write_deadline(self.state, self.cfg.server, outcome)
+        self.stream = stream = OpenStream(request, outcome.headers, deadline)
         entry = self.state.inflight.add(self.request_id, route)
         try:
             body = parse_json_object(await request.read())
@@ -109,10 +109,10 @@ class RequestHandler:
             outcome.client_key = caller.key
             model = self.cfg.require(body["model"])
             label = entry.model = model.name
-            check_media_urls(body, model.engine)  # before an engine starts for it
+            check_media_urls(body, media_engine(model))  # before an engine starts for it
             if body.get("stream") and route != "embeddings":
                 stream.loading = LoadingFeedback(request, route, model, self.state.manager,
-                                                 outcome.headers)
+                                                 outcome.headers, deadline)
             if route == "embeddings" and not model.embeddings:
                 raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
                                  f"embeddings = true in its config)", param="model")

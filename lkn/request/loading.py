@@ -8,6 +8,10 @@ Off by default: it changes the answer's reasoning.
 
 Only waits longer than ``GRACE_S`` do this: a request served by a ready engine answers exactly as
 it would without lkn. Once the headers are out, an error is an error event (``OpenStream``).
+
+Every progress write has the request's write deadline (``ClientWriter``): a client that stops
+reading while it waits is dropped (``ClientStalled``), its wait abandoned and a lease granted
+meanwhile given back, so a stalled client holds no engine slot.
 """
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from lkn.config import ModelConfig
+from lkn.config import ModelConfig, ServerConfig
 from lkn.sse import frame_json, sse_headers
 from lkn.fleet.manager import EngineManager
 from lkn.fleet.records import Lease
+from lkn.relay.client_write import ClientWriter, WriteDeadline
 
 GRACE_S = 0.05      # a ready engine grants within this; only longer waits send headers early
 INTERVAL_S = 3.0    # between two progress messages
@@ -30,19 +35,23 @@ INTERVAL_S = 3.0    # between two progress messages
 
 class LoadingFeedback:
     def __init__(self, request: web.Request, route: str, model: ModelConfig,
-                 manager: EngineManager, headers: Callable[[], dict[str, str]]) -> None:
+                 manager: EngineManager, headers: Callable[[], dict[str, str]],
+                 deadline: WriteDeadline = WriteDeadline(ServerConfig.stream_idle_timeout_s)
+                 ) -> None:
         self._request = request
         self._route = route
         self.model = model  # the model being waited for (a fallback replaces it)
         self._manager = manager
         self._headers = headers  # the request's headers as they are when they go out
+        self._deadline = deadline  # of each progress write (the request's, as the answer's)
+        self._writer: ClientWriter | None = None
         self._id = f"chatcmpl-lkn-loading-{uuid.uuid4().hex[:12]}"
         self.response: web.StreamResponse | None = None  # prepared once the wait got long
 
     async def wait(self, acquiring: Awaitable[Lease]) -> Lease:
         """Await ``acquiring`` (the engine lease), sending progress while it takes long. If
-        the client goes away or this task is cancelled, the lease request is cancelled, and a
-        lease granted at that very moment is given back."""
+        the client goes away (or stops reading: ``ClientStalled``) or this task is cancelled,
+        the lease request is cancelled, and a lease granted meanwhile is given back."""
         task = asyncio.ensure_future(acquiring)
         started = time.monotonic()
         try:
@@ -59,13 +68,14 @@ class LoadingFeedback:
 
     async def _progress(self, waited: float) -> None:
         what = f"{self._manager.waiting_on(self.model.name)}, {waited:.0f} s"
-        if self.response is None:
+        if self._writer is None:
             self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers()))
             await self.response.prepare(self._request)
+            self._writer = ClientWriter(self.response, self._request.transport, self._deadline)
         if self.model.loading_events and self._route == "chat":
-            await self.response.write(frame_json(self._chunk(what + "\n")))
+            await self._writer.write(frame_json(self._chunk(what + "\n")))
         else:
-            await self.response.write(f": {what}\n\n".encode())
+            await self._writer.write(f": {what}\n\n".encode())
 
     def _chunk(self, text: str) -> dict[str, Any]:
         return {"id": self._id, "object": "chat.completion.chunk", "created": int(time.time()),

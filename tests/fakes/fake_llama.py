@@ -26,13 +26,15 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-malformed-logprobs top-logprob entries carry "logprob": null (a broken engine build)
   --fake-drop-reused        close a keep-alive connection when a second /v1 request arrives on
                             it, unanswered (llama-server dropping an idle connection just then)
-  --fake-debug-bodies       at -lv 4 and above, print every request body (llama.cpp builds whose
-                            debug log carries request bodies)
+  --fake-debug-bodies       at -lv 4 and above, print every request body and, on a continuation
+                            line, its prompt (llama.cpp builds whose debug log carries them)
   --fake-env-dump FILE      write the environment it was started with (JSON) to FILE
 
 Like llama-server, ``--api-key K`` or the environment's ``LLAMA_API_KEY`` make every route but
 ``/health`` and ``/v1/health`` answer 401 "Invalid API Key" to a request without
-``Authorization: Bearer K``.
+``Authorization: Bearer K``. Like llama-server, ``--log-prefix`` starts each line with a
+timestamp and its level (``0.00.000.000 I ...``; debug lines ``D``); a message's continuation
+lines carry none.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--alias", default="fake")
     p.add_argument("--api-key", default=None)
     p.add_argument("-lv", "--verbosity", type=int, default=3)
+    p.add_argument("--log-prefix", action="store_true")
     p.add_argument("--fake-listen-delay-s", type=float, default=0.0)
     p.add_argument("--fake-load-s", type=float, default=0.0)
     p.add_argument("--fake-exit-before-ready", type=int, default=None)
@@ -88,6 +91,11 @@ API_KEY = ARGS.api_key or os.environ.get("LLAMA_API_KEY") or None
 PUBLIC = ("/health", "/v1/health")  # llama-server's routes that need no key
 
 
+def say(level: str, text: str) -> None:
+    """A log line of ``level`` (D, I, W, E): prefixed like llama-server's with --log-prefix."""
+    print(f"0.00.000.000 {level} {text}" if ARGS.log_prefix else text, flush=True)
+
+
 def err(status: int, message: str, kind: str) -> web.Response:
     return web.json_response({"error": {"code": status, "message": message, "type": kind}},
                              status=status)
@@ -104,16 +112,20 @@ SERVED: set[object] = set()  # client addresses of connections that answered a /
 async def gate(request: web.Request, handler):  # type: ignore[no-untyped-def]
     if API_KEY and request.path not in PUBLIC and \
             request.headers.get("Authorization") != f"Bearer {API_KEY}":
-        print("W srv    operator(): unauthorized: Invalid API Key", flush=True)
+        say("W", "srv    operator(): unauthorized: Invalid API Key")
         return err(401, "Invalid API Key", "authentication_error")
     if ARGS.fake_debug_bodies and ARGS.verbosity >= 4 and request.can_read_body:
-        print(f"D srv  log_server_r: request: {(await request.read()).decode()}", flush=True)
+        raw = (await request.read()).decode()
+        say("D", f"srv  log_server_r: request: {raw}")
+        if request.path.endswith("chat/completions"):
+            say("D", "srv  params_from_: formatted prompt:\n"
+                + render(json.loads(raw).get("messages", [])))
     if loading():
         return err(503, "Loading model", "unavailable_error")
     if ARGS.fake_drop_reused and request.path.startswith("/v1/") and request.transport:
         conn = request.transport.get_extra_info("peername")
         if conn in SERVED:
-            print("fake: dropping a reused connection", flush=True)
+            say("I", "fake: dropping a reused connection")
             request.transport.close()
             raise asyncio.CancelledError
         SERVED.add(conn)
@@ -169,6 +181,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     capture(body)
     if body.get("fake_error_status"):
         status = int(body["fake_error_status"])
+        say("E", f"srv    send_error: task id = 0, error: injected engine error {status}")
         return err(status, f"injected engine error {status}", "invalid_request_error"
                    if status < 500 else "server_error")
     chat = request.path.endswith("chat/completions")
@@ -220,7 +233,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     try:
         await stream_tokens(resp, base, obj, chat, k, limit, lp_entry)
     except (ConnectionResetError, asyncio.CancelledError):
-        print("fake: client went away mid-stream", flush=True)
+        say("I", "fake: client went away mid-stream")
         raise
     if ARGS.fake_cut_stream:
         return resp  # EOF without [DONE], like llama-server stopped mid-answer
@@ -255,7 +268,7 @@ async def scripted(request: web.Request, body: dict) -> web.StreamResponse:
             data = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]}
             await resp.write(f"data: {json.dumps(data)}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
-        print("fake: client went away mid-stream", flush=True)
+        say("I", "fake: client went away mid-stream")
         raise
     last = {**base, "choices": [{"index": 0, "finish_reason": "stop", "delta": {}}]}
     await resp.write(f"data: {json.dumps(last)}\n\n".encode())
@@ -283,12 +296,12 @@ async def crash_later(delay: float) -> None:
     while loading():
         await asyncio.sleep(0.01)
     await asyncio.sleep(delay)
-    print("fake: crashing now", flush=True)
+    say("E", "fake: crashing now")
     os._exit(77)
 
 
 async def main() -> None:
-    print(f"fake llama-server pid {os.getpid()} port {ARGS.port}", flush=True)
+    say("I", f"fake llama-server pid {os.getpid()} port {ARGS.port}")
     if ARGS.fake_env_dump:
         with open(ARGS.fake_env_dump, "w", encoding="utf-8") as f:
             json.dump(dict(os.environ), f)
@@ -305,8 +318,8 @@ async def main() -> None:
         with open(f"{ARGS.fake_grandchild or 'fake'}.children", "w") as f:
             f.write(" ".join(str(k.pid) for k in kids))
     if ARGS.fake_exit_before_ready is not None:
-        print("fake: loading model weights", flush=True)
-        print("fake: error: out of memory while loading tensors", flush=True)
+        say("I", "fake: loading model weights")
+        say("E", "fake: error: out of memory while loading tensors")
         await asyncio.sleep(0.2)
         sys.exit(ARGS.fake_exit_before_ready)
     await asyncio.sleep(ARGS.fake_listen_delay_s)
@@ -322,18 +335,18 @@ async def main() -> None:
     try:
         await web.TCPSite(runner, ARGS.host, ARGS.port).start()
     except OSError:  # llama-server's own words and exit status
-        print(f"E srv         start: couldn't bind HTTP server socket, hostname: {ARGS.host}, "
-              f"port: {ARGS.port}", flush=True)
-        print("E srv  llama_server: exiting due to HTTP server error", flush=True)
+        say("E", f"srv         start: couldn't bind HTTP server socket, hostname: {ARGS.host}, "
+            f"port: {ARGS.port}")
+        say("E", "srv  llama_server: exiting due to HTTP server error")
         raise SystemExit(1)
-    print(f"fake: listening on http://{ARGS.host}:{ARGS.port}", flush=True)  # llama-server's line
+    say("I", f"fake: listening on http://{ARGS.host}:{ARGS.port}")  # llama-server's line
     if ARGS.fake_crash_after_s is not None:
         asyncio.ensure_future(crash_later(ARGS.fake_crash_after_s))
     stop = asyncio.Event()
     if not ARGS.fake_ignore_sigterm:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    print("fake: SIGTERM, exiting", flush=True)
+    say("I", "fake: SIGTERM, exiting")
     await runner.cleanup()
 
 
