@@ -18,7 +18,8 @@ from typing import Any, Callable
 import psutil
 
 EXIT_POLL_S = 0.25    # how soon a leader's exit is noticed (see wait_exit)
-CAPTURE_S = 1.0       # how often a live tree's members are captured (see ProcTree.capture)
+CAPTURE_S = 1.0       # how often a starting tree's members are captured (see ProcTree.capture)
+WATCH_CAPTURE_S = 10.0  # ... and a running one's (each look reads every process of the host)
 PR_SET_PDEATHSIG = 1
 PIDFD_SIGNAL_PROCESS_GROUP = 4  # linux/pidfd.h: pidfd_send_signal to the pidfd's group
 
@@ -103,12 +104,13 @@ async def wait_exit(proc: asyncio.subprocess.Process,
 
 async def watch_exit(proc: asyncio.subprocess.Process) -> int:
     """The leader's exit code once it exited; until then its tree's members are captured every
-    ``CAPTURE_S``: after a crash (the leader reaped as it died) they are what a kernel without
-    the pidfd group signal (Linux < 6.9) still reaches the group's children by."""
+    ``WATCH_CAPTURE_S`` (an engine's workers start with it and were captured each ``CAPTURE_S``
+    while it started): after a crash (the leader reaped as it died) they are what a kernel
+    without the pidfd group signal (Linux < 6.9) still reaches the group's children by."""
     tree = tree_of(proc)
     while True:
         tree.capture()
-        code = await wait_exit(proc, CAPTURE_S)
+        code = await wait_exit(proc, WATCH_CAPTURE_S)
         if code is not None:
             return code
 

@@ -172,21 +172,27 @@ async def intake_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _read_body(request: web.Request, settings: ServerConfig) -> web.Request:
     limit = body_limit(settings)
-    too_large = PayloadTooLarge(f"the request body is larger than {settings.max_body_mb:g} "
-                                f"MiB (server.max_body_mb)")
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(settings)
     if request.client_max_size != limit:  # changed by a reload since the app was made
         request = request.clone(client_max_size=limit)
     try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            await request.read()  # kept by aiohttp: the route's json() reads it from memory
+        if request.content.is_eof():  # the whole body came with the headers: no deadline
+            await request.read()
+        else:
+            async with asyncio.timeout(settings.body_timeout_s):
+                await request.read()  # kept by aiohttp: the route's json() reads it from memory
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within "
                              f"{settings.body_timeout_s:g} s (server.body_timeout_s)") from None
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(settings) from None
     return request
+
+
+def _too_large(settings: ServerConfig) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than {settings.max_body_mb:g} MiB "
+                           f"(server.max_body_mb)")
 
 
 MIDDLEWARES = (request_id_middleware, errors_middleware, auth_middleware, intake_middleware)

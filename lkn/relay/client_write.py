@@ -80,22 +80,32 @@ class ClientWriter:
         self.response = response
         self._transport = transport
         self._deadline = deadline
-        limits = getattr(transport, "get_write_buffer_limits", None)
-        low, high = limits() if limits is not None else (-1, 0)
-        self._low: int = low
-        self._room: int = high - FRAMING
+        self._low, self._room = _marks(transport)
+
+    def _cannot_block(self, n: int) -> bool:
+        """A write of ``n`` bytes goes out without waiting (see the module's docstring)."""
+        transport = self._transport
+        return transport is not None and \
+            (size := transport.get_write_buffer_size()) <= self._low and size + n <= self._room
 
     async def write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is not None and \
-                (size := transport.get_write_buffer_size()) <= self._low \
-                and size + len(data) <= self._room:
-            await self.response.write(data)  # cannot block: see the module's docstring
+        if self._cannot_block(len(data)):
+            await self.response.write(data)
         else:
-            await self._deadline.bounded(self.response.write(data), transport)
+            await self._deadline.bounded(self.response.write(data), self._transport)
 
     async def write_eof(self) -> None:
-        await self._deadline.bounded(self.response.write_eof(), self._transport)
+        if self._cannot_block(0):  # the last chunk's framing only
+            await self.response.write_eof()
+        else:
+            await self._deadline.bounded(self.response.write_eof(), self._transport)
+
+
+def _marks(transport: asyncio.Transport | None) -> tuple[int, int]:
+    """The buffer's low-water mark, and the most a write may leave in it without pausing it."""
+    limits = getattr(transport, "get_write_buffer_limits", None)
+    low, high = limits() if limits is not None else (-1, 0)
+    return low, high - FRAMING
 
 
 class BoundedResponse(web.Response):
@@ -108,4 +118,11 @@ class BoundedResponse(web.Response):
 
     async def write_eof(self, data: bytes = b"") -> None:
         transport = self._req.transport if self._req is not None else None
-        await self._lkn_deadline.bounded(super().write_eof(data), transport)
+        low, room = _marks(transport)
+        body = self._body if isinstance(self._body, (bytes, bytearray)) else None
+        if transport is not None and body is not None and \
+                (size := transport.get_write_buffer_size()) <= low \
+                and size + len(body) + len(data) <= room:
+            await super().write_eof(data)  # the headers and the body: cannot block
+        else:
+            await self._lkn_deadline.bounded(super().write_eof(data), transport)

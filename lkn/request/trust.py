@@ -36,6 +36,7 @@ class Client:
         return self.direct and is_loopback(self.address)
 
 
+@lru_cache(maxsize=4096)  # peers and proxies repeat: parsed once each
 def ip_of(text: str | None) -> IPAddress | None:
     """An address from a peer or header value (``[::1]:80``, ``1.2.3.4:5``, ``fe80::1%eth0``);
     an IPv4-mapped IPv6 address as its IPv4 one; None when it is not an address."""
@@ -58,9 +59,14 @@ def is_loopback(text: str | None) -> bool:
     return address is not None and address.is_loopback
 
 
-def in_networks(address: IPAddress | None, networks: Iterable[str]) -> bool:
-    return address is not None and any(
-        address in ipaddress.ip_network(n, strict=False) for n in networks)
+def in_networks(address: IPAddress | None, networks: tuple[str, ...]) -> bool:
+    return address is not None and any(address in n for n in _networks(networks))
+
+
+@lru_cache(maxsize=64)
+def _networks(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                                  ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 def _all(headers: Mapping[str, str], name: str) -> str:
