@@ -16,12 +16,15 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "Via")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# The longest text whose parse is cached: an address with a port or zone fits; a client's
+# long header value is parsed each time, never pinned in memory.
+MAX_CACHED_ADDRESS = 64
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,15 @@ class Client:
         return self.direct and is_loopback(self.address)
 
 
-@lru_cache(maxsize=4096)  # peers and proxies repeat: parsed once each
 def ip_of(text: str | None) -> IPAddress | None:
     """An address from a peer or header value (``[::1]:80``, ``1.2.3.4:5``, ``fe80::1%eth0``);
     an IPv4-mapped IPv6 address as its IPv4 one; None when it is not an address."""
+    if text is not None and len(text) <= MAX_CACHED_ADDRESS:
+        return _cached_ip_of(text)  # peers and proxies repeat: each parsed once
+    return _ip_of(text)
+
+
+def _ip_of(text: str | None) -> IPAddress | None:
     text = (text or "").strip().strip('"')
     if text.startswith("["):
         text = text[1:].split("]", 1)[0]
@@ -52,6 +60,9 @@ def ip_of(text: str | None) -> IPAddress | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+_cached_ip_of = lru_cache(maxsize=4096)(_ip_of)
 
 
 def is_loopback(text: str | None) -> bool:
