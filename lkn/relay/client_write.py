@@ -83,10 +83,7 @@ class ClientWriter:
         self._low, self._room = _marks(transport)
 
     def _cannot_block(self, n: int) -> bool:
-        """A write of ``n`` bytes goes out without waiting (see the module's docstring)."""
-        transport = self._transport
-        return transport is not None and \
-            (size := transport.get_write_buffer_size()) <= self._low and size + n <= self._room
+        return _cannot_block(self._transport, self._low, self._room, n)
 
     async def write(self, data: bytes) -> None:
         if self._cannot_block(len(data)):
@@ -108,6 +105,12 @@ def _marks(transport: asyncio.Transport | None) -> tuple[int, int]:
     return low, high - FRAMING
 
 
+def _cannot_block(transport: asyncio.Transport | None, low: int, room: int, n: int) -> bool:
+    """A write of ``n`` bytes goes out without waiting (see the module's docstring)."""
+    return transport is not None and \
+        (size := transport.get_write_buffer_size()) <= low and size + n <= room
+
+
 class BoundedResponse(web.Response):
     """A whole answer (``web.Response``'s arguments) whose body goes out within the deadline.
     aiohttp writes it after the handler returned: ``write_eof`` is where the body is sent."""
@@ -118,11 +121,9 @@ class BoundedResponse(web.Response):
 
     async def write_eof(self, data: bytes = b"") -> None:
         transport = self._req.transport if self._req is not None else None
-        low, room = _marks(transport)
-        body = self._body if isinstance(self._body, (bytes, bytearray)) else None
-        if transport is not None and body is not None and \
-                (size := transport.get_write_buffer_size()) <= low \
-                and size + len(body) + len(data) <= room:
-            await super().write_eof(data)  # the headers and the body: cannot block
+        body = self._body
+        if isinstance(body, (bytes, bytearray)) and \
+                _cannot_block(transport, *_marks(transport), len(body) + len(data)):
+            await super().write_eof(data)  # the headers and the body
         else:
             await self._lkn_deadline.bounded(super().write_eof(data), transport)

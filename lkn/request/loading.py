@@ -31,13 +31,13 @@ from lkn.relay.client_write import ClientWriter, WriteDeadline
 
 GRACE_S = 0.05      # a ready engine grants within this; only longer waits send headers early
 INTERVAL_S = 3.0    # between two progress messages
+DEFAULT_DEADLINE = WriteDeadline(ServerConfig.stream_idle_timeout_s)  # the config's default
 
 
 class LoadingFeedback:
     def __init__(self, request: web.Request, route: str, model: ModelConfig,
                  manager: EngineManager, headers: Callable[[], dict[str, str]],
-                 deadline: WriteDeadline = WriteDeadline(ServerConfig.stream_idle_timeout_s)
-                 ) -> None:
+                 deadline: WriteDeadline = DEFAULT_DEADLINE) -> None:
         self._request = request
         self._route = route
         self.model = model  # the model being waited for (a fallback replaces it)

@@ -9,14 +9,12 @@ from typing import Callable
 
 from aiohttp import web
 
-from lkn.config import ServerConfig
 from lkn.errors import LknError
 from lkn.relay.client_write import ClientWriter, WriteDeadline
-from lkn.request.loading import LoadingFeedback
+from lkn.request.loading import DEFAULT_DEADLINE, LoadingFeedback
 from lkn.sse import frame_bytes, frame_json, sse_headers
 
 
-DEFAULT_DEADLINE = WriteDeadline(ServerConfig.stream_idle_timeout_s)  # the config's default
 
 
 class OpenStream:
