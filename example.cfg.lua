@@ -35,6 +35,9 @@ server = {
   body_timeout_s = 60,           -- a request's headers and body must arrive within this
   max_body_mb = 16,              -- the largest request body (413 beyond)
   max_in_flight = 256,           -- requests read or served at once (503 + Retry-After beyond)
+  -- OpenAI Responses kept for previous_response_id, per API key, in memory (lost at restart).
+  responses_store_size = 1000,
+  responses_store_age_s = 3600,
   -- Models started at boot and after every reload (their smallest variant), in the background.
   preload = {},
   -- Browser origins allowed to call lkn (CORS), e.g. { "https://chat.example" } or { "*" }.
@@ -150,6 +153,10 @@ models = {
     cache = { ttl_s = 300, max_mb = 16 },  -- overrides the server's; enabled = false turns it off
     -- embeddings = true would make this engine serve /v1/embeddings (llama-server --embeddings,
     -- which then serves embeddings only); a chat model also needs args { "--pooling", "mean" }.
+    -- reranking = true: a reranker model served at /v1/rerank (llama-server --reranking).
+    -- A forced tool call (tool_choice "required" or a named function) is made by lkn where the
+    -- chat template renders no tools ("auto"); "lkn": always by lkn; "engine": never.
+    tool_calls = "auto",
   },
   -- An SGLang model (needs a GPU and an interpreter with sglang installed):
   -- {

@@ -5,6 +5,7 @@ sleeps, the time passed in.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -58,6 +59,12 @@ TABLE = [
     (record(SLEEP, sleeps=True, releasing=True), 500, None, False),   # already releasing
     (record(replace(SLEEP, pinned=True), sleeps=True), 500, None, False),
     (record(replace(SLEEP, idle_unload_s=60.0), sleeps=True), 500, None, True),  # sleep wins
+    # a client's keep_alive (Ollama's) overrides the model's idle_unload_s
+    (record(BASE, keep_alive_s=0.0, last_used=100), 100, 0.0, False),      # 0: once idle
+    (record(BASE, keep_alive_s=0.0, in_flight=1), 500, None, False),       # ... not before
+    (record(UNLOAD, keep_alive_s=math.inf, last_used=0), 10_000, None, False),  # -1: never
+    (record(UNLOAD, keep_alive_s=600.0, last_used=100), 660, None, False),  # its own limit
+    (record(UNLOAD, keep_alive_s=600.0, last_used=100), 700, 600.0, False),
 ]
 
 

@@ -13,7 +13,8 @@ from lkn.config.schema import (CACHE_TYPES, ENGINES, INHERITED, PUBLIC_ONLY, REM
 from lkn.config.sections import (env_name, health_path, parse_breaker, parse_cache,
                                  parse_homeostasis,
                                  parse_upstream)
-from lkn.config.values import (ALLOW_LONGER_CONTEXT, Table, allows_longer_context, boolean, choice,
+from lkn.config.values import (ALLOW_LONGER_CONTEXT, TOOL_CALL_MODES, Table, allows_longer_context,
+                               boolean, choice,
                                env_table, gpu_layers, hf_context_limit, integer, model_file,
                                number, reasoning_mode, report, show, string, strings)
 from lkn.errors import ConfigError
@@ -85,6 +86,8 @@ def parse_model(path: str, value: Any, server: ServerConfig) -> ModelConfig:
         args=model_args,
         env=env,
         embeddings=t.get("embeddings", boolean, False),
+        reranking=t.get("reranking", boolean, False),
+        tool_calls=t.get("tool_calls", choice(TOOL_CALL_MODES), "auto"),
         # a remote server batches for itself: lkn's queue only holds what exceeds this
         parallel=t.get("parallel", integer(1), REMOTE_PARALLEL if upstream else 1),
         default_max_tokens=t.get("default_max_tokens", integer(1), 512),

@@ -96,6 +96,11 @@ class ModelConfig:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     embeddings: bool = False
+    reranking: bool = False  # llama-server's /v1/rerank (--reranking; a reranker's GGUF)
+    # Who makes a forced tool call (tool_choice "required" or a named function) happen:
+    # "engine", "lkn" (a JSON schema on the answer: lkn.relay.forced_tools) or "auto" (lkn
+    # where the engine's chat template does not render tools, as llama-server reports it).
+    tool_calls: str = "auto"
     parallel: int = 1
     default_max_tokens: int = 512
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
@@ -212,6 +217,10 @@ class ServerConfig:
     body_timeout_s: float = 60.0   # a request's headers and body must arrive within this
     max_body_mb: float = 16.0      # the largest request body (413 beyond)
     max_in_flight: int = 256       # requests read or served at once (503 + Retry-After beyond)
+    # OpenAI Responses kept for previous_response_id (per API key, in memory): how many, and
+    # for how long; 0 entries: none kept (store is then refused with a 400)
+    responses_store_size: int = 1000
+    responses_store_age_s: float = 3600.0
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # every model's default
 

@@ -91,6 +91,9 @@ def parse_server(value: Any) -> ServerConfig:
         body_timeout_s=t.get("body_timeout_s", number(0.001), d.body_timeout_s),
         max_body_mb=t.get("max_body_mb", number(0.001, 1024.0), d.max_body_mb),
         max_in_flight=t.get("max_in_flight", integer(1), d.max_in_flight),
+        responses_store_size=t.get("responses_store_size", integer(0), d.responses_store_size),
+        responses_store_age_s=t.get("responses_store_age_s", number(1.0),
+                                    d.responses_store_age_s),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:

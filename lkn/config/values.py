@@ -287,6 +287,7 @@ def allows_longer_context(env: tuple[tuple[str, str], ...]) -> bool:
 
 # Who separates thinking from the answer (see lkn.relay.thinking): the engine, lkn, or nobody.
 REASONING_MODES = ("engine", "lkn", "none")
+TOOL_CALL_MODES = ("auto", "engine", "lkn")
 
 
 def reasoning_mode(t: Table, engine: str) -> tuple[str, str | None]:

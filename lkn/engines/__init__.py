@@ -6,7 +6,8 @@ The modules, each of one concept::
     llamacpp        llama-server          sglang     SGLang's launch_server
     command         any server from an argv
     remote          a server elsewhere (RemoteEngine) and its stand-in process (RemoteProcess)
-    anthropic       Anthropic's Messages API, translated both ways
+    anthropic       Anthropic's Messages API, translated both ways (anthropic_blocks: the
+                    tables both directions share, the inbound adapter too)
     states          State and the table of legal transitions
     handle          EngineHandle: what the layers above hold of a process
     process         EngineProcess: one child's lifecycle, under its own lock

@@ -66,6 +66,13 @@ ROUTES = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
+    # llama-server's own (lkn.request.extras)
+    "rerank": "/v1/rerank",
+    "infill": "/infill",
+    "tokenize": "/tokenize",
+    "detokenize": "/detokenize",
+    "apply-template": "/apply-template",
+    "props": "/props",
 }
 
 
@@ -87,6 +94,9 @@ class EngineClient(ABC):
     # Whether a started engine of this kind takes lkn's per-start key (and refuses callers
     # without it); False: it is started without one and called without one.
     takes_engine_key = False
+    # Whether the engine's chat template renders the request's tools (llama-server's
+    # chat_template_caps, read once ready); None: not known.
+    template_tools: bool | None = None
 
     def __init__(self, model: ModelConfig, variant: VariantConfig) -> None:
         self.model = model
@@ -200,6 +210,13 @@ class EngineClient(ABC):
             raise EngineRequestError(f"the server on {base_url} refused this start's engine "
                                      f"key: not the engine lkn started")
         return resp
+
+    async def get(self, session: aiohttp.ClientSession, base_url: str, route: str, *,
+                  timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """GET the engine's path for ``route`` (llama-server's ``/props``); the response is
+        the caller's to read and close."""
+        return await session.get(base_url + self.upstream_path(route), headers=self.headers(),
+                                 timeout=timeout, allow_redirects=False)
 
     def prepare_body(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         out = dict(body)

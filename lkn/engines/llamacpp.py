@@ -78,6 +78,8 @@ class LlamaCppEngine(EngineClient):
             argv += ["--cache-type-k", v.cache_type, "--cache-type-v", v.cache_type]
         if self.model.embeddings:
             argv.append("--embeddings")
+        if self.model.reranking:
+            argv.append("--reranking")
         if self.model.reasoning != "engine":
             argv += ["--reasoning-format", "none"]  # raw text: lkn splits, or nobody does
         return argv + list(v.args)
@@ -128,6 +130,9 @@ class LlamaCppEngine(EngineClient):
             n_ctx = props.get("default_generation_settings", {}).get("n_ctx")
             if isinstance(n_ctx, int) and n_ctx > 0:
                 self.effective_ctx = n_ctx
+            tools = (props.get("chat_template_caps") or {}).get("supports_tools")
+            if isinstance(tools, bool):
+                self.template_tools = tools
         except (EngineRequestError, aiohttp.ClientError, AttributeError):
             pass  # keep the configured size; /props is informative, not required
 

@@ -39,6 +39,8 @@ def admissible(model: ModelConfig, options: tuple[sched.Option, ...], demand: De
         if not options:
             raise BadRequest(f"model '{model.name}' has no variant with context "
                              f"{demand.ctx} that fits the VRAM budget", param="ctx")
+    if demand.min_ctx is not None:  # the client's own context size: at least it, or the most
+        options = tuple(o for o in options if o.ctx >= demand.min_ctx) or options[-1:]
     usable = tuple(replace(o, start_s=records[o.key].cost.start_s(start_s))
                    for o in options if not records[o.key].refusing(policy, now))
     if usable:

@@ -1,7 +1,8 @@
 """The idle policy: which engines give their memory back, and how (pure; tested by tables).
 
 Engines that can sleep (SGLang with ``sleep_when_idle_s``) release their memory and keep
-running; others with ``idle_unload_s`` stop. Idle time counts from the last finished request
+running; others with ``idle_unload_s`` (or a client's ``keep_alive``) stop. Idle time counts
+from the last finished request
 (for an unload: or from becoming ready, so an engine loaded and never used still goes). Pinned
 engines, remote servers and engines with requests in flight never count as idle. The manager
 runs ``sleep_idle()`` now and then: ``give_back()`` carries out what these rules say.
@@ -9,6 +10,7 @@ runs ``sleep_idle()`` now and then: ``give_back()`` carries out what these rules
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
@@ -26,10 +28,18 @@ def _idle(record: EngineRecord) -> bool:
             and not record.in_flight)
 
 
+def idle_limit(record: EngineRecord) -> float | None:
+    """How long the record may stay idle before it stops; None: never. A client's
+    ``keep_alive`` (Ollama's) overrides the model's ``idle_unload_s`` (0 there: never)."""
+    if record.keep_alive_s is not None:
+        return None if math.isinf(record.keep_alive_s) else record.keep_alive_s
+    return record.model.idle_unload_s or None
+
+
 def unload_after(record: EngineRecord, now: float) -> float | None:
-    """The record's ``idle_unload_s`` if it is due to stop for being idle now, else None."""
-    unload = record.model.idle_unload_s
-    if (unload and _idle(record) and record.model.upstream is None
+    """The record's idle limit if it is due to stop for being idle now, else None."""
+    unload = idle_limit(record)
+    if (unload is not None and _idle(record) and record.model.upstream is None
             and not record.process.client.supports_sleep
             and now - max(record.last_used, record.history.ready_at or 0.0) >= unload):
         return unload

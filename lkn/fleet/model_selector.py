@@ -65,15 +65,20 @@ class ModelSelector:
             # Far from every limit: the exact count could not change the choice. One upstream
             # call per request instead of three.
             return Sizing(Demand(bound, answer, embeddings=embeddings), "bound")
+        prompt_tokens, method = await self.count(model, route, body)
+        return Sizing(Demand(prompt_tokens, answer, embeddings=embeddings), method)
+
+    async def count(self, model: ModelConfig, route: str, body: dict[str, Any]) -> tuple[int, str]:
+        """The prompt's exact token count and how it was made: through the live engine
+        (``engine``), with the model's own tokenizer here (``local``), else ``estimate``."""
         proc = self._fleet.ready_process(model.name)
         live = None
         if proc is not None and model.engine_tokenizes:
             client, base, session = proc.client, proc.base_url, self._session
             live = lambda: client.count_tokens(session, base, route, body)  # noqa: E731
         local_path, local_kind = local_source(model)
-        prompt_tokens, method = await count_prompt(
-            route=route, body=body, live=live, local_path=local_path, local_kind=local_kind)
-        return Sizing(Demand(prompt_tokens, answer, embeddings=embeddings), method)
+        return await count_prompt(route=route, body=body, live=live, local_path=local_path,
+                                  local_kind=local_kind)
 
     def options(self, model: ModelConfig, demand: Demand) -> tuple[sched.Option, ...]:
         """The variants of ``model`` that hold ``demand`` within the VRAM budget, smallest

@@ -45,6 +45,8 @@ class Demand:
     answer_tokens: int | None  # max_tokens / max_completion_tokens as sent, None if absent
     embeddings: bool = False
     ctx: int | None = None  # only this variant (an operator's load)
+    min_ctx: int | None = None  # a variant at least this large, if the model has one (Ollama's
+                                # num_ctx); else its largest
     exclude: frozenset[str] = frozenset()  # backends this request already failed on
     sticky_key: str | None = None          # for balance = "sticky"
     client_key: str = ""                   # who asks (fair share between keys)
@@ -78,6 +80,9 @@ class EngineRecord:
         self.cost = SwapCost()       # its start and stop times, learned (the planner's swap cost)
         self.state_since = 0.0       # when its process entered its current state
         self.ready_since = 0.0       # when it last became ready (its residence counts from here)
+        # A client's residency wish (Ollama's keep_alive), in idle seconds before it stops:
+        # None: the model's idle_unload_s; 0: once idle; math.inf: never for idleness.
+        self.keep_alive_s: float | None = None
 
     @property
     def key(self) -> str:

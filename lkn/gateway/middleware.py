@@ -16,6 +16,7 @@ from lkn.gateway.keys import INTAKE, STATE
 from lkn.gateway.ui_static import is_ui_path
 from lkn.ops.inflight import REQUEST_ID, request_id
 from lkn.request.caller import CLIENT, bearer_token, key_matches
+from lkn.request.inbound.dialects import error_shape
 from lkn.request.trust import box_names, client_of, host_allowed, host_name, is_json, same_site
 
 log = logging.getLogger("lkn.gateway.middleware")
@@ -26,12 +27,18 @@ OPEN_PATHS = ("/health", "/ready")
 
 
 def is_admin_path(path: str) -> bool:
-    """The operators' routes: the admin API and the traffic status."""
-    return path.startswith("/admin/") or path == "/status" or path.startswith("/status/")
+    """The operators' routes: the admin API, the traffic status and llama.cpp's router
+    actions (``/models/load``, ``/models/unload``)."""
+    return (path.startswith("/admin/") or path == "/status" or path.startswith("/status/")
+            or path in ("/models/load", "/models/unload"))
 
 
-def _error_response(exc: LknError, rid: str = "") -> web.Response:
-    response = web.json_response(exc.body(rid), status=exc.status, headers=exc.headers())
+def _error_response(exc: LknError, rid: str = "", path: str = "") -> web.Response:
+    """lkn's error in the shape of the API ``path`` speaks (OpenAI's unless it is Anthropic's
+    or Ollama's), with its source marker."""
+    shape = error_shape(path)
+    body = exc.body(rid) if shape is None else shape(exc.status, exc.body(rid))
+    response = web.json_response(body, status=exc.status, headers=exc.headers())
     if exc.close_connection:
         response.force_close()
     return response
@@ -59,28 +66,29 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except LknError as exc:
-        return _error_response(exc, rid)
+        return _error_response(exc, rid, request.path)
     except web.HTTPException as exc:
         if exc.status == 404:
             return _error_response(ModelNotFound(f"no route {request.method} {request.path}",
-                                                 code="not_found"), rid)
+                                                 code="not_found"), rid, request.path)
         if exc.status == 405:
             err = BadRequest(f"method {request.method} is not allowed on {request.path}",
                              code="method_not_allowed")
             err.status = 405
-            return _error_response(err, rid)
+            return _error_response(err, rid, request.path)
         raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception as exc:  # a bug of ours: log it, answer in OpenAI shape, keep serving
         log.exception("internal error on %s %s", request.method, request.path)
         return _error_response(LknError(f"internal error in lkn: {exc.__class__.__name__}: "
-                                        f"{exc}"), rid)
+                                        f"{exc}"), rid, request.path)
 
 
 def _key_of(request: web.Request, keys: tuple[str, ...], what: str) -> None:
     if not key_matches(bearer_token(request), keys):
-        raise Unauthorized(f"invalid or missing {what}: send 'Authorization: Bearer <key>'")
+        raise Unauthorized(f"invalid or missing {what}: send 'Authorization: Bearer <key>' (or "
+                           f"'x-api-key: <key>')")
 
 
 def _browser_check(request: web.Request, settings: ServerConfig, *, admin: bool) -> None:

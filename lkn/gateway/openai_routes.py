@@ -1,5 +1,6 @@
-"""The OpenAI-compatible routes. Each request is served by a ``RequestHandler`` of the request
-layer, which sizes, queues, forwards and relays it; ``/v1/models`` is answered here."""
+"""The OpenAI-compatible routes: chat, completions, embeddings and the Responses API. Each
+request is served by a ``RequestHandler`` of the request layer, which sizes, queues, forwards
+and relays it; ``/v1/models`` is answered here."""
 from __future__ import annotations
 
 from aiohttp import web
@@ -7,7 +8,10 @@ from aiohttp import web
 from lkn.gateway.keys import STATE
 from lkn.gateway.read_models import models_payload
 from lkn.ops.inflight import REQUEST_ID
+from lkn.cache.store import partition_of
+from lkn.request.caller import caller_of
 from lkn.request.handler import RequestHandler
+from lkn.request.inbound.responses import ResponsesInbound
 
 
 def _handler(request: web.Request) -> RequestHandler:
@@ -24,6 +28,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _handler(request).embeddings(request)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """OpenAI's Responses API; a stored response is its caller's (key) alone."""
+    state = request.app[STATE]
+    owner = partition_of(caller_of(request, state.cfg.server).key)
+    return await _handler(request).serve(request, ResponsesInbound(store=state.responses,
+                                                                   owner=owner))
 
 
 async def models(request: web.Request) -> web.Response:
@@ -43,5 +55,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/chat/completions", chat)
     r.add_post("/v1/completions", completions)
     r.add_post("/v1/embeddings", embeddings)
+    r.add_post("/v1/responses", responses)
     r.add_get("/v1/models", models)
     r.add_get("/v1/models/{name:.+}", model_one)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lkn.config import ModelConfig
 from lkn.fleet.records import EngineRecord
 from lkn.gateway.keys import GatewayState, Lifecycle
 from lkn.ops.traffic import DEFAULT_WINDOWS
@@ -57,18 +58,44 @@ class ModelView:
 
 # ------------------------------------------------------------------ /v1/models
 
+# What a model's health says to clients that show load state (Open WebUI, llama.cpp's router).
+CLIENT_STATUS = {"ready": "loaded", "starting": "loading", "asleep": "asleep", "failed": "failed",
+                 "idle": "unloaded"}
+
+
+def capabilities(model: ModelConfig) -> list[str]:
+    """What a model can be asked: ``completion`` and ``tools`` (any chat model: llama-server's
+    templates run with Jinja), ``vision`` (a multimodal projector in its arguments),
+    ``embeddings``, ``rerank``."""
+    args = list(model.args) + [a for v in model.variants for a in v.args]
+    out = [] if model.reranking else ["completion", "tools"]
+    if "--mmproj" in args or "-mm" in args:
+        out.append("vision")
+    if model.embeddings:
+        out.append("embeddings")
+    if model.reranking:
+        out.append("rerank")
+    return out
+
+
 def models_payload(state: GatewayState) -> dict[str, Any]:
-    """Every name clients may use (aliases too), with lkn's notes on each."""
+    """Every name clients may use (aliases too), with its state (``status``: loaded, loading,
+    unloaded, failed or asleep; ``loaded``), its largest context, its capabilities, and lkn's
+    notes on each."""
     created = int(time.time() - (time.monotonic() - state.started))
+    now, engines = time.monotonic(), state.manager.describe()
     data = []
     for m in state.cfg.models:
         loaded = state.manager.is_loaded(m.name)
+        status = CLIENT_STATUS[ModelView.of(state, m.name, engines).health(state, now)]
+        contexts = sorted({v.ctx_size for v in m.variants})
         for name in m.names:
             data.append({"id": name, "object": "model", "created": created, "owned_by": "lkn",
-                         "loaded": loaded,
+                         "loaded": loaded, "status": status,
+                         "context_length": contexts[-1] if contexts else None,
+                         "capabilities": capabilities(m),
                          "lkn": {"model": m.name, "alias_of": m.name if name != m.name else None,
-                                 "engine": m.engine,
-                                 "contexts": sorted({v.ctx_size for v in m.variants}),
+                                 "engine": m.engine, "contexts": contexts,
                                  "embeddings": m.embeddings}})
     return {"object": "list", "data": data}
 

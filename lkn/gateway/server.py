@@ -21,7 +21,8 @@ from lkn.config import Config, parse_listen
 from lkn.engines.bound import warm_shapes
 from lkn.engines.registry import EngineRegistry, default_state_dir, sweep_stale
 from lkn.fleet.manager import EngineManager
-from lkn.gateway import admin_actions, admin_streams, openai_routes, read_routes, ui_static
+from lkn.gateway import (admin_actions, admin_streams, anthropic_routes, ollama_routes,
+                         openai_routes, read_routes, router_routes, ui_static)
 from lkn.gateway.keys import (INTAKE, LIFECYCLE, NOTIFIER, RELOADER, STATE, GatewayState, Intake,
                               Lifecycle)
 from lkn.gateway.middleware import MIDDLEWARES, add_cors, body_limit
@@ -31,6 +32,7 @@ from lkn.gateway.signals import Signals
 from lkn.ops.events import EventBus
 from lkn.ops.metrics import Metrics
 from lkn.ops.notify import Notifier
+from lkn.request.inbound.response_store import ResponseStore
 
 log = logging.getLogger("lkn.gateway.server")
 
@@ -58,6 +60,9 @@ class GatewayServer:
         self.app[LIFECYCLE] = self.lifecycle
         self.app.cleanup_ctx.append(self._resources)
         openai_routes.add_routes(self.app)
+        router_routes.add_routes(self.app)
+        ollama_routes.add_routes(self.app)
+        anthropic_routes.add_routes(self.app)
         read_routes.add_routes(self.app)
         admin_actions.add_routes(self.app)
         admin_streams.add_routes(self.app)
@@ -82,7 +87,8 @@ class GatewayServer:
                                         events=bus)
         state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
                              started=time.monotonic(),
-                             cache=ResponseCache(cfg, clock=time.monotonic), bus=bus)
+                             cache=ResponseCache(cfg, clock=time.monotonic), bus=bus,
+                             responses=_response_store(cfg))
         state.metrics.watch(lambda: live_metrics(state))
         manager.on_backend = lambda model, backend, ok: state.metrics.backend_requests.inc(
             model, backend, "ok" if ok else "failed")
@@ -155,6 +161,14 @@ def _disconnect(runner: web.AppRunner) -> int:
     for connection in connections:
         connection.force_close()
     return len(connections)
+
+
+def _response_store(cfg: Config) -> ResponseStore | None:
+    """The Responses kept for previous_response_id; its size takes a restart to change."""
+    s = cfg.server
+    if s.responses_store_size < 1:
+        return None
+    return ResponseStore(s.responses_store_size, s.responses_store_age_s)
 
 
 async def _housekeeping(state: GatewayState) -> None:

@@ -144,8 +144,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
-        self.requests = Counter(r, "lkn_requests_total", "Requests answered, by model, route "
-                                "and HTTP status", ("model", "route", "status"))
+        self.requests = Counter(r, "lkn_requests_total", "Requests answered, by model, route, "
+                                "HTTP status and the client's API (openai, responses, "
+                                "anthropic, ollama)", ("model", "route", "status", "api"))
         self.request_seconds = Histogram(r, "lkn_request_seconds", "Time from arrival to the end "
                                          "of the answer", LATENCY, ("model", "route"))
         self.ttft_seconds = Histogram(r, "lkn_time_to_first_token_seconds", "Time from arrival "

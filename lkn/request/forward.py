@@ -31,6 +31,7 @@ from lkn.errors import (ERROR_SOURCE_HEADER, EngineUnavailable, EngineUnreachabl
 from lkn.fleet.records import Lease
 from lkn.ops.usage import Usage, answer_usage, read_usage
 from lkn.relay.client_write import BoundedResponse, WriteDeadline
+from lkn.relay.forced_tools import ForcedToolCall
 from lkn.relay.stream import StreamRelay
 from lkn.relay.thinking_stream import ThinkingRelay
 from lkn.request.open_stream import OpenStream
@@ -68,6 +69,9 @@ class Forwarder:
         check_media_urls(body, client.kind)  # per engine: a backend or fallback may be local
         thinking = ThinkingRelay(route, body, lease, self.state.session)
         payload = thinking.prepare(client.prepare_body(route, body))
+        forced = ForcedToolCall.of(route, body, client)
+        if forced is not None:
+            payload = forced.prepare(payload)
         # usage feeds the metrics (an engine with another wire format reports it its own way);
         # asked for on a copy: with_usage writes into what it is given
         strip_usage = False
@@ -115,15 +119,18 @@ class Forwarder:
                         content_type="application/json",
                         headers={ERROR_SOURCE_HEADER: "engine"})
                 raw = client.translate_answer(raw)
+                if forced is not None:
+                    raw = forced.answer(raw)
                 self._usage(answer_usage(raw, time.monotonic() - sent))
                 return BoundedResponse(deadline=deadline, body=await thinking.response(raw),
                                        status=upstream.status, content_type="application/json")
             return await self.relay_stream(upstream, lease, started, thinking,
-                                           strip_usage=strip_usage, body=body)
+                                           strip_usage=strip_usage, body=body, forced=forced)
 
     async def relay_stream(self, upstream: aiohttp.ClientResponse, lease: Lease, started: float,
                            thinking: ThinkingRelay | None = None, *, strip_usage: bool = False,
-                           body: dict[str, Any] | None = None) -> web.StreamResponse:
+                           body: dict[str, Any] | None = None,
+                           forced: ForcedToolCall | None = None) -> web.StreamResponse:
         """Relay the engine's stream to the client. A failure after the first byte is an error
         event on the stream (the status line went out long ago), never an exception."""
         writer = await self.stream.open()
@@ -136,6 +143,8 @@ class Forwarder:
             source: AsyncIterator[bytes] = upstream.content.iter_any()
             if not lease.client.openai_wire:  # e.g. Anthropic's events, as OpenAI chunks
                 source = lease.client.translate_stream(source, body or {})
+            if forced is not None:
+                source = forced.stream(source)
             # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
             relayed = thinking.stream(source) if thinking is not None and thinking.splits \
                 else source

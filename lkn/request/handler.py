@@ -25,14 +25,16 @@ from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnavailable,
                         EngineUnreachable, GatewayTimeout, LknError, ModelNotFound,
                         UpstreamError)
-from lkn.fleet.records import Lease
+from lkn.fleet import operations
+from lkn.fleet.records import Demand, Lease
 from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.ops.traffic import Finished
 from lkn.request.caller import caller_of, take_priority
 from lkn.request.forward import Forwarder, write_deadline
-from lkn.request.lease import Backends, lease_engine, sized_body
+from lkn.request.inbound.base import Inbound
+from lkn.request.lease import Backends, lease_demand, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
@@ -68,6 +70,7 @@ class Gated:
 
 class RequestHandler:
     _cache: CacheTicket | None = None  # this request's response cache ticket, if any
+    inbound: Inbound  # the client's API (``serve``)
     stream: OpenStream  # the client's event stream, once its headers go out
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
@@ -83,16 +86,20 @@ class RequestHandler:
 
     # ------------------------------------------------------------------ routes
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "chat")
+        return await self.serve(request, Inbound("chat"))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "completions")
+        return await self.serve(request, Inbound("completions"))
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "embeddings")
+        return await self.serve(request, Inbound("embeddings"))
 
     # ------------------------------------------------------------------ core
-    async def _generate(self, request: web.Request, route: str) -> web.StreamResponse:
+    async def serve(self, request: web.Request, inbound: Inbound) -> web.StreamResponse:
+        """Answer ``request`` of the client API ``inbound`` speaks: its body made the canonical
+        request, the answer (whole, streamed, an error) put back into the API's shape."""
+        self.inbound = inbound
+        route = inbound.route
         started = time.monotonic()
         label = "unknown"  # metrics never carry unvalidated client input as a label
         status = 500
@@ -101,7 +108,8 @@ class RequestHandler:
         self.stream = stream = OpenStream(request, outcome.headers, deadline)
         entry = self.state.inflight.add(self.request_id, route)
         try:
-            body = parse_json_object(await request.read())
+            body = inbound.canonical(parse_json_object(await request.read()))
+            route = entry.route = inbound.route  # the API may choose it by the body
             VALIDATORS[route](body)
             lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
             caller = caller_of(request, self.cfg.server)
@@ -110,9 +118,17 @@ class RequestHandler:
             model = self.cfg.require(body["model"])
             label = entry.model = model.name
             check_media_urls(body, media_engine(model))  # before an engine starts for it
+            if inbound.load_only:  # the client only asks for its model's residency
+                await self._residency(model)
+                status = 200
+                return inbound.whole(web.json_response({}, headers=outcome.headers()))
             if body.get("stream") and route != "embeddings":
-                stream.loading = LoadingFeedback(request, route, model, self.state.manager,
-                                                 outcome.headers, deadline)
+                stream.transcoder = inbound.transcoder()
+                stream.content_type = inbound.stream_content_type
+                if inbound.sse:
+                    stream.loading = LoadingFeedback(request, route, model, self.state.manager,
+                                                     outcome.headers, deadline,
+                                                     openai=inbound.identity)
             if route == "embeddings" and not model.embeddings:
                 raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
                                  f"embeddings = true in its config)", param="model")
@@ -125,7 +141,8 @@ class RequestHandler:
                     outcome.cache = self._cache.lookup.result
                     if self._cache.hit:
                         status = 200
-                        return self._cache.answer(outcome.headers(), time.monotonic())
+                        return inbound.whole(self._cache.answer(outcome.headers(),
+                                                                time.monotonic()))
             asked, attempt = model, Attempt()
             for tried, model in enumerate(self._candidates(route, asked)):
                 if tried:  # a fallback: the models before it failed before the first byte
@@ -157,7 +174,7 @@ class RequestHandler:
             status = 499 if outcome.client_gone else status
             if self._cache is not None and not outcome.client_gone:
                 self._cache.settle(response)
-            return response
+            return inbound.whole(response)
         except LknError as exc:
             status = exc.status
             if stream.response is None:
@@ -179,12 +196,25 @@ class RequestHandler:
             return await stream.error_event(cancelled, self.request_id)
         finally:
             self.state.inflight.remove(entry)
-            self._finished(request, route, label, status, time.monotonic() - started)
+            self._finished(request, inbound, label, status, time.monotonic() - started)
 
-    def _finished(self, request: web.Request, route: str, label: str, status: int,
+    async def _residency(self, model: ModelConfig) -> None:
+        """Load ``model`` (through the scheduler, like a request) and keep it as the client
+        asked; or, asked to keep it 0 s, unload it."""
+        inbound, manager, s = self.inbound, self.state.manager, self.cfg.server
+        if inbound.keep_alive_s == 0:
+            await operations.unload(manager, model.name,
+                                    timeout_s=s.request_timeout_s + s.stop_grace_s)
+            return
+        lease = await lease_demand(self.state, model, Demand(0, 0), self.outcome)
+        if inbound.keep_alive_s is not None:
+            lease.record.keep_alive_s = inbound.keep_alive_s
+        lease.release()
+
+    def _finished(self, request: web.Request, inbound: Inbound, label: str, status: int,
                   elapsed: float) -> None:
-        metrics, outcome = self.state.metrics, self.outcome
-        metrics.requests.inc(label, route, str(status))
+        metrics, outcome, route = self.state.metrics, self.outcome, inbound.route
+        metrics.requests.inc(label, route, str(status), inbound.api)
         metrics.request_seconds.observe(elapsed, label, route)
         variant = "-" if outcome.variant is None else str(outcome.variant)
         log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
@@ -195,7 +225,8 @@ class RequestHandler:
                                                   outcome.completion_tokens))
         entropy = outcome.entropy_text  # the event carries the score as the header shows it
         self.state.bus.publish(
-            "request", id=self.request_id, model=label, route=route, variant=outcome.variant,
+            "request", id=self.request_id, model=label, route=route, api=inbound.api,
+            variant=outcome.variant,
             prompt_tokens=outcome.prompt_tokens, counted_by=outcome.counted_by or None,
             mode=outcome.mode, entropy=None if entropy is None else float(entropy),
             intervention=outcome.intervention, escalated_from=outcome.escalated_from,
@@ -312,8 +343,12 @@ class RequestHandler:
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
                      backends: Backends, arrived: float | None = None) -> Lease:
-        return await lease_engine(self.state, model, route, body, self.outcome,
-                                  self.stream.loading, backends, arrived)
+        lease = await lease_engine(self.state, model, route, body, self.outcome,
+                                   self.stream.loading, backends, arrived,
+                                   min_ctx=self.inbound.min_ctx)
+        if self.inbound.keep_alive_s is not None:
+            lease.record.keep_alive_s = self.inbound.keep_alive_s
+        return lease
 
     def _backend_failed(self, lease: Lease) -> str | None:
         """Report a backend's failure to its balancer; its name (None: not a backend)."""

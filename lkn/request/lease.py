@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lkn.config import HomeostasisConfig, ModelConfig
-from lkn.fleet.records import Lease
+from lkn.fleet.records import Demand, Lease
 from lkn.homeostat.interventions import with_verify_prompt
 from lkn.request.loading import LoadingFeedback
 from lkn.request.outcome import Outcome
@@ -32,16 +32,26 @@ def sized_body(route: str, body: dict[str, Any], settings: HomeostasisConfig) ->
 
 async def lease_engine(state: GatewayState, model: ModelConfig, route: str,
                        body: dict[str, Any], outcome: Outcome, loading: LoadingFeedback | None,
-                       backends: Backends, arrived: float | None = None) -> Lease:
+                       backends: Backends, arrived: float | None = None, *,
+                       min_ctx: int | None = None) -> Lease:
     """Size ``body``, then wait for an engine of ``model`` whose variant holds it (a stream that
     waits long is kept informed by ``loading``). ``arrived``: when the request first queued,
-    for a request that queues again (an escalation keeps its place)."""
+    for a request that queues again (an escalation keeps its place). ``min_ctx``: the least
+    context the client asked for (Ollama's ``num_ctx``)."""
     sizing = await state.manager.selector.size(model, route, body)
     state.metrics.token_counts.inc(sizing.method)
-    outcome.model = model.name  # known before the wait: loading streams carry it
     outcome.prompt_tokens = sizing.demand.prompt_tokens
     outcome.counted_by = sizing.method
-    demand = replace(sizing.demand, client_key=outcome.client_key, priority=outcome.priority)
+    return await lease_demand(state, model, replace(sizing.demand, min_ctx=min_ctx), outcome,
+                              loading, backends, arrived)
+
+
+async def lease_demand(state: GatewayState, model: ModelConfig, demand: Demand,
+                       outcome: Outcome, loading: LoadingFeedback | None = None,
+                       backends: Backends = Backends(), arrived: float | None = None) -> Lease:
+    """Wait for an engine of ``model`` whose variant holds ``demand`` (already sized)."""
+    outcome.model = model.name  # known before the wait: loading streams carry it
+    demand = replace(demand, client_key=outcome.client_key, priority=outcome.priority)
     waited = time.monotonic()
     if outcome.queued_at is None:
         outcome.queued_at = waited

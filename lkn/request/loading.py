@@ -4,7 +4,8 @@ headers at once and a comment every few seconds (``: loading smollm2@2048, 12 s`
 
 A model with ``loading_events = true`` sends the progress as ``reasoning_content`` deltas of the
 chat stream instead (llama-swap's ``sendLoadingState``): clients that show reasoning show it.
-Off by default: it changes the answer's reasoning.
+Off by default: it changes the answer's reasoning. A client of another API (Anthropic, Responses)
+gets the comments only; an NDJSON one (Ollama) gets no early headers.
 
 Only waits longer than ``GRACE_S`` do this: a request served by a ready engine answers exactly as
 it would without lkn. Once the headers are out, an error is an error event (``OpenStream``).
@@ -37,9 +38,10 @@ DEFAULT_DEADLINE = WriteDeadline(ServerConfig.stream_idle_timeout_s)  # the conf
 class LoadingFeedback:
     def __init__(self, request: web.Request, route: str, model: ModelConfig,
                  manager: EngineManager, headers: Callable[[], dict[str, str]],
-                 deadline: WriteDeadline = DEFAULT_DEADLINE) -> None:
+                 deadline: WriteDeadline = DEFAULT_DEADLINE, *, openai: bool = True) -> None:
         self._request = request
         self._route = route
+        self._openai = openai  # another API's client gets the comments only
         self.model = model  # the model being waited for (a fallback replaces it)
         self._manager = manager
         self._headers = headers  # the request's headers as they are when they go out
@@ -72,7 +74,7 @@ class LoadingFeedback:
             self.response = web.StreamResponse(status=200, headers=sse_headers(self._headers()))
             await self.response.prepare(self._request)
             self._writer = ClientWriter(self.response, self._request.transport, self._deadline)
-        if self.model.loading_events and self._route == "chat":
+        if self.model.loading_events and self._route == "chat" and self._openai:
             await self._writer.write(frame_json(self._chunk(what + "\n")))
         else:
             await self._writer.write(f": {what}\n\n".encode())

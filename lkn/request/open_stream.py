@@ -11,19 +11,25 @@ from aiohttp import web
 
 from lkn.errors import LknError
 from lkn.relay.client_write import ClientWriter, WriteDeadline
+from lkn.request.inbound.base import StreamTranscoder, TranscodingWriter
 from lkn.request.loading import DEFAULT_DEADLINE, LoadingFeedback
 from lkn.sse import frame_bytes, frame_json, sse_headers
 
-
+Writer = ClientWriter | TranscodingWriter
 
 
 class OpenStream:
+    """``transcoder``: the client's API, when it is not OpenAI's, turns each OpenAI event
+    written here into its own (``lkn.request.inbound``); ``content_type`` is its stream's."""
+
     def __init__(self, request: web.Request, headers: Callable[[], dict[str, str]],
                  deadline: WriteDeadline = DEFAULT_DEADLINE) -> None:
         self._request = request
         self._headers = headers  # read when the headers go out, not before
         self._deadline = deadline
-        self._writer: ClientWriter | None = None
+        self._writer: Writer | None = None
+        self.transcoder: StreamTranscoder | None = None
+        self.content_type = "text/event-stream"
         self.loading: LoadingFeedback | None = None  # a stream that may wait for an engine
         self._answer: web.StreamResponse | None = None  # the relayed answer, once prepared
 
@@ -34,19 +40,23 @@ class OpenStream:
             return self._answer
         return self.loading.response if self.loading is not None else None
 
-    async def open(self) -> ClientWriter:
+    async def open(self) -> Writer:
         """The stream to relay an answer on: the one already open, or a new one, prepared."""
         resp = self.response
         if resp is None:
-            resp = web.StreamResponse(status=200, headers=sse_headers(self._headers()))
+            headers = sse_headers(self._headers())
+            headers["Content-Type"] = self.content_type
+            resp = web.StreamResponse(status=200, headers=headers)
             await resp.prepare(self._request)
         self._answer = resp
         return self._writer_of(resp)
 
-    def _writer_of(self, resp: web.StreamResponse) -> ClientWriter:
+    def _writer_of(self, resp: web.StreamResponse) -> Writer:
         if self._writer is None or self._writer.response is not resp:
-            self._writer = ClientWriter(resp, getattr(self._request, "transport", None),
-                                        self._deadline)
+            writer = ClientWriter(resp, getattr(self._request, "transport", None),
+                                  self._deadline)
+            self._writer = writer if self.transcoder is None else \
+                TranscodingWriter(writer, self.transcoder)
         return self._writer
 
     async def error_event(self, error: LknError, request_id: str) -> web.StreamResponse:

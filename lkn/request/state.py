@@ -15,6 +15,7 @@ from lkn.ops.events import EventBus
 from lkn.ops.inflight import InFlight
 from lkn.ops.metrics import Metrics
 from lkn.ops.traffic import TrafficStats
+from lkn.request.inbound.response_store import ResponseStore
 
 
 @dataclass
@@ -33,6 +34,8 @@ class GatewayState:
     # Upstream backends registered through the admin API, as they were sent (model -> backend
     # name -> JSON): re-applied after every reload, gone at restart.
     runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # OpenAI Responses kept for previous_response_id (server.responses_store_*); None: none
+    responses: ResponseStore | None = None
 
 
 STATE = web.AppKey("lkn_state", GatewayState)
