@@ -35,9 +35,11 @@ server = {
   body_timeout_s = 60,           -- a request's headers and body must arrive within this
   max_body_mb = 16,              -- the largest request body (413 beyond)
   max_in_flight = 256,           -- requests read or served at once (503 + Retry-After beyond)
-  -- OpenAI Responses kept for previous_response_id, per API key, in memory (lost at restart).
+  -- OpenAI Responses kept for previous_response_id, per API key, in memory (lost at restart):
+  -- at most this many, this old, this much memory (a turn keeps only what it added).
   responses_store_size = 1000,
   responses_store_age_s = 3600,
+  responses_store_mb = 64,
   -- Models started at boot and after every reload (their smallest variant), in the background.
   preload = {},
   -- Browser origins allowed to call lkn (CORS), e.g. { "https://chat.example" } or { "*" }.

@@ -121,7 +121,7 @@ async def test_listings_for_every_client(client: TestClient) -> None:
     router = (await (await client.get("/models", headers=KEY)).json())["data"]
     assert next(m for m in router if m["id"] == "fake")["status"] == {"value": "unloaded"}
     tags = (await (await client.get("/api/tags", headers=KEY)).json())["models"]
-    assert {t["name"] for t in tags} == {"fake", "remote"}
+    assert {t["name"] for t in tags} == {"fake:latest", "remote:latest"}  # with the tag
     assert (await (await client.get("/api/ps", headers=KEY)).json()) == {"models": []}
     version = await (await client.get("/api/version", headers=KEY)).json()
     assert version["version"].count(".") == 2
@@ -129,3 +129,21 @@ async def test_listings_for_every_client(client: TestClient) -> None:
                                      headers=KEY)).json()
     assert shown["capabilities"] == ["completion", "tools"]
     assert await (await client.get("/", headers=KEY)).text() == "Ollama is running"
+
+
+async def test_only_the_operator_unloads_through_keep_alive_zero(
+        client: TestClient, tmp_path: Path, aiohttp_client: Any) -> None:
+    # Ollama's unload call stops the model for every client: the operator's, like
+    # /models/unload (an admin key; anyone on a box without keys)
+    r = await client.post("/api/generate", json={"model": "fake", "keep_alive": 0}, headers=KEY)
+    assert r.status == 403 and "admin key" in ollama_error(await r.json())
+    admin_only = LUA.replace('api_keys = { "k-1" }, ', "")
+    open_box: TestClient = await aiohttp_client(create_app(write_config(tmp_path, admin_only,
+                                                                        "admin.cfg.lua")))
+    r = await open_box.post("/api/generate", json={"model": "fake", "keep_alive": 0})
+    assert r.status == 403  # keys are set: a client without the admin key is no operator
+    r = await open_box.post("/api/generate", json={"model": "fake", "keep_alive": 0},
+                            headers={"Authorization": "Bearer a-1"})
+    assert r.status == 200
+    answer = await r.json()
+    assert answer["done"] is True and answer["done_reason"] == "unload"

@@ -49,6 +49,13 @@ async def client(tmp_path: Path, aiohttp_client: Any) -> TestClient:
      "'stream' must be a boolean"),
     (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404,
      "The model 'nope' does not exist"),
+    (b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], "tools": 5}', 400,
+     "'tools' must be an array"),
+    (b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], '
+     b'"tools": [{"type": "function", "function": "f"}]}', 400,
+     "tools[0].function must be an object with a 'name'"),
+    (b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], '
+     b'"tool_choice": {"type": "function", "function": "f"}}', 400, "'tool_choice' must be"),
 ])
 async def test_bad_bodies_get_openai_errors_marked_as_lkn(client: TestClient, body: bytes,
                                                            status: int, message: str) -> None:

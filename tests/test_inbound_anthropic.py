@@ -73,9 +73,9 @@ def canonical(b: dict[str, Any]) -> dict[str, Any]:
       {"role": "tool", "tool_call_id": "t3", "content": ""},
       {"role": "user", "content": [{"type": "image_url", "image_url": {
           "url": "data:image/png;base64,iVBOR"}}]}]),
-    # a final assistant message is a prefill, and may be empty; a system role stays one
+    # a final assistant message is a prefill, and may be empty; a system role joins the first
     (USER + [{"role": "system", "content": "be terse"}, {"role": "assistant", "content": ""}],
-     USER + [{"role": "system", "content": "be terse"}, {"role": "assistant", "content": ""}]),
+     [{"role": "system", "content": "be terse"}] + USER + [{"role": "assistant", "content": ""}]),
 ])
 def test_messages_translate(messages: list[Any], expected: list[Any]) -> None:
     assert canonical(body(messages=messages))["messages"] == expected
@@ -167,8 +167,10 @@ def test_count_tokens_needs_no_max_tokens() -> None:
      "expected an object"),
     (body(messages=[{"role": "user", "content": [{"type": "text"}]}]),
      "messages[0].content[0].text", "expected a string"),
+    (body(messages=[{"role": "user", "content": [{"type": "search_result", "source": "x"}]}]),
+     "messages[0].content[0].type", "'search_result' is not supported in a user message"),
     (body(messages=[{"role": "user", "content": [{"type": "document", "source": {}}]}]),
-     "messages[0].content[0].type", "'document' is not supported in a user message"),
+     "messages[0].content[0].source.type", "expected text, content, base64, url or file"),
     (body(messages=[{"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "y",
                                                   "input": {}}]}]),
      "messages[0].content[0].type", "'tool_use' is not supported in a user message"),
@@ -182,8 +184,11 @@ def test_count_tokens_needs_no_max_tokens() -> None:
     (body(messages=[{"role": "user", "content": [{"type": "image", "source": "x"}]}]),
      "messages[0].content[0].source", "expected an object"),
     (body(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                                  "content": [{"type": "search_result"}]}]}]),
+     "messages[0].content[0].content", "text, image and document"),
+    (body(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
                                                   "content": [{"type": "document"}]}]}]),
-     "messages[0].content[0].content", "text and image"),
+     "messages[0].content[0].content[0].source", "expected an object"),
     (body(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": 3}]}]),
      "messages[0].content[0].tool_use_id", "string"),
     (body(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
@@ -202,7 +207,7 @@ def test_count_tokens_needs_no_max_tokens() -> None:
      "tools[0].input_schema", "type must be one of"),
     (body(tools=[{"input_schema": {}}]), "tools[0].name", "string"),
     (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools[0].type",
-     "'web_search_20250305' is not supported"),
+     "'web_search_20250305' .* server tool"),
     (body(tools=[TOOL], tool_choice="auto"), "tool_choice", "expected an object"),
     (body(tools=[TOOL], tool_choice={"type": "some"}), "tool_choice.type", "one of"),
     (body(tools=[TOOL], tool_choice={"type": "tool"}), "tool_choice.name", "string"),
@@ -244,7 +249,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size
 @given(st.fixed_dictionaries({}, optional={
     "model": JSON, "max_tokens": JSON, "messages": JSON, "system": JSON, "tools": JSON,
     "tool_choice": JSON, "thinking": JSON, "stop_sequences": JSON, "metadata": JSON,
-    "temperature": JSON, "top_k": JSON, "stream": JSON}))
+    "temperature": JSON, "top_k": JSON, "stream": JSON, "output_config": JSON}))
 def test_any_body_is_translated_or_refused_with_a_400(b: dict[str, Any]) -> None:
     try:
         validate_chat(AnthropicInbound().canonical(b))

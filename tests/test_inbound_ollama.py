@@ -14,8 +14,9 @@ from aiohttp import web
 
 from lkn.errors import BadRequest
 from lkn.request.inbound.ollama import (OllamaChat, OllamaEmbed, OllamaGenerate,
-                                        OllamaLegacyEmbedding, image_url, map_format,
-                                        map_messages, map_options, map_think, parse_keep_alive)
+                                        OllamaLegacyEmbedding)
+from lkn.request.inbound.ollama_fields import (image_url, map_format, map_messages, map_options,
+                                               map_think, parse_keep_alive)
 from lkn.request.inbound.ollama_stream import OllamaStream, created_at, stats
 from lkn.request.validate import VALIDATORS
 

@@ -95,14 +95,18 @@ class Scripted:
         return response
 
 
-@pytest.fixture
-async def served(aiohttp_server: Any) -> AsyncIterator[tuple[Scripted, openai.AsyncOpenAI]]:
-    scripted = Scripted(ResponseStore())
+async def sdk_for(aiohttp_server: Any, scripted: Scripted) -> openai.AsyncOpenAI:
+    """The official SDK pointed at an app whose /v1/responses ``scripted`` answers."""
     app = web.Application()
     app.router.add_post("/v1/responses", scripted.handle)
     server: TestServer = await aiohttp_server(app)
-    client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="x",
-                                max_retries=0)
+    return openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="x", max_retries=0)
+
+
+@pytest.fixture
+async def served(aiohttp_server: Any) -> AsyncIterator[tuple[Scripted, openai.AsyncOpenAI]]:
+    scripted = Scripted(ResponseStore())
+    client = await sdk_for(aiohttp_server, scripted)
     yield scripted, client
     await client.close()
 

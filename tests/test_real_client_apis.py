@@ -299,19 +299,20 @@ def test_ollama_listings_and_keep_alive(gw: Gateway, llama: Any) -> None:
 
     client = llama
     names = {m.model for m in client.list().models}
-    assert {"smol", "smol-embed"} <= names
+    assert {"smol:latest", "smol-embed:latest"} <= names  # tagged, as Ollama names them
     shown = client.show("smol")
     assert shown.details.family == "llama" and "completion" in (shown.capabilities or [])
     assert http("GET", gw.base_url + "/api/version").json()["version"]
     loaded = client.generate(model="smol", prompt="", keep_alive=-1)
     assert loaded.done_reason == "load"
-    (running,) = [m for m in client.ps().models if m.model == "smol"]
+    (running,) = [m for m in client.ps().models if m.model == "smol:latest"]
     assert running.expires_at.year > 2200  # kept: -1 is for ever
     client.chat(model="smol", messages=ASK, options={"num_predict": 2}, keep_alive=0)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(m.model == "smol" for m in client.ps().models):
+    while time.monotonic() < deadline and any(m.model == "smol:latest"
+                                              for m in client.ps().models):
         time.sleep(0.2)
-    assert not [m for m in client.ps().models if m.model == "smol"]  # 0: unloaded once idle
+    assert not [m for m in client.ps().models if m.model == "smol:latest"]  # 0: unloaded once idle
 
 
 def test_ollama_errors_are_ollama_shaped(gw: Gateway, llama: Any) -> None:

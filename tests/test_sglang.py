@@ -36,6 +36,16 @@ def test_argv_follows_sglang_launch_server() -> None:
         "--enable-memory-saver", "--enable-weights-cpu-backup", "--tp", "1"]
 
 
+def test_llama_servers_repeat_penalty_is_sglangs_repetition_penalty() -> None:
+    model = ModelConfig(name="qwen", engine="sglang", python="/opt/sgl/bin/python",
+                        variants=(VariantConfig(8192, "/models/qwen", 999),))
+    client = SGLangEngine(model, model.variants[0])
+    sent = client.prepare_body("chat", {"model": "x", "repeat_penalty": 1.1, "top_k": 4})
+    assert sent == {"model": "qwen", "repetition_penalty": 1.1, "top_k": 4}
+    both = client.prepare_body("chat", {"repeat_penalty": 1.1, "repetition_penalty": 1.3})
+    assert both["repetition_penalty"] == 1.3 and "repeat_penalty" not in both
+
+
 async def test_ready_after_refused_then_503_and_whole_tree_stopped(
         hf_dir: Path, fake_python: str, tmp_path: Path) -> None:
     children, escaped = tmp_path / "children", tmp_path / "escaped"

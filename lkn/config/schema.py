@@ -221,6 +221,7 @@ class ServerConfig:
     # for how long; 0 entries: none kept (store is then refused with a 400)
     responses_store_size: int = 1000
     responses_store_age_s: float = 3600.0
+    responses_store_mb: float = 64.0
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # every model's default
 

@@ -94,6 +94,7 @@ def parse_server(value: Any) -> ServerConfig:
         responses_store_size=t.get("responses_store_size", integer(0), d.responses_store_size),
         responses_store_age_s=t.get("responses_store_age_s", number(1.0),
                                     d.responses_store_age_s),
+        responses_store_mb=t.get("responses_store_mb", number(0.001), d.responses_store_mb),
     )
     homeo = t.raw("homeostasis")
     if homeo is not None:

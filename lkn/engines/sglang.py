@@ -94,6 +94,13 @@ class SGLangEngine(EngineClient):
             argv += ["--reasoning-parser", m.reasoning_parser]
         return argv + list(v.args)
 
+    def prepare_body(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        out = super().prepare_body(route, body)
+        # llama-server's name (Ollama's too, which lkn passes on) for SGLang's sampling knob
+        if "repeat_penalty" in out:
+            out.setdefault("repetition_penalty", out.pop("repeat_penalty"))
+        return out
+
     def launch_argv(self, port: int) -> list[str]:
         argv = self.argv(port)
         if self.engine_key is None:

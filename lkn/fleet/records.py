@@ -148,6 +148,7 @@ class EngineRecord:
         self.state_since = now
         if state in (State.STOPPED, State.FAILED):
             self.unloading = False  # unloaded: the next request may start it again
+            self.keep_alive_s = None  # a client's residency wish ends with the engine
             self.stops += 1
         elif state is State.STARTING:
             self.stop_reason = ""

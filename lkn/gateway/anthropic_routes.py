@@ -42,7 +42,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     finally:
         state.metrics.requests.inc(label, "count_tokens", str(status), "anthropic")
         state.metrics.request_seconds.observe(time.monotonic() - started, label,
-                                              "count_tokens")
+                                              "count_tokens", "anthropic")
 
 
 def add_routes(app: web.Application) -> None:

@@ -60,6 +60,12 @@ def _metadata(path: str) -> dict[str, Any]:
     return _headers[(path, mtime)]
 
 
+def tagged(name: str) -> str:
+    """A name as Ollama writes it: with its tag (``smol:latest``). Clients look models up by
+    it (Open WebUI adds ``:latest`` to a name without a tag before it asks); lkn takes both."""
+    return name if ":" in name else f"{name}:latest"
+
+
 def describe(model: ModelConfig, name: str) -> dict[str, Any]:
     """One model as ``/api/tags`` lists it."""
     path = _file(model)
@@ -71,7 +77,7 @@ def describe(model: ModelConfig, name: str) -> dict[str, Any]:
     details = {"parent_model": "", "format": "gguf" if path else model.engine, "family": arch,
                "families": [arch], "parameter_size": str(meta.get("general.size_label", "")),
                "quantization_level": FILE_TYPES.get(meta.get("general.file_type", -1), "")}
-    return {"name": name, "model": name,
+    return {"name": tagged(name), "model": tagged(name),
             "modified_at": rfc3339(stat.st_mtime if stat else time.time()),
             "size": stat.st_size if stat else 0, "digest": digest, "details": details,
             "capabilities": [_CAPABILITIES.get(c, c) for c in capabilities(model)]}

@@ -7,8 +7,11 @@ Routes::
     POST /api/chat, /api/generate, /api/embed, /api/embeddings
     GET  /api/tags, /api/ps, /api/version (HEAD too), POST /api/show
     GET  /, /api/  "Ollama is running" (what clients probe for)
+    POST /api/pull, /api/push, /api/create, /api/copy; DELETE /api/delete: 501 (lkn's models
+         are its config's)
 
-A model name may carry Ollama's default tag (``smol:latest`` is ``smol``).
+A model name may carry Ollama's default tag (``smol:latest`` is ``smol``); the listings name
+each model with it, as Ollama does.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from lkn.errors import BadRequest
+from lkn.errors import ERROR_SOURCE_HEADER, BadRequest
 from lkn.gateway import ollama_models
 from lkn.gateway.keys import STATE
 from lkn.ops.inflight import REQUEST_ID
@@ -59,6 +62,13 @@ async def running(request: web.Request) -> web.Response:
     return web.Response(text="Ollama is running")
 
 
+async def not_here(request: web.Request) -> web.Response:
+    """Ollama's model management: lkn's models are its config's (a reload adopts changes)."""
+    return web.json_response({"error": f"{request.path} is not served by lkn: its models are "
+                                       f"the ones its config file names (edit it, then reload)"},
+                             status=501, headers={ERROR_SOURCE_HEADER: "lkn"})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/chat", _served(OllamaChat))
@@ -71,3 +81,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/version", version)
     r.add_get("/api/", running)
     r.add_get("/", running)
+    for path in ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/blobs/{digest}"):
+        r.add_post(path, not_here)
+    r.add_delete("/api/delete", not_here)

@@ -168,7 +168,8 @@ def _response_store(cfg: Config) -> ResponseStore | None:
     s = cfg.server
     if s.responses_store_size < 1:
         return None
-    return ResponseStore(s.responses_store_size, s.responses_store_age_s)
+    return ResponseStore(s.responses_store_size, s.responses_store_age_s,
+                         max_bytes=int(s.responses_store_mb * 1024 * 1024))
 
 
 async def _housekeeping(state: GatewayState) -> None:

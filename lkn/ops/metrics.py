@@ -146,9 +146,10 @@ class Metrics:
         ProcessCollector(registry=r)
         self.requests = Counter(r, "lkn_requests_total", "Requests answered, by model, route, "
                                 "HTTP status and the client's API (openai, responses, "
-                                "anthropic, ollama)", ("model", "route", "status", "api"))
+                                "anthropic, ollama; llamacpp: llama-server's own endpoints)",
+                                ("model", "route", "status", "api"))
         self.request_seconds = Histogram(r, "lkn_request_seconds", "Time from arrival to the end "
-                                         "of the answer", LATENCY, ("model", "route"))
+                                         "of the answer", LATENCY, ("model", "route", "api"))
         self.ttft_seconds = Histogram(r, "lkn_time_to_first_token_seconds", "Time from arrival "
                                       "to the first streamed event", LATENCY, ("model",))
         self.queue_seconds = Histogram(r, "lkn_queue_wait_seconds", "Time a request waited for "

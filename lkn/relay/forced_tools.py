@@ -28,27 +28,35 @@ NOTE = ("You must answer by calling one of these tools. Reply with a JSON object
         '{"name": <tool name>, "arguments": <its arguments>} and nothing else.\nTools:\n')
 
 
+def _functions(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The request's function tools by name (validated before: ``validate_chat``; read
+    defensively all the same)."""
+    tools = body.get("tools")
+    out: dict[str, dict[str, Any]] = {}
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            out.setdefault(function["name"], function)
+    return out
+
+
 def _forced_names(body: dict[str, Any]) -> list[str] | None:
     """The tools one of which the request forces, None when it forces none."""
-    tools = [t.get("function") for t in body.get("tools") or [] if isinstance(t, dict)]
-    names = [f["name"] for f in tools if isinstance(f, dict) and isinstance(f.get("name"), str)]
+    names = list(_functions(body))
     choice = body.get("tool_choice")
     if not names:
         return None
     if choice == "required":
         return names
-    if isinstance(choice, dict):
-        named = (choice.get("function") or {}).get("name")
-        return [named] if isinstance(named, str) and named in names else None
-    return None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    named = function.get("name") if isinstance(function, dict) else None
+    return [named] if isinstance(named, str) and named in names else None
 
 
 class ForcedToolCall:
     def __init__(self, body: dict[str, Any], names: list[str]) -> None:
-        functions = {t["function"]["name"]: t["function"] for t in body["tools"]
-                     if isinstance(t, dict) and isinstance(t.get("function"), dict)
-                     and t["function"].get("name") in names}
-        self._functions = [functions[n] for n in names if n in functions]
+        functions = _functions(body)
+        self._functions = [functions[n] for n in names]
         self._id = f"call_{uuid.uuid4().hex[:24]}"
 
     @classmethod
@@ -112,7 +120,8 @@ class ForcedToolCall:
         try:
             obj = fastjson.loads(raw)
             message = obj["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            message.get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return raw
         call = self.call_of(message.get("content") or "")
         if call is None:

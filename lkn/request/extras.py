@@ -7,7 +7,9 @@ swapped in, if none runs), and are relayed as the engine answers them: a whole J
 ``/infill``'s own event stream (llama-server's ``/completion`` chunks, which end without
 ``[DONE]``) byte for byte. They are not sized by tokens (any variant holds a tokenization; an
 infill's prompt is bounded by the variant it lands on, as llama-server's own), not probed and
-not cached. A model on another engine gets a 400 naming the engine.
+not cached. A model on another engine gets a 400 naming the engine. They count as their
+caller's in the queue's fair share, like any request, and are recorded under the ``llamacpp``
+API.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from aiohttp import web
 from lkn.config import ModelConfig
 from lkn.engines.limits import UpstreamTooLarge, read_limited
 from lkn.engines.upstream import upstream_timeout
-from lkn.errors import (ERROR_SOURCE_HEADER, BadRequest, EngineUnreachable, GatewayTimeout,
-                        LknError, UpstreamError)
+from lkn.engines.base import EngineRequestError
+from lkn.errors import (ERROR_SOURCE_HEADER, BadRequest, Cancelled, EngineUnavailable,
+                        EngineUnreachable, GatewayTimeout, LknError, UpstreamError)
 from lkn.fleet.records import Demand, Lease
 from lkn.relay.client_write import BoundedResponse, ClientWriter
 from lkn.request.forward import write_deadline
+from lkn.request.caller import caller_of
 from lkn.request.lease import lease_demand
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
@@ -35,9 +39,11 @@ EXTRA_ROUTES = ("rerank", "infill", "tokenize", "detokenize", "apply-template", 
 
 
 def _model_of(state: GatewayState, name: Any, route: str) -> ModelConfig:
-    if not isinstance(name, str) or not name:
+    if name is None:
         raise BadRequest(f"'model' is required: the model whose llama-server answers /{route}",
                          param="model")
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"'model' must be a non-empty string, got {name!r}", param="model")
     model = state.cfg.require(name)
     if model.engine != "llamacpp":
         raise BadRequest(f"/{route} is llama-server's endpoint; model '{model.name}' runs on "
@@ -66,6 +72,8 @@ class ExtraHandler:
                 body = parse_json_object(await request.read())
                 model = _model_of(state, body.get("model"), route)
             label = entry.model = model.name
+            caller = caller_of(request, state.cfg.server)  # its fair share in the queue
+            outcome.client_key = caller.key
             # A tokenization needs no context; an infill's answer budget steers the variant.
             answer = body.get("n_predict") if body is not None and route == "infill" else 0
             demand = Demand(0, answer if isinstance(answer, int) and answer > 0 else None)
@@ -81,12 +89,19 @@ class ExtraHandler:
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             status = 499
-            raise
+            if not entry.cancelled:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # an operator's cancel: the client gets an error, not a reset
+            cancelled = Cancelled(f"request {outcome.request_id} was cancelled by an operator")
+            status = cancelled.status
+            raise cancelled from None
         finally:
             state.inflight.remove(entry)
             elapsed = time.monotonic() - started
             state.metrics.requests.inc(label, route, str(status), "llamacpp")
-            state.metrics.request_seconds.observe(elapsed, label, route)
+            state.metrics.request_seconds.observe(elapsed, label, route, "llamacpp")
 
     async def _relay(self, request: web.Request, route: str, body: dict[str, Any] | None,
                      lease: Lease) -> web.StreamResponse:
@@ -100,14 +115,21 @@ class ExtraHandler:
             else:
                 upstream = await client.send(state.session, lease.base_url, route,
                                              client.prepare_body(route, body), timeout=timeout)
+        except EngineRequestError as exc:  # not lkn's engine on that port any more
+            await lease.process.confirm_alive()
+            raise EngineUnavailable(str(exc)) from None
         except asyncio.TimeoutError:
             raise GatewayTimeout(f"engine {key} did not answer in time") from None
-        except aiohttp.ClientConnectorError:
-            raise EngineUnreachable(f"engine {key} is unreachable") from None
         except aiohttp.ClientError as exc:
+            await lease.process.confirm_alive()  # a dead engine is a crash now
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise EngineUnreachable(f"engine {key} is unreachable") from None
             raise UpstreamError(f"engine {key} failed: {exc.__class__.__name__}") from None
         deadline = write_deadline(state, server, self.outcome)
         async with upstream:
+            if 300 <= upstream.status < 400:  # never followed: it could point anywhere
+                raise UpstreamError(f"engine {key} answered with a redirect (HTTP "
+                                    f"{upstream.status}), which lkn does not follow")
             headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"),
                        **self.outcome.headers()}
             if upstream.status >= 400:

@@ -25,8 +25,7 @@ from lkn.config import HomeostasisConfig, ModelConfig
 from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnavailable,
                         EngineUnreachable, GatewayTimeout, LknError, ModelNotFound,
                         UpstreamError)
-from lkn.fleet import operations
-from lkn.fleet.records import Demand, Lease
+from lkn.fleet.records import Lease
 from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
@@ -34,10 +33,11 @@ from lkn.ops.traffic import Finished
 from lkn.request.caller import caller_of, take_priority
 from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.inbound.base import Inbound
-from lkn.request.lease import Backends, lease_demand, lease_engine, sized_body
+from lkn.request.lease import Backends, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
+from lkn.request.residency import is_operator, load_or_unload
 from lkn.request.state import GatewayState
 from lkn.request.validate import VALIDATORS, parse_json_object
 from lkn.request.validate_formats import check_media_urls, media_engine
@@ -118,10 +118,16 @@ class RequestHandler:
             model = self.cfg.require(body["model"])
             label = entry.model = model.name
             check_media_urls(body, media_engine(model))  # before an engine starts for it
+            if route == "embeddings" and not model.embeddings:
+                raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
+                                 f"embeddings = true in its config)", param="model")
+            operator = is_operator(caller, self.cfg.server)
             if inbound.load_only:  # the client only asks for its model's residency
-                await self._residency(model)
+                await load_or_unload(self.state, model, inbound, outcome, operator)
                 status = 200
                 return inbound.whole(web.json_response({}, headers=outcome.headers()))
+            if not operator:
+                inbound.keep_alive_s = None
             if body.get("stream") and route != "embeddings":
                 stream.transcoder = inbound.transcoder()
                 stream.content_type = inbound.stream_content_type
@@ -129,9 +135,6 @@ class RequestHandler:
                     stream.loading = LoadingFeedback(request, route, model, self.state.manager,
                                                      outcome.headers, deadline,
                                                      openai=inbound.identity)
-            if route == "embeddings" and not model.embeddings:
-                raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
-                                 f"embeddings = true in its config)", param="model")
             settings = self._settings(request, route, model, lkn_field)
             if self.cache is not None:
                 self._cache = CacheTicket.open(self.cache, self.state.metrics, request,
@@ -198,24 +201,11 @@ class RequestHandler:
             self.state.inflight.remove(entry)
             self._finished(request, inbound, label, status, time.monotonic() - started)
 
-    async def _residency(self, model: ModelConfig) -> None:
-        """Load ``model`` (through the scheduler, like a request) and keep it as the client
-        asked; or, asked to keep it 0 s, unload it."""
-        inbound, manager, s = self.inbound, self.state.manager, self.cfg.server
-        if inbound.keep_alive_s == 0:
-            await operations.unload(manager, model.name,
-                                    timeout_s=s.request_timeout_s + s.stop_grace_s)
-            return
-        lease = await lease_demand(self.state, model, Demand(0, 0), self.outcome)
-        if inbound.keep_alive_s is not None:
-            lease.record.keep_alive_s = inbound.keep_alive_s
-        lease.release()
-
     def _finished(self, request: web.Request, inbound: Inbound, label: str, status: int,
                   elapsed: float) -> None:
         metrics, outcome, route = self.state.metrics, self.outcome, inbound.route
         metrics.requests.inc(label, route, str(status), inbound.api)
-        metrics.request_seconds.observe(elapsed, label, route)
+        metrics.request_seconds.observe(elapsed, label, route, inbound.api)
         variant = "-" if outcome.variant is None else str(outcome.variant)
         log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
                  request.path, label, status, variant, outcome.mode or "-", elapsed * 1000)
@@ -343,11 +333,14 @@ class RequestHandler:
 
     async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
                      backends: Backends, arrived: float | None = None) -> Lease:
+        inbound = self.inbound
         lease = await lease_engine(self.state, model, route, body, self.outcome,
                                    self.stream.loading, backends, arrived,
-                                   min_ctx=self.inbound.min_ctx)
-        if self.inbound.keep_alive_s is not None:
-            lease.record.keep_alive_s = self.inbound.keep_alive_s
+                                   min_ctx=inbound.min_ctx,
+                                   budget_binding=inbound.answer_budget_binding)
+        # The last request's residency wish rules (Ollama's way); one without any restores
+        # the operator's idle_unload_s.
+        lease.record.keep_alive_s = inbound.keep_alive_s
         return lease
 
     def _backend_failed(self, lease: Lease) -> str | None:

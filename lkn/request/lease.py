@@ -33,17 +33,20 @@ def sized_body(route: str, body: dict[str, Any], settings: HomeostasisConfig) ->
 async def lease_engine(state: GatewayState, model: ModelConfig, route: str,
                        body: dict[str, Any], outcome: Outcome, loading: LoadingFeedback | None,
                        backends: Backends, arrived: float | None = None, *,
-                       min_ctx: int | None = None) -> Lease:
+                       min_ctx: int | None = None, budget_binding: bool = True) -> Lease:
     """Size ``body``, then wait for an engine of ``model`` whose variant holds it (a stream that
     waits long is kept informed by ``loading``). ``arrived``: when the request first queued,
     for a request that queues again (an escalation keeps its place). ``min_ctx``: the least
-    context the client asked for (Ollama's ``num_ctx``)."""
+    context the client asked for (Ollama's ``num_ctx``); ``budget_binding`` False: the
+    answer budget is a ceiling, not a demand (``Inbound.answer_budget_binding``)."""
     sizing = await state.manager.selector.size(model, route, body)
     state.metrics.token_counts.inc(sizing.method)
     outcome.prompt_tokens = sizing.demand.prompt_tokens
     outcome.counted_by = sizing.method
-    return await lease_demand(state, model, replace(sizing.demand, min_ctx=min_ctx), outcome,
-                              loading, backends, arrived)
+    demand = replace(sizing.demand, min_ctx=min_ctx)
+    if not budget_binding:
+        demand = replace(demand, answer_tokens=None)  # steered by default_max_tokens only
+    return await lease_demand(state, model, demand, outcome, loading, backends, arrived)
 
 
 async def lease_demand(state: GatewayState, model: ModelConfig, demand: Demand,

@@ -131,6 +131,37 @@ def validate_chat(body: dict[str, Any]) -> None:
         raise BadRequest(f"'top_logprobs' must be a non-negative integer, got {top!r}",
                          param="top_logprobs")
     check_reasoning_fields(body)
+    _check_tools(body)
+
+
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def _check_tools(body: dict[str, Any]) -> None:
+    """``tools`` and ``tool_choice`` as the chat API shapes them (a function tool has a named
+    ``function``); other tool types pass to the engine as they are."""
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise BadRequest("'tools' must be an array of tools", param="tools")
+    for i, tool in enumerate(tools or []):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise BadRequest(f"tools[{i}] must be an object with a 'type'", param=f"tools[{i}]")
+        function = tool.get("function")
+        if tool["type"] == "function" and not (
+                isinstance(function, dict) and isinstance(function.get("name"), str)
+                and function["name"]):
+            raise BadRequest(f"tools[{i}].function must be an object with a 'name'",
+                             param=f"tools[{i}].function")
+    choice = body.get("tool_choice")
+    if choice is None or choice in TOOL_CHOICES:
+        return
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str) or (
+            choice["type"] == "function" and not (isinstance(function, dict)
+                                                  and isinstance(function.get("name"), str))):
+        raise BadRequest(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)} or "
+                         f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}",
+                         param="tool_choice")
 
 
 def validate_completions(body: dict[str, Any]) -> None:

@@ -81,6 +81,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-drop-reused", action="store_true")
     p.add_argument("--fake-debug-bodies", action="store_true")
     p.add_argument("--fake-env-dump", default=None)
+    p.add_argument("--reranking", "--rerank", action="store_true")
     args, _unknown = p.parse_known_args()
     return args
 
@@ -155,6 +156,25 @@ async def tokenize(request: web.Request) -> web.Response:
     body = await request.json()
     content = body.get("content", "")
     return web.json_response({"tokens": list(range(len(content.split())))})
+
+
+async def rerank(request: web.Request) -> web.Response:
+    """llama-server's /v1/rerank: 501 unless started with --reranking; otherwise the documents
+    scored (here by the words they share with the query), best first, ``top_n`` of them."""
+    if not ARGS.reranking:
+        return web.json_response({"error": {"code": 501, "type": "not_supported_error",
+                                            "message": "This server does not support reranking. "
+                                                       "Start it with `--reranking`"}},
+                                 status=501)
+    body = await request.json()
+    query = set(str(body.get("query", "")).lower().split())
+    docs = [str(d) for d in body.get("documents", [])]
+    scored = sorted(({"index": i, "relevance_score": float(len(query & set(d.lower().split())))}
+                     for i, d in enumerate(docs)), key=lambda r: -r["relevance_score"])
+    top = body.get("top_n") or len(scored)
+    tokens = sum(len(d.split()) for d in docs) + len(query)
+    return web.json_response({"model": ARGS.alias, "object": "list", "results": scored[:top],
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 def top_logprobs(k: int) -> list[dict]:
@@ -328,6 +348,7 @@ async def main() -> None:
     app.router.add_get("/props", props)
     app.router.add_post("/apply-template", apply_template)
     app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/v1/rerank", rerank)
     app.router.add_post("/v1/chat/completions", generate)
     app.router.add_post("/v1/completions", generate)
     runner = web.AppRunner(app, handler_cancellation=True)

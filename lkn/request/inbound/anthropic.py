@@ -1,201 +1,71 @@
 """Anthropic's Messages API at lkn's edge (``POST /v1/messages``): the request as a canonical
-chat body, the chat answer as an Anthropic message, OpenAI errors as Anthropic's.
+chat body, the chat answer as an Anthropic message, OpenAI errors as Anthropic's. The messages'
+content blocks are translated by ``anthropic_request`` (system messages, tool results,
+documents: see there).
 
 Decisions where Anthropic and the engines differ (llama-server's own ``/v1/messages`` differs
 from both in places; see the client-apis notes, 4.4):
 
-- ``system`` (a string or text blocks, joined with "\\n" as Anthropic and SGLang do) becomes the
-  first system message; a mid-conversation ``system`` role message stays a system message.
-- A user message's ``tool_result`` blocks become ``tool`` messages placed before the rest of that
-  message (OpenAI wants them right after the assistant's calls). Their text is the tool
-  message's content; their images go into the user message that follows, since engines take
-  images in user messages only. ``is_error: true`` prefixes the text with "Error: " (chat has
-  no flag for it, and the model should know the call failed).
-- ``thinking`` blocks in an assistant's history become ``reasoning_content`` (templates that
-  render past thinking use it); ``redacted_thinking`` is dropped: it is Anthropic's ciphertext.
 - ``tool_choice``: auto, any -> required, none, and tool -> the named function (llama-server
   drops the name); ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``, and tools
   without it get ``parallel_tool_calls: true`` (Anthropic allows parallel calls by default,
   llama-server does not).
+- Anthropic's own tool types (server tools such as ``web_search_*`` and ``code_execution_*``,
+  and the schema-less ``bash_*``, ``text_editor_*``, ``computer_*``, ``memory_*``) are a 400
+  that says why and what to do instead: a local model can neither run nor know them.
 - ``thinking``: enabled -> ``reasoning_effort`` from ``budget_tokens`` (under 4096 low, under
-  16384 medium, else high), adaptive -> medium, disabled -> "none". lkn turns the effort into
-  the template's ``enable_thinking`` (false only for "none") and effort for local engines, and
-  passes it on to remote ones. No ``thinking`` field: the model's own default.
+  16384 medium, else high), adaptive -> medium, disabled -> "none". ``output_config.effort``
+  (low, medium, high, xhigh, max -> xhigh) overrides the effort ``thinking`` implies, except
+  that disabled stays "none". lkn turns the effort into the template's ``enable_thinking``
+  (false only for "none") and effort for local engines, and passes it on to remote ones. No
+  ``thinking`` nor effort: the model's own default.
+- ``max_tokens`` is a ceiling, not a demand (``answer_budget_binding``): Claude Code asks 32000
+  of any model, so the context is sized by the prompt and the answer ends at the context's
+  end with ``stop_reason: max_tokens``.
 - ``stop_reason``: the chat answer does not say which stop sequence ended it (or whether one
   did), so "stop" is always ``end_turn`` with ``stop_sequence: null``.
-- Other block types (document, search_result, server tools' blocks) and non-custom tools are a
-  400 naming them: there is nothing on the chat side that could carry them.
+- A ``context_length_exceeded`` error's message starts with "prompt is too long: ", the words
+  Claude Code looks for before it compacts the conversation (not for the VRAM budget's
+  refusal, which compacting cannot help).
 """
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
-from lkn.engines.anthropic_blocks import (as_dict, count, error_type, image_url,
-                                          openai_tool_choice, stop_reason, tool_input)
+from lkn.engines.anthropic_blocks import (as_dict, count, error_type, openai_tool_choice,
+                                          stop_reason, tool_input)
 from lkn.errors import BadRequest
-from lkn.request.inbound.anthropic_stream import AnthropicStream, message_id
+from lkn.request.inbound.anthropic_request import messages, obj, string
+from lkn.request.inbound.anthropic_stream import AnthropicStream, error_message, message_id
 from lkn.request.inbound.base import Inbound
 from lkn.request.validate_formats import is_int, schema_problem
 
 CHOICES = ("auto", "any", "tool", "none")
+# output_config.effort -> reasoning_effort (OpenAI's scale ends at xhigh).
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+# Anthropic's tool types that run on Anthropic's servers, and those whose schema is built into
+# Claude models (the client runs them, but only a Claude model knows their input).
+SERVER_TOOLS = ("web_search_", "web_fetch_", "code_execution_")
+BUILTIN_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
 
 
 def _budget_effort(budget: int) -> str:
     return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
 
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise BadRequest(f"{where}: expected an object", param=where)
-    return value
-
-
-def _str(block: dict[str, Any], key: str, where: str) -> str:
-    value = block.get(key)
-    if not isinstance(value, str):
-        raise BadRequest(f"{where}.{key}: expected a string", param=f"{where}.{key}")
-    return value
-
-
-def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
-    """Content as a list of blocks (a string is one text block)."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise BadRequest(f"{where}: expected a string or an array of content blocks",
-                         param=where)
-    return [_obj(b, f"{where}[{j}]") for j, b in enumerate(content)]
-
-
-def _system_text(content: Any, where: str) -> str:
-    parts = []
-    for j, block in enumerate(_blocks(content, where)):
-        if block.get("type") != "text":
-            raise BadRequest(f"{where}[{j}]: system content must be text blocks, got "
-                             f"{block.get('type')!r}", param=where)
-        parts.append(_str(block, "text", f"{where}[{j}]"))
-    return "\n".join(parts)
-
-
-def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = _obj(block.get("source"), f"{where}.source")
-    url = image_url(source)
-    if url is None:
-        raise BadRequest(f"{where}.source: expected {{type: base64, media_type, data}} or "
-                         f"{{type: url, url}}", param=f"{where}.source")
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-def _tool_result(block: dict[str, Any], where: str) -> tuple[dict[str, Any], list[Any]]:
-    """A tool_result block as a tool message, and the images it carried."""
-    call_id = _str(block, "tool_use_id", where)
-    content = block.get("content", "")
-    texts, images = [], []
-    for j, part in enumerate(_blocks(content, f"{where}.content")):
-        kind = part.get("type")
-        if kind == "text":
-            texts.append(_str(part, "text", f"{where}.content[{j}]"))
-        elif kind == "image":
-            images.append(_image_part(part, f"{where}.content[{j}]"))
-        else:
-            raise BadRequest(f"{where}.content[{j}]: a tool_result holds text and image "
-                             f"blocks, got {kind!r}", param=f"{where}.content")
-    text = "\n".join(texts)
-    is_error = block.get("is_error")
-    if is_error is not None and not isinstance(is_error, bool):
-        raise BadRequest(f"{where}.is_error: expected a boolean", param=f"{where}.is_error")
-    if is_error and not text.lower().startswith("error"):
-        text = f"Error: {text}" if text else "Error"
-    return {"role": "tool", "tool_call_id": call_id, "content": text}, images
-
-
-def _user(content: Any, where: str) -> list[dict[str, Any]]:
-    tools: list[dict[str, Any]] = []
-    parts: list[dict[str, Any]] = []
-    for j, block in enumerate(_blocks(content, f"{where}.content")):
-        at, kind = f"{where}.content[{j}]", block.get("type")
-        if kind == "text":
-            parts.append({"type": "text", "text": _str(block, "text", at)})
-        elif kind == "image":
-            parts.append(_image_part(block, at))
-        elif kind == "tool_result":
-            message, images = _tool_result(block, at)
-            tools.append(message)
-            parts.extend(images)
-        else:
-            raise _unknown(kind, at, "user")
-    if not parts:
-        return tools
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        return [*tools, {"role": "user", "content": parts[0]["text"]}]
-    return [*tools, {"role": "user", "content": parts}]
-
-
-def _assistant(content: Any, where: str) -> dict[str, Any]:
-    texts, thinking, calls = [], [], []
-    for j, block in enumerate(_blocks(content, f"{where}.content")):
-        at, kind = f"{where}.content[{j}]", block.get("type")
-        if kind == "text":
-            texts.append(_str(block, "text", at))
-        elif kind == "thinking":
-            thinking.append(_str(block, "thinking", at))
-        elif kind == "redacted_thinking":
-            continue  # Anthropic's ciphertext: nothing a local model can read
-        elif kind == "tool_use":
-            name = _str(block, "name", at)
-            args = block.get("input", {})
-            if not isinstance(args, dict):
-                raise BadRequest(f"{at}.input: expected an object", param=f"{at}.input")
-            calls.append({"id": _str(block, "id", at), "type": "function",
-                          "function": {"name": name, "arguments": json.dumps(args)}})
-        else:
-            raise _unknown(kind, at, "assistant")
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
-    if thinking:
-        message["reasoning_content"] = "".join(thinking)
-    if calls:
-        message["tool_calls"] = calls
-    return message
-
-
-def _unknown(kind: Any, where: str, role: str) -> BadRequest:
-    return BadRequest(f"{where}: content block type {kind!r} is not supported in a {role} "
-                      f"message by lkn", param=f"{where}.type")
-
-
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    messages = body.get("messages")
-    if messages is None:
-        raise BadRequest("messages: field required", param="messages")
-    if not isinstance(messages, list):
-        raise BadRequest("messages: expected an array of messages", param="messages")
-    out: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system is not None:
-        text = _system_text(system, "system")
-        if text:
-            out.append({"role": "system", "content": text})
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        role = _obj(m, where).get("role")
-        content = m.get("content")
-        if content is None:
-            raise BadRequest(f"{where}.content: field required", param=f"{where}.content")
-        if content in ("", []) and not (role == "assistant" and i == len(messages) - 1):
-            raise BadRequest(f"{where}: all messages must have non-empty content except for "
-                             f"the optional final assistant message", param=f"{where}.content")
-        if role == "user":
-            out.extend(_user(content, where))
-        elif role == "assistant":
-            out.append(_assistant(content, where))
-        elif role == "system":
-            out.append({"role": "system", "content": _system_text(content, f"{where}.content")})
-        else:
-            raise BadRequest(f"{where}.role: expected 'user' or 'assistant', got {role!r}",
-                             param=f"{where}.role")
-    return out
+def _tool_type_error(kind: Any, name: Any, where: str) -> BadRequest:
+    label = f"{where}: tool type {kind!r}" + (f" ({name!r})" if isinstance(name, str) else "")
+    if isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
+        why = ("is a server tool that Anthropic's API runs; lkn's local models cannot run it. "
+               "Remove it from tools, or declare a custom tool (with an input_schema) that "
+               "your client runs")
+    elif isinstance(kind, str) and kind.startswith(BUILTIN_TOOLS):
+        why = ("is an Anthropic-defined tool whose schema only Claude models know; lkn's local "
+               "models cannot use it. Declare it as a custom tool with an input_schema instead")
+    else:
+        why = "is not supported by lkn (only custom tools with an input_schema)"
+    return BadRequest(f"{label} {why}.", param=f"{where}.type")
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -204,12 +74,11 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _obj(tool, where)
+        obj(tool, where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise BadRequest(f"{where}: tool type {kind!r} is not supported by lkn (only "
-                             f"custom tools with an input_schema)", param=f"{where}.type")
-        name = _str(tool, "name", where)
+            raise _tool_type_error(kind, tool.get("name"), where)
+        name = string(tool, "name", where)
         schema = tool.get("input_schema")
         problem = schema_problem(schema, f"{where}.input_schema") if schema is not None else \
             f"{where}.input_schema: field required"
@@ -218,7 +87,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
                              param=f"{where}.input_schema")
         fn: dict[str, Any] = {"name": name, "parameters": schema}
         if tool.get("description") is not None:
-            fn["description"] = _str(tool, "description", where)
+            fn["description"] = string(tool, "description", where)
         if isinstance(tool.get("strict"), bool):
             fn["strict"] = tool["strict"]
         out.append({"type": "function", "function": fn})
@@ -227,13 +96,13 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 
 def _tool_choice(body: dict[str, Any], names: list[str], out: dict[str, Any]) -> None:
     raw = body.get("tool_choice")
-    choice = _obj(raw, "tool_choice") if raw is not None else {"type": "auto"}
+    choice = obj(raw, "tool_choice") if raw is not None else {"type": "auto"}
     kind = choice.get("type")
     if kind not in CHOICES:
         raise BadRequest(f"tool_choice.type: expected one of {', '.join(CHOICES)}, got "
                          f"{kind!r}", param="tool_choice.type")
     if kind == "tool":
-        name = _str(choice, "name", "tool_choice")
+        name = string(choice, "name", "tool_choice")
         if name not in names:
             raise BadRequest(f"tool_choice.name: no tool named {name!r} in tools",
                              param="tool_choice.name")
@@ -254,7 +123,7 @@ def _thinking(body: dict[str, Any], max_tokens: Any) -> str | None:
     raw = body.get("thinking")
     if raw is None:
         return None
-    kind = _obj(raw, "thinking").get("type")
+    kind = obj(raw, "thinking").get("type")
     if kind == "disabled":
         return "none"
     if kind == "adaptive":
@@ -272,9 +141,22 @@ def _thinking(body: dict[str, Any], max_tokens: Any) -> str | None:
     return _budget_effort(budget)
 
 
+def _effort(body: dict[str, Any], max_tokens: Any) -> str | None:
+    """The reasoning effort ``thinking`` and ``output_config.effort`` ask (None: neither)."""
+    effort = _thinking(body, max_tokens)
+    config = body.get("output_config")
+    asked = obj(config, "output_config").get("effort") if config is not None else None
+    if asked is None:
+        return effort
+    if not isinstance(asked, str) or asked not in EFFORTS:
+        raise BadRequest(f"output_config.effort: expected one of {', '.join(EFFORTS)}, got "
+                         f"{asked!r}", param="output_config.effort")
+    return effort if effort == "none" else EFFORTS[asked]
+
+
 def translate(body: dict[str, Any], *, need_max_tokens: bool = True) -> dict[str, Any]:
     """A Messages body as the canonical chat body (``need_max_tokens`` false: count_tokens)."""
-    out: dict[str, Any] = {"model": body.get("model"), "messages": _messages(body)}
+    out: dict[str, Any] = {"model": body.get("model"), "messages": messages(body)}
     max_tokens = body.get("max_tokens")
     if max_tokens is None and need_max_tokens:
         raise BadRequest("max_tokens: field required", param="max_tokens")
@@ -287,7 +169,7 @@ def translate(body: dict[str, Any], *, need_max_tokens: bool = True) -> dict[str
     if tools:
         out["tools"] = tools
     _tool_choice(body, [t["function"]["name"] for t in tools], out)
-    effort = _thinking(body, max_tokens)
+    effort = _effort(body, max_tokens)
     if effort is not None:
         out["reasoning_effort"] = effort
     stop = body.get("stop_sequences")
@@ -311,9 +193,9 @@ def translate(body: dict[str, Any], *, need_max_tokens: bool = True) -> dict[str
                          param="top_k")
     metadata = body.get("metadata")
     if metadata is not None:
-        user = _obj(metadata, "metadata").get("user_id")
+        user = obj(metadata, "metadata").get("user_id")
         if user is not None:
-            out["user"] = _str(metadata, "user_id", "metadata")
+            out["user"] = string(metadata, "user_id", "metadata")
     if out.get("stream") is True:
         out["stream_options"] = {"include_usage": True}
     return out
@@ -360,8 +242,7 @@ def message(obj: dict[str, Any], model: str) -> dict[str, Any]:
 def error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
     err = body.get("error")
     err = err if isinstance(err, dict) else {"message": str(err or body)}
-    out_err: dict[str, Any] = {"type": error_type(status),
-                               "message": str(err.get("message") or "error")}
+    out_err: dict[str, Any] = {"type": error_type(status), "message": error_message(err)}
     if err.get("source") is not None:
         out_err["source"] = err["source"]
     out: dict[str, Any] = {"type": "error", "error": out_err}
@@ -374,6 +255,9 @@ class AnthropicInbound(Inbound):
     """One ``/v1/messages`` request (see the module's docstring)."""
     api = "anthropic"
     stream_content_type = "text/event-stream"
+    # max_tokens is a ceiling: Claude Code asks 32000 of small local models too, so lkn sizes
+    # the context by the prompt and the answer stops at its end (stop_reason max_tokens).
+    answer_budget_binding = False
 
     def __init__(self) -> None:
         super().__init__("chat")

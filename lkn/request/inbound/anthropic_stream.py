@@ -11,7 +11,8 @@ block's index: the SDK accumulates by index. At ``[DONE]``: ``message_delta`` wi
 reason and the usage chunk's counts, and ``message_stop``.
 
 A comment (lkn's keepalive or loading notes) is a ``ping``. An error event is Anthropic's
-``error`` event; its type comes from the OpenAI error's code or type (no status mid-stream).
+``error`` event; its type comes from the OpenAI error's code or type (no status mid-stream),
+its message from ``error_message`` (as the whole answer's error).
 A stream that ends without ``[DONE]`` is closed as a finished message if its finish reason had
 come, and otherwise with an ``error`` event: a cut answer must not look complete.
 """
@@ -38,6 +39,19 @@ def event(name: str, data: dict[str, Any]) -> bytes:
 
 
 PING = event("ping", {})
+TOO_LONG = "prompt is too long: "
+
+
+def error_message(err: dict[str, Any]) -> str:
+    """An OpenAI error's message for an Anthropic client. A prompt that no context holds is
+    said Anthropic's way, "prompt is too long: ...": those are the words Claude Code looks for
+    before it compacts the conversation and tries again. lkn's refusal for the VRAM budget
+    (``param: model``) keeps its words: a shorter prompt would not help."""
+    message = str(err.get("message") or "error")
+    if (err.get("code") == "context_length_exceeded" and err.get("param") != "model"
+            and not message.lower().startswith(TOO_LONG.strip())):
+        return TOO_LONG + message
+    return message
 
 
 class AnthropicStream(StreamTranscoder):
@@ -141,8 +155,7 @@ class AnthropicStream(StreamTranscoder):
     def error(self, body: dict[str, Any]) -> bytes:
         err = body.get("error")
         err = err if isinstance(err, dict) else {"message": str(err)}
-        data: dict[str, Any] = {"type": error_type_of(err),
-                                "message": str(err.get("message") or "error")}
+        data: dict[str, Any] = {"type": error_type_of(err), "message": error_message(err)}
         if err.get("source") is not None:
             data["source"] = err["source"]
         extra = {"request_id": err["request_id"]} if err.get("request_id") else {}

@@ -120,6 +120,10 @@ class Inbound:
     # idle), and the least context its variant must have.
     keep_alive_s: float | None = None
     min_ctx: int | None = None
+    # Whether the canonical max_tokens is what the client needs (a context too small for it
+    # is a 400, OpenAI's way) or a ceiling (Anthropic's clients ask 32000 of any model: the
+    # context is sized by the prompt, and the answer stops at its end, with max_tokens).
+    answer_budget_binding = True
     # The request only asks for its model's residency (Ollama's empty prompt): loaded and kept
     # keep_alive_s, or unloaded when that is 0; ``answer({})`` is the answer.
     load_only = False

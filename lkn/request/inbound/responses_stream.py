@@ -12,10 +12,14 @@ identity (its id, a function call's ``call_id``) is the same in ``.added`` and `
 of the response never changes; and ``get_final_response()`` takes ``response.completed``'s
 object as it is, so that one carries the whole output. Items are therefore opened lazily (the
 first non-empty text of a kind) and closed when another kind starts or the answer ends, so at
-most one item is open at a time and ``output_index`` follows the order of ``.added``.
+most one item is open at a time and ``output_index`` follows the order of ``.added``. A call of a
+free-form (``custom``) tool is a ``custom_tool_call`` item whose input is sent whole, as one
+``custom_tool_call_input.delta`` and its ``.done``, once the call is complete: the engine streams
+the JSON arguments ``{"input": ...}``, not the input itself.
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from typing import Any, Callable
 
 from lkn import fastjson
 from lkn.request.inbound.base import PING, StreamTranscoder
+from lkn.request.inbound.responses_input import ToolName
 
 # finish_reason -> (status, incomplete_details)
 FINISHED: dict[str | None, tuple[str, dict[str, str] | None]] = {
@@ -105,51 +110,32 @@ def message_item(item_id: str, text: str | None, status: str = "completed") -> d
             "content": [] if text is None else [text_part(text)]}
 
 
+def custom_input(arguments: str) -> str:
+    """A free-form tool's input from the arguments it was called with (``{"input": ...}``,
+    how lkn declares it to the engine); arguments of any other shape are the input as they are."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return arguments
+    value = parsed.get("input") if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) else arguments
+
+
 def call_item(item_id: str, call_id: str, name: str, arguments: str,
-              status: str = "completed") -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name,
-            "arguments": arguments, "status": status}
-
-
-def assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
-    """The output items as one canonical assistant message: what a later request continuing
-    this response (``previous_response_id``) sends the engine as history."""
-    text = "".join(part["text"] for item in output if item["type"] == "message"
-                   for part in item["content"])
-    reasoning = "".join(part["text"] for item in output if item["type"] == "reasoning"
-                        for part in item["content"])
-    calls = [{"id": item["call_id"], "type": "function",
-              "function": {"name": item["name"], "arguments": item["arguments"]}}
-             for item in output if item["type"] == "function_call"]
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
-    if reasoning:
-        message["reasoning_content"] = reasoning
-    if calls:
-        message["tool_calls"] = calls
-    return message
-
-
-def output_items(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chat answer's message as Response output items: its reasoning, its text (also an
-    empty text when there is nothing else), then its function calls."""
-    out: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
-        out.append(reasoning_item(new_id("rs"), reasoning))
-    content = message.get("content")
-    content = content if isinstance(content, str) else ""
-    calls = message.get("tool_calls")
-    calls = [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
-    if content or not calls:
-        out.append(message_item(new_id("msg"), content))
-    for call in calls:
-        function = as_dict(call.get("function"))
-        call_id, name, arguments = call.get("id"), function.get("name"), function.get("arguments")
-        out.append(call_item(new_id("fc"),
-                             call_id if isinstance(call_id, str) and call_id else new_id("call"),
-                             name if isinstance(name, str) else "",
-                             arguments if isinstance(arguments, str) else "{}"))
-    return out
+              status: str = "completed", tool: ToolName | None = None) -> dict[str, Any]:
+    """A tool call as the client declared its tool: a ``function_call`` (with its short name and
+    ``namespace`` when the tool was in one), or a ``custom_tool_call`` with its ``input``."""
+    item: dict[str, Any]
+    if tool is not None and tool.custom:
+        item = {"type": "custom_tool_call", "id": item_id, "call_id": call_id, "name": tool.name,
+                "input": custom_input(arguments) if arguments else "", "status": status}
+    else:
+        item = {"type": "function_call", "id": item_id, "call_id": call_id,
+                "name": tool.name if tool is not None else name, "arguments": arguments,
+                "status": status}
+    if tool is not None and tool.namespace is not None:
+        item["namespace"] = tool.namespace
+    return item
 
 
 # ---------------------------------------------------------------------------- the stream
@@ -158,12 +144,13 @@ Finished = Callable[[dict[str, Any]], None]  # the final Response object (to sto
 
 @dataclass
 class _Item:
-    kind: str  # reasoning, message or function_call
+    kind: str  # reasoning, message, function_call or custom_tool_call
     index: int  # output_index
     id: str
     text: str = ""  # reasoning or message text, or a call's arguments
     call_id: str = ""
-    name: str = ""
+    name: str = ""  # a call's chat function name
+    tool: ToolName | None = None  # what the client declared behind that name
     done: bool = False
 
     def final(self, status: str = "completed") -> dict[str, Any]:
@@ -171,15 +158,17 @@ class _Item:
             return reasoning_item(self.id, self.text, status)
         if self.kind == "message":
             return message_item(self.id, self.text, status)
-        return call_item(self.id, self.call_id, self.name, self.text, status)
+        return call_item(self.id, self.call_id, self.name, self.text, status, self.tool)
 
 
 class ResponsesStream(StreamTranscoder):
     """The canonical chat stream as Responses API events (see the module's docstring)."""
 
-    def __init__(self, frame: ResponseFrame, finished: Finished | None = None) -> None:
+    def __init__(self, frame: ResponseFrame, finished: Finished | None = None,
+                 names: dict[str, ToolName] | None = None) -> None:
         super().__init__()
         self._frame = frame
+        self._names = names or {}  # chat function name -> the client's tool
         self._finished = finished
         self._seq = 0
         self._started = False
@@ -246,15 +235,21 @@ class ResponsesStream(StreamTranscoder):
             call_id = delta.get("id")
             item.call_id = call_id if isinstance(call_id, str) and call_id else new_id("call")
             item.name = name if isinstance(name, str) else ""
+            item.tool = self._names.get(item.name)
+            if item.tool is not None and item.tool.custom:
+                item.kind = "custom_tool_call"  # its input is sent whole when it is complete
             self._calls[key] = item
             out += self._event("response.output_item.added", output_index=item.index,
-                               item=call_item(item.id, item.call_id, item.name, "",
-                                              "in_progress"))
+                               item=item.final("in_progress"))
         elif isinstance(name, str) and name and name != item.name:
-            item.name += name  # a name split over fragments
+            item.name += name  # a name split over fragments (the item's kind stays)
+            tool = self._names.get(item.name)
+            if tool is not None and tool.custom == (item.kind == "custom_tool_call"):
+                item.tool = tool
         if isinstance(fragment, str) and fragment:
             item.text += fragment
-            if not item.done:  # a late fragment of a closed call: the final object has it
+            # a late fragment of a closed call: the final object has it
+            if not item.done and item.kind == "function_call":
                 out += self._event("response.function_call_arguments.delta", item_id=item.id,
                                    output_index=item.index, delta=fragment)
         return out
@@ -275,9 +270,17 @@ class ResponsesStream(StreamTranscoder):
             out += self._event("response.content_part.done", item_id=item.id,
                                output_index=item.index, content_index=0,
                                part=text_part(item.text))
+        elif item.kind == "custom_tool_call":
+            text = item.final()["input"]
+            if text:
+                out += self._event("response.custom_tool_call_input.delta", item_id=item.id,
+                                   output_index=item.index, delta=text)
+            out += self._event("response.custom_tool_call_input.done", item_id=item.id,
+                               output_index=item.index, input=text)
         else:
             out += self._event("response.function_call_arguments.done", item_id=item.id,
-                               output_index=item.index, name=item.name, arguments=item.text)
+                               output_index=item.index, name=item.final()["name"],
+                               arguments=item.text)
         return out + self._event("response.output_item.done", output_index=item.index,
                                  item=item.final())
 
@@ -309,7 +312,7 @@ class ResponsesStream(StreamTranscoder):
 
     def done(self) -> bytes:
         out = self._start() + self._close()
-        if not any(item.kind in ("message", "function_call") for item in self._items):
+        if all(item.kind == "reasoning" for item in self._items):
             out += self._open_text("message")[1] + self._close()  # an empty answer's message
         status, incomplete = outcome(self._finish_reason)
         response = response_object(self._frame, status=status, usage=self._usage,
