@@ -17,6 +17,17 @@ server = {
   -- "Authorization: Bearer <key>" (or "x-api-key: <key>"). /health and /ready stay open;
   -- /metrics and /health/{model} need a client or admin key once any key is set.
   api_keys = {},
+  -- Named client keys, each with what it may use and how much (README "Sharing the box"); the
+  -- api_keys above are key-1, key-2, ... with no limits. A key is key = "...", key_env (read at
+  -- load) or key_sha256; ids, never keys, appear in logs, metrics and the activity log.
+  keys = {
+    -- { id = "alice", key_env = "LKN_KEY_ALICE", models = { "smollm2" }, max_concurrent = 2,
+    --   requests_per_minute = 60, tokens_per_minute = 20000, tokens_per_day = 2000000,
+    --   priority = "interactive", forward_user_headers = false },
+  },
+  -- One row per request in <state_dir>/activity.sqlite3 (GET /admin/activity, /admin/usage,
+  -- `lkn usage`); capture = "errors" or "all" keeps request bodies (capture_kb each).
+  activity = { enabled = true, retention_days = 30, capture = "off", capture_kb = 16 },
 
   -- Keys for the admin API (/admin/..., /status, `lkn ps`, `lkn load` ...; the CLI reads
   -- LKN_ADMIN_KEY). Separate from client keys. Empty: /admin and /status answer only a direct

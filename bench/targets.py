@@ -43,7 +43,7 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
             time.sleep(0.05)
 
 
-def lkn_config(tmp: str, port: int, cache_lua: str) -> str:
+def lkn_config(tmp: str, port: int, cache_lua: str, server_lua: str = "") -> str:
     # The fake never reads the model, but lkn reads its chat template (the prompt bound that
     # spares counting calls) and tokenizer: the real SmolLM2 GGUF, as a deployment would have.
     try:
@@ -60,7 +60,7 @@ def lkn_config(tmp: str, port: int, cache_lua: str) -> str:
         path = os.path.join(tmp, "overhead.cfg.lua")
         with open(path, "w") as f:
             f.write(f'server = {{ listen = {{ "127.0.0.1:{port}" }}, log_dir = "{tmp}", '
-                    f'state_dir = "{tmp}/state" }}\n'
+                    f'state_dir = "{tmp}/state", {server_lua} }}\n'
                     f'models = {{ {{ name = "fast", binary = "{wrapper(tmp)}", '
                     f'model_file = "{model_file}", ctx_size = 4096, gpu_layers = 0, parallel = 16, '
                     f'vram_mb = 100, {extra} }} }}\n')
@@ -76,10 +76,12 @@ def lkn_config(tmp: str, port: int, cache_lua: str) -> str:
 
 @contextlib.contextmanager
 def running_lkn(tmp: str, cache_lua: str, python: tuple[str, ...] = (sys.executable,),
-                root: str = ROOT) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``lkn serve`` from the checkout ``root`` (``-P``: never from the working directory)."""
+                root: str = ROOT, server_lua: str = ""
+                ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``lkn serve`` from the checkout ``root`` (``-P``: never from the working directory);
+    ``server_lua``: more keys of its ``server`` table."""
     port = free_port()
-    cfg = lkn_config(tmp, port, cache_lua)
+    cfg = lkn_config(tmp, port, cache_lua, server_lua)
     argv = [python[0], "-P", *python[1:], "-m", "lkn", "serve", "--config", cfg]
     with child(argv, os.path.join(tmp, "lkn.log"), {"PYTHONPATH": root}) as proc:
         if wait_until_up(f"127.0.0.1:{port}", 60, lambda: proc.poll() is None) is None:

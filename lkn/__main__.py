@@ -1,5 +1,5 @@
 """lkn's command line: ``serve``, ``check-config``, ``status`` and the operator's commands
-(``ps``, ``load``, ``unload``, ``logs``, ``reload``: see cli.py)."""
+(``ps``, ``load``, ``unload``, ``logs``, ``reload``, ``usage``, ``activity``: see cli.py)."""
 from __future__ import annotations
 
 import argparse

@@ -66,6 +66,9 @@ KEY = {"x-api-key": "k-1"}  # the Anthropic SDK's header; every API takes it
     ("/api/chat", {"model": "fake", "messages": "hi"}, 400, "ollama", "", "messages"),
     ("/api/chat", {"model": "fake", "messages": USER, "keep_alive": "soon"}, 400, "ollama", "",
      "keep_alive"),
+    # a long run of digits once backtracked for minutes on the event loop
+    ("/api/chat", {"model": "fake", "messages": USER, "keep_alive": "1" * 200_000 + "x"}, 400,
+     "ollama", "", "keep_alive"),
     ("/api/generate", {"model": "nope", "prompt": "x"}, 404, "ollama", "", "nope"),
     ("/api/embed", {"model": "fake", "input": 3}, 400, "ollama", "", "input"),
     ("/api/show", {}, 400, "ollama", "", "model"),

@@ -139,7 +139,7 @@ def test_client_disconnect_closes_upstream_and_releases(
         time.sleep(0.05)
     assert "fake: client went away mid-stream" in proc.logs.tail(50)
     metrics = http("GET", gw.base_url + "/metrics").text
-    assert 'lkn_requests_total{api="openai",model="fake",route="chat",status="499"} 1' in metrics
+    assert 'lkn_requests_total{api="openai",key="",model="fake",route="chat",status="499"} 1' in metrics
     # a disconnect is the client's business: no internal-error traceback in the log
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
@@ -176,10 +176,10 @@ def test_models_list_health_and_metrics(gw: Gateway) -> None:
     health = http("GET", gw.base_url + "/status").json()
     assert health["engines"][0]["state"] == "ready" and health["engines"][0]["key"] == "fake@4096"
     metrics = http("GET", gw.base_url + "/metrics").text
-    assert 'lkn_requests_total{api="openai",model="fake",route="chat",status="200"} 1' in metrics
+    assert 'lkn_requests_total{api="openai",key="",model="fake",route="chat",status="200"} 1' in metrics
     http("POST", gw.base_url + "/v1/chat/completions", '{"model": "no/such", "messages": []}')
     http("POST", gw.base_url + "/v1/chat/completions", '{"model": "no/such"}')
     metrics = http("GET", gw.base_url + "/metrics").text
-    assert 'lkn_requests_total{api="openai",model="unknown",route="chat",status="400"} 2' in metrics
+    assert 'lkn_requests_total{api="openai",key="",model="unknown",route="chat",status="400"} 2' in metrics
     assert "no/such" not in metrics
     assert 'lkn_engine_up{engine="fake@4096",state="ready"} 1' in metrics

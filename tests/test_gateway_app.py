@@ -56,6 +56,8 @@ async def client(tmp_path: Path, aiohttp_client: Any) -> TestClient:
      "tools[0].function must be an object with a 'name'"),
     (b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], '
      b'"tool_choice": {"type": "function", "function": "f"}}', 400, "'tool_choice' must be"),
+    (b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], "metadata": '
+     + b"[" * 200 + b"]" * 200 + b"}", 400, "nested too deeply"),
 ])
 async def test_bad_bodies_get_openai_errors_marked_as_lkn(client: TestClient, body: bytes,
                                                            status: int, message: str) -> None:
@@ -103,16 +105,16 @@ async def test_metrics_keep_every_digit_and_escape_labels(client: TestClient) ->
     from prometheus_client.parser import text_string_to_metric_families
 
     metrics = client.app[STATE].metrics
-    metrics.requests.inc('we"ird\\model', "chat", "200", "openai", amount=1234567)
-    metrics.requests.inc('we"ird\\model', "chat", "200", "openai")
+    metrics.requests.inc('we"ird\\model', "chat", "200", "openai", "", amount=1234567)
+    metrics.requests.inc('we"ird\\model', "chat", "200", "openai", "")
     r = await client.get("/metrics")
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(await r.text())
                for s in family.samples}
     key = ("lkn_requests_total",
-           (("api", "openai"), ("model", 'we"ird\\model'), ("route", "chat"),
-            ("status", "200")))
+           (("api", "openai"), ("key", ""), ("model", 'we"ird\\model'),
+            ("route", "chat"), ("status", "200")))
     assert samples[key] == 1234568  # not 1.23457e+06: rate() keeps moving
     assert samples[("lkn_config_generation", ())] == 1
     assert samples[("lkn_queued", ())] == 0

@@ -560,3 +560,13 @@ async def test_the_sdk_raises_an_error_event(aiohttp_server: Any, clients: Any) 
         async with client.messages.stream(model="claude-x", max_tokens=5,
                                           messages=USER) as s:  # type: ignore[arg-type]
             await s.get_final_message()
+
+
+def test_an_engines_broken_text_and_deep_arguments_never_break_the_stream() -> None:
+    # a lone surrogate (an emoji cut by the engine) is escaped, never an error; arguments
+    # nested past any real input are an empty input, as broken JSON is
+    from lkn.engines.anthropic_blocks import tool_input
+    stream = AnthropicInbound().transcoder()
+    out = stream.chunk({"id": "c", "choices": [{"index": 0, "delta": {"content": "ok \ud83d"}}]})
+    assert b"text_delta" in out and b"\\ud83d" in out
+    assert tool_input("[" * 5000) == {}

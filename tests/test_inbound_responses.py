@@ -357,7 +357,7 @@ def test_store_is_bounded_by_size_and_age_and_partitioned_by_owner(
         steps: list[tuple[str, str, float]], present: list[tuple[str, str]],
         absent: list[tuple[str, str]]) -> None:
     clock = Clock()
-    store = ResponseStore(max_entries=2, max_age_s=100, clock=clock)
+    store = ResponseStore(max_entries=2, max_age_s=100, clock=clock, owner_share=1)
     for n, (owner, rid, at) in enumerate(steps):
         clock.now = at
         store.put(owner, rid, entry(n))
@@ -368,7 +368,7 @@ def test_store_is_bounded_by_size_and_age_and_partitioned_by_owner(
 
 
 def test_store_evicts_the_least_recently_used() -> None:
-    store = ResponseStore(max_entries=2, max_age_s=100, clock=Clock())
+    store = ResponseStore(max_entries=2, max_age_s=100, clock=Clock(), owner_share=1)
     store.put("a", "1", entry(1))
     store.put("a", "2", entry(2))
     assert store.get("a", "1") == entry(1)  # 1 is now the most recently used

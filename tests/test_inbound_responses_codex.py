@@ -311,7 +311,7 @@ def entry(text: str, previous: str | None = None) -> StoredResponse:
 
 def test_the_store_is_bounded_by_bytes_least_recently_used_first() -> None:
     size = entry("x" * 100).size()
-    store = ResponseStore(100, 60, max_bytes=2 * size)
+    store = ResponseStore(100, 60, max_bytes=2 * size, owner_share=1)  # the global bound
     store.put("a", "1", entry("x" * 100))
     store.put("a", "2", entry("y" * 100))
     assert store.get("a", "1") is not None  # 1 is now the most recently used
@@ -330,7 +330,7 @@ def test_the_store_keeps_its_positional_arguments() -> None:
 
 
 def test_walking_a_chain_refreshes_every_link() -> None:
-    store = ResponseStore(3, 60)
+    store = ResponseStore(3, 60, owner_share=1)
     store.put("a", "1", entry("1"))
     store.put("a", "2", entry("2", "1"))
     store.put("a", "x", entry("x"))

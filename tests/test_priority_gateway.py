@@ -127,11 +127,12 @@ def caller(headers: dict[str, str]) -> Caller:
 
 def test_caller_of() -> None:
     team = caller({"Authorization": "Bearer team-key"})
-    # a short id of the key, never the key itself; the same for either header
-    assert team.key.startswith("key-") and len(team.key) == 16 and "team" not in team.key
+    # the key's id (key-1: the first flat api_keys entry), never the key itself; the same for
+    # either header
+    assert team.key == "key:key-1" and team.key_id == "key-1" and "team" not in team.key
     assert caller({"x-api-key": "team-key"}) == team and not team.admin
     root = caller({"Authorization": "Bearer root-key"})
-    assert root.admin and root.key != team.key
+    assert root.admin and root.key == "admin:1" and root.key_id == ""
     assert caller({}) == Caller("ip-10.0.0.7", False)
     # a token nobody configured names nobody: the address does (a new token per request buys
     # no turns); a header byte that is no UTF-8 (kept as a surrogate by aiohttp) is no error

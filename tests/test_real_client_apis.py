@@ -334,5 +334,5 @@ def test_metrics_count_each_request_under_its_api(gw: Gateway, claude: Any, llam
     llama.chat(model="smol", messages=ASK, options={"num_predict": 2})
     metrics = http("GET", gw.base_url + "/metrics").text
     for api in ("openai", "anthropic", "responses", "ollama"):
-        assert f'lkn_requests_total{{api="{api}",model="smol",route="chat",status="200"}}' \
-            in metrics
+        assert (f'lkn_requests_total{{api="{api}",key="",model="smol",route="chat",'
+                f'status="200"}}') in metrics

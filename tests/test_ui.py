@@ -356,6 +356,7 @@ def test_the_timeline_and_histogram_math_in_the_browser(
                 p.feed(':2}\\r\\n\\r\\n')];
     }""")
     assert [[json.loads(d) for d in batch] for batch in frames] == [[{"a": 1}], [{"b": 2}]]
+    assert page.locator("#keys-panel").is_hidden()  # this lkn has no client keys
     assert tab.errors == []
 
 
@@ -406,4 +407,91 @@ def test_sleep_and_wake_buttons_of_an_engine_that_can_sleep(
     page.locator("#message", has_text="wake sg: done").wait_for()
     # a llama-server engine cannot sleep: its button stays off
     assert engine_card(page, "llama@2048").locator('button[data-action="sleep"]').is_disabled()
+    assert tab.errors == []
+
+
+def keys_lua(binary: str, logs: Path, state_dir: Path) -> str:
+    return f"""
+server = {{ stop_grace_s = 1, log_dir = {lua_str(str(logs))}, state_dir = {lua_str(str(state_dir))},
+  keys = {{
+    {{ id = "alice", key = "sk-alice", models = {{ "fake" }}, max_concurrent = 2,
+      requests_per_minute = 60 }},
+    {{ id = "bob", key = "sk-bob", tokens_per_day = 1000 }},
+  }},
+}}
+models = {{
+  {{ name = "fake", binary = {lua_str(binary)}, model_file = "/nonexistent/fake.gguf",
+    vram_mb = 100, ctx_size = 2048 }},
+}}
+"""
+
+
+@needs_browser
+def test_the_keys_panel_shows_each_keys_quota_and_its_last_day(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any, tab: Page) -> None:
+    gw = gateway_factory(write_config(tmp_path, keys_lua(fake_binary, tmp_path / "logs",
+                                                         tmp_path / "state")))
+    for key in ("sk-alice", "sk-bob"):
+        chat(gw, "fake", api_key=key)
+    page = tab.live(gw)
+    alice = page.locator('#keys-table tr[data-key="alice"]')
+    bob = page.locator('#keys-table tr[data-key="bob"]')
+    # the log is written in batches off the request path: the next refresh shows the rows
+    alice.locator('td[data-field="requests-24h"]', has_text="1").wait_for()
+    bob.locator('td[data-field="requests-24h"]', has_text="1").wait_for()
+    keys = {k["id"]: k for k in http("GET", gw.base_url + "/admin/keys").json()["data"]}
+    used = keys["bob"]["quota"]["tokens_per_day"]["used"]
+    assert used > 0
+    assert alice.locator("th").inner_text() == "alice"
+    assert cell(alice, "in-flight") == "0 / 0" and cell(alice, "max-concurrent") == "2"
+    assert cell(alice, "requests_per_minute") == "1 / 60 (59 left)"
+    assert cell(alice, "tokens_per_minute") == cell(alice, "tokens_per_day") == "–"
+    assert cell(bob, "max-concurrent") == "–" and cell(bob, "requests_per_minute") == "–"
+    assert cell(bob, "tokens_per_day") == f"{used} / 1000 ({1000 - used} left)"
+    assert cell(bob, "errors-24h") == "0" and cell(bob, "tokens-24h") == str(used)
+    assert "2 client keys, 0 requests waiting" in page.locator("#keys-summary").inner_text()
+    assert page.get_by_role("heading", name="Keys", exact=True).is_visible()
+    assert tab.errors == []
+
+
+@needs_browser
+def test_the_keys_panel_writes_data_as_text_never_markup(
+        tmp_path: Path, fake_binary: str, gateway_factory: Any, tab: Page) -> None:
+    gw = gateway_factory(write_config(tmp_path, fake_lua(fake_binary, tmp_path / "logs")))
+    page = tab.live(gw)
+    evil = '<img src=x onerror="window.pwned=1">'
+    got = page.evaluate("""async (evil) => {
+        const { renderKeys } = await import('/ui/keys.js');
+        const section = document.createElement('section');
+        const summary = document.createElement('p');
+        const table = document.createElement('table');
+        const tbody = table.createTBody();
+        const keys = [{ id: evil, models: [evil], max_concurrent: null, priority: null,
+                        in_flight: 1, waiting: 2,
+                        quota: { requests_per_minute: { limit: 5, used: 5, left: 0,
+                                                        reset_s: 42 },
+                                 tokens_per_minute: { limit: null, used: 9, left: null,
+                                                      reset_s: 0 },
+                                 tokens_per_day: { limit: 100, used: 9, left: 91,
+                                                   reset_s: 60 } } }];
+        renderKeys({ section, summary, tbody }, keys, null, evil);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        const row = tbody.rows[0];
+        return { hidden: section.hidden, images: table.querySelectorAll('img').length,
+                 id: row.querySelector('th').textContent, title: row.querySelector('th').title,
+                 key: row.dataset.key, summary: summary.textContent,
+                 cells: [...row.querySelectorAll('td')].map((td) => [td.dataset.field,
+                                                                      td.textContent,
+                                                                      td.className]),
+                 pwned: window.pwned === undefined ? null : window.pwned };
+    }""", evil)
+    assert got["hidden"] is False and got["images"] == 0 and got["pwned"] is None
+    assert got["id"] == got["key"] == evil
+    assert got["title"] == f"interactive; models: {evil}"
+    assert got["summary"].endswith(f"the last 24 h unknown: {evil}")
+    assert got["cells"] == [
+        ["in-flight", "1 / 2", ""], ["max-concurrent", "–", ""],
+        ["requests_per_minute", "5 / 5 (none left, clears in 42 s)", "spent"],
+        ["tokens_per_minute", "–", ""], ["tokens_per_day", "9 / 100 (91 left)", ""],
+        ["requests-24h", "–", ""], ["errors-24h", "–", ""], ["tokens-24h", "–", ""]]
     assert tab.errors == []

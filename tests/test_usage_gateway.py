@@ -30,7 +30,7 @@ models = {{
 
 def metric(gw: Gateway, name: str) -> float:
     text = http("GET", gw.base_url + "/metrics").text
-    found = re.search(rf'^{name}{{model="m"}} (\S+)$', text, re.M)
+    found = re.search(rf'^{name}{{(?:key="",)?model="m"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
 

@@ -13,6 +13,7 @@ The modules, each of one concept::
     sections   the server, homeostasis, cache, breaker and upstream tables
     models     a model table: variants, engine checks, backends
     checks     checks across models: duplicate names, references to no model
+    keys       named client keys (server.keys; the flat api_keys as key-1, …): policy, matching
     build      the whole file: build_config, load_config
     runtime    backends added or removed while lkn runs
     upstreams  where a runtime backend may point (runtime_upstreams), URLs shown without userinfo
@@ -23,6 +24,7 @@ This package re-exports what the rest of lkn imports from ``lkn.config``.
 from __future__ import annotations
 
 from lkn.config.build import build_config, load_config
+from lkn.config.keys import KeyConfig, match_key
 from lkn.config.runtime import runtime_backend, with_backends
 from lkn.config.schema import (DEFAULT_VERIFY_PROMPT, ENGINES, HOMEOSTASIS_MODES, INTERVENTIONS,
                                STRATEGIES, BreakerPolicy, CacheConfig, Config, HomeostasisConfig,
@@ -32,7 +34,8 @@ from lkn.config.values import parse_listen, resolve_model_file
 from lkn.errors import ConfigError
 
 __all__ = ["BreakerPolicy", "CacheConfig", "Config", "ConfigError", "DEFAULT_VERIFY_PROMPT",
-           "ENGINES", "HOMEOSTASIS_MODES", "HomeostasisConfig", "INTERVENTIONS", "ModelConfig",
+           "ENGINES", "HOMEOSTASIS_MODES", "HomeostasisConfig", "INTERVENTIONS", "KeyConfig",
+           "ModelConfig", "match_key",
            "STRATEGIES", "ServerConfig", "UpstreamConfig", "VariantConfig", "build_config",
            "load_config", "missing_model_files", "parse_listen", "resolve_model_file",
            "runtime_backend", "summary", "with_backends"]

@@ -4,9 +4,11 @@ ConfigError listing every error."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from lkn.config.checks import cross_model_errors
+from lkn.config.keys import unknown_models, with_public_models
 from lkn.config.lua import load_lua_tables
 from lkn.config.models import Reported, parse_model
 from lkn.config.schema import Config, ModelConfig, ServerConfig
@@ -43,8 +45,12 @@ def build_config(tables: dict[str, Any], path: str = "") -> Config:
             for n in _raw_names(raw):
                 unbuilt.setdefault(n, f"models[{i}]")
     errors += cross_model_errors(models, unbuilt, server.preload)
+    names = {n: m.name for _, m in models for n in m.names}
+    errors += unknown_models(server.keys, set(names) | set(unbuilt))
     if errors:
         raise ConfigError.listing(list(dict.fromkeys(errors)))  # each once, in order
+    # A key's models by their public names: enforcement compares resolved models.
+    server = replace(server, keys=with_public_models(server.keys, names))
     return Config(server=server, models=tuple(m for _, m in models), path=path)
 
 

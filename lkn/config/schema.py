@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from lkn.config.keys import KeyConfig, api_key_configs
 from lkn.errors import ModelNotFound
 
 log = logging.getLogger("lkn.config")
@@ -167,10 +168,25 @@ class ModelConfig:
         return self.parent or self.name
 
 
+ACTIVITY_CAPTURE = ("off", "errors", "all")
+
+
+@dataclass(frozen=True)
+class ActivityConfig:
+    """The durable activity log (``<state_dir>/activity.sqlite3``): one row per request."""
+    enabled: bool = True
+    retention_days: float = 30.0
+    capture: str = "off"   # request bodies kept: off, errors (status >= 400) or all (admins read)
+    capture_kb: int = 16   # of each body
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: tuple[str, ...] = ("127.0.0.1:8080",)
     api_keys: tuple[str, ...] = ()
+    # every client key: server.keys, then api_keys as key-1, key-2, … (lkn.config.keys); left
+    # empty, it is made from api_keys, so a ServerConfig built in code has its keys too
+    keys: tuple[KeyConfig, ...] = ()
     request_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 300.0
     engine_start_timeout_s: float = 120.0
@@ -222,8 +238,18 @@ class ServerConfig:
     responses_store_size: int = 1000
     responses_store_age_s: float = 3600.0
     responses_store_mb: float = 64.0
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
     homeostasis: HomeostasisConfig = field(default_factory=HomeostasisConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # every model's default
+
+    def __post_init__(self) -> None:
+        if not self.keys and self.api_keys:
+            object.__setattr__(self, "keys", api_key_configs(self.api_keys))
+
+    @property
+    def requires_key(self) -> bool:
+        """The OpenAI routes take only a client key (``keys``, the flat ones included)."""
+        return bool(self.keys)
 
 
 @dataclass(frozen=True)

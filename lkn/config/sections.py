@@ -7,9 +7,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from lkn.config.schema import (HOMEOSTASIS_MODES, INTERVENTIONS, PROBE_AGGREGATES, PROBE_SCORES,
-                               BreakerPolicy, CacheConfig, HomeostasisConfig, ServerConfig,
-                               UpstreamConfig)
+from lkn.config.keys import parse_keys
+from lkn.config.schema import (ACTIVITY_CAPTURE, HOMEOSTASIS_MODES, INTERVENTIONS,
+                               PROBE_AGGREGATES, PROBE_SCORES, ActivityConfig, BreakerPolicy,
+                               CacheConfig, HomeostasisConfig, ServerConfig, UpstreamConfig)
 from lkn.config.values import (Table, boolean, choice, integer, listen_list, number, origins,
                                port_range, secrets, show, string, strings)
 from lkn.errors import ConfigError
@@ -42,6 +43,19 @@ def parse_cache(path: str, value: Any, base: CacheConfig) -> CacheConfig:
         enabled=t.get("enabled", boolean, base.enabled),
         ttl_s=t.get("ttl_s", number(0.001), base.ttl_s),
         max_mb=t.get("max_mb", number(0.001), base.max_mb),
+    )
+    t.finish()
+    return result
+
+
+def parse_activity(path: str, value: Any) -> ActivityConfig:
+    t = Table(path, value)
+    d = ActivityConfig()
+    result = ActivityConfig(
+        enabled=t.get("enabled", boolean, d.enabled),
+        retention_days=t.get("retention_days", number(0.001), d.retention_days),
+        capture=t.get("capture", choice(ACTIVITY_CAPTURE), d.capture),
+        capture_kb=t.get("capture_kb", integer(1), d.capture_kb),
     )
     t.finish()
     return result
@@ -96,12 +110,16 @@ def parse_server(value: Any) -> ServerConfig:
                                     d.responses_store_age_s),
         responses_store_mb=t.get("responses_store_mb", number(0.001), d.responses_store_mb),
     )
+    activity = t.raw("activity")
+    if activity is not None:
+        cfg = replace(cfg, activity=parse_activity("server.activity", activity))
     homeo = t.raw("homeostasis")
     if homeo is not None:
         cfg = replace(cfg, homeostasis=parse_homeostasis("server.homeostasis", homeo, d.homeostasis))
     cache = t.raw("cache")
     if cache is not None:
         cfg = replace(cfg, cache=parse_cache("server.cache", cache, d.cache))
+    cfg = replace(cfg, keys=parse_keys(t.raw("keys"), cfg.api_keys, cfg.admin_keys))
     t.finish()
     return cfg
 

@@ -18,7 +18,7 @@ def missing_model_files(cfg: Config) -> list[str]:
 def summary(cfg: Config) -> str:
     s = cfg.server
     lines = [f"config {cfg.path}",
-             f"  listen {', '.join(s.listen)}; api keys: {len(s.api_keys) or 'none'}; "
+             f"  listen {', '.join(s.listen)}; api keys: {len(s.keys) or 'none'}; "
              f"VRAM budget {s.vram_budget_mb} MiB; "
              f"engine ports {s.port_range[0]}-{s.port_range[1]}",
              f"  homeostasis {s.homeostasis.mode} (threshold {s.homeostasis.threshold}, "

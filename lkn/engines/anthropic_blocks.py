@@ -108,7 +108,7 @@ def tool_input(arguments: Any) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # broken, or nested beyond any real input
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -13,7 +13,10 @@ from aiohttp import web
 from lkn.errors import LknError
 from lkn.gateway.keys import STATE
 from lkn.ops.inflight import REQUEST_ID
+from lkn.request.caller import caller_of
 from lkn.request.handler import RequestHandler
+from lkn.request.outcome import Outcome
+from lkn.request.tenancy import Tenancy
 from lkn.request.inbound.anthropic import AnthropicInbound, count_tokens_body
 from lkn.request.validate import parse_json_object, validate_chat
 
@@ -31,6 +34,7 @@ async def count_tokens(request: web.Request) -> web.Response:
         validate_chat(body)
         model = state.cfg.require(body["model"])
         label = model.name
+        Tenancy(state, caller_of(request, state.cfg.server), Outcome("")).check_model(model)
         tokens, method = await state.manager.selector.count(model, "chat", body)
         status = 200
         return web.json_response({"input_tokens": tokens},
@@ -40,7 +44,8 @@ async def count_tokens(request: web.Request) -> web.Response:
         status = exc.status
         raise
     finally:
-        state.metrics.requests.inc(label, "count_tokens", str(status), "anthropic")
+        state.metrics.requests.inc(label, "count_tokens", str(status), "anthropic",
+                                   caller_of(request, state.cfg.server).key_id)
         state.metrics.request_seconds.observe(time.monotonic() - started, label,
                                               "count_tokens", "anthropic")
 

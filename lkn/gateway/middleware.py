@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from lkn.config import ServerConfig
+from lkn.config import ServerConfig, match_key
 from lkn.errors import (BadRequest, Forbidden, LknError, ModelNotFound, Overloaded,
                         PayloadTooLarge, RequestTimeout, Unauthorized, UnsupportedMediaType)
 from lkn.gateway.keys import INTAKE, STATE
@@ -85,8 +85,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                                         f"{exc}"), rid, request.path)
 
 
-def _key_of(request: web.Request, keys: tuple[str, ...], what: str) -> None:
-    if not key_matches(bearer_token(request), keys):
+def _key_of(request: web.Request, settings: ServerConfig, what: str, *, clients: bool,
+            admins: bool) -> None:
+    """The request carries one of the keys (client keys: ``server.keys``; admin keys)."""
+    token = bearer_token(request)
+    if not ((clients and match_key(token, settings.keys) is not None)
+            or (admins and key_matches(token, settings.admin_keys))):
         raise Unauthorized(f"invalid or missing {what}: send 'Authorization: Bearer <key>' (or "
                            f"'x-api-key: <key>')")
 
@@ -122,10 +126,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     client = client_of(request.remote, request.headers, settings.trusted_proxies)
     request[CLIENT] = client
-    keys = settings.api_keys + settings.admin_keys
+    keys = settings.requires_key or bool(settings.admin_keys)
     if is_admin_path(path):
         if settings.admin_keys:
-            _key_of(request, settings.admin_keys, "admin key (server.admin_keys)")
+            _key_of(request, settings, "admin key (server.admin_keys)", clients=False,
+                    admins=True)
             return await handler(request)
         if not client.local:
             raise Forbidden("the admin API and /status answer only a direct loopback client "
@@ -133,11 +138,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         _browser_check(request, settings, admin=True)
     elif path == "/metrics" or path.startswith("/health/"):
         if keys and not (path == "/metrics" and settings.metrics_public):
-            _key_of(request, keys, "API key")
+            _key_of(request, settings, "API key", clients=True, admins=True)
         elif not keys:
             _browser_check(request, settings, admin=False)
-    elif settings.api_keys:  # an admin key is not a client key
-        _key_of(request, settings.api_keys, "API key")
+    elif settings.requires_key:  # an admin key is not a client key
+        _key_of(request, settings, "API key", clients=True, admins=False)
     else:
         _browser_check(request, settings, admin=False)
     return await handler(request)

@@ -141,6 +141,7 @@ class Reloader:
             state.reloads += 1
             state.last_reload_error = None
             state.traffic.forget({m.name for m in new.models})
+            state.ledger.forget({k.id for k in new.server.keys})  # keys the file removed
             log.info("reloaded %s: %d models (config generation %d)", new.path,
                      len(new.models), state.manager.generation)
         else:

@@ -21,8 +21,9 @@ from lkn.config import Config, parse_listen
 from lkn.engines.bound import warm_shapes
 from lkn.engines.registry import EngineRegistry, default_state_dir, sweep_stale
 from lkn.fleet.manager import EngineManager
-from lkn.gateway import (admin_actions, admin_streams, anthropic_routes, ollama_routes,
-                         openai_routes, read_routes, router_routes, ui_static)
+from lkn.gateway import (admin_actions, admin_streams, admin_usage, anthropic_routes,
+                         ollama_routes, openai_routes, read_routes, router_routes, ui_static)
+from lkn.gateway.admin_usage import open_activity, restore_quotas
 from lkn.gateway.keys import (INTAKE, LIFECYCLE, NOTIFIER, RELOADER, STATE, GatewayState, Intake,
                               Lifecycle)
 from lkn.gateway.middleware import MIDDLEWARES, add_cors, body_limit
@@ -66,6 +67,7 @@ class GatewayServer:
         read_routes.add_routes(self.app)
         admin_actions.add_routes(self.app)
         admin_streams.add_routes(self.app)
+        admin_usage.add_routes(self.app)
         ui_static.add_routes(self.app)
         if cfg.server.cors_origins:
             add_cors(self.app, cfg.server.cors_origins)
@@ -88,7 +90,11 @@ class GatewayServer:
         state = GatewayState(cfg=cfg, manager=manager, session=session, metrics=Metrics(),
                              started=time.monotonic(),
                              cache=ResponseCache(cfg, clock=time.monotonic), bus=bus,
-                             responses=_response_store(cfg))
+                             responses=_response_store(cfg),
+                             activity=open_activity(cfg, state_dir))
+        if state.activity is not None:
+            await restore_quotas(state.activity, state.ledger, cfg)
+            writer = asyncio.create_task(state.activity.run())
         state.metrics.watch(lambda: live_metrics(state))
         manager.on_backend = lambda model, backend, ok: state.metrics.backend_requests.inc(
             model, backend, "ok" if ok else "failed")
@@ -109,6 +115,9 @@ class GatewayServer:
             await asyncio.gather(warm, return_exceptions=True)  # a thread: it ends by itself
             await reloader.close()
             await manager.shutdown(state.cfg.server.shutdown_drain_s)
+            if state.activity is not None:  # after the drain: its requests' rows, then closed
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
             await session.close()
 
     async def serve(self, *, listen: list[str] | None = None,

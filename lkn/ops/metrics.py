@@ -145,9 +145,10 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         self.requests = Counter(r, "lkn_requests_total", "Requests answered, by model, route, "
-                                "HTTP status and the client's API (openai, responses, "
-                                "anthropic, ollama; llamacpp: llama-server's own endpoints)",
-                                ("model", "route", "status", "api"))
+                                "HTTP status, the client's API (openai, responses, "
+                                "anthropic, ollama; llamacpp: llama-server's own endpoints) "
+                                "and the client key's id", ("model", "route", "status", "api",
+                                                            "key"))
         self.request_seconds = Histogram(r, "lkn_request_seconds", "Time from arrival to the end "
                                          "of the answer", LATENCY, ("model", "route", "api"))
         self.ttft_seconds = Histogram(r, "lkn_time_to_first_token_seconds", "Time from arrival "
@@ -180,9 +181,9 @@ class Metrics:
         self.token_counts = Counter(r, "lkn_token_count_total", "Prompt token counts by method",
                                     ("method",))
         self.prompt_tokens = Counter(r, "lkn_prompt_tokens_total", "Prompt tokens of answered "
-                                     "requests, from the engine's usage", ("model",))
+                                     "requests, from the engine's usage", ("model", "key"))
         self.completion_tokens = Counter(r, "lkn_completion_tokens_total", "Completion tokens "
-                                         "generated, from the engine's usage", ("model",))
+                                         "generated, from the engine's usage", ("model", "key"))
         self.tokens_per_second = Histogram(r, "lkn_tokens_per_second", "Completion tokens per "
                                            "second of generation, per answer", TOKENS_PER_SECOND,
                                            ("model",))
@@ -190,13 +191,14 @@ class Metrics:
                                      "they took no data for stream_idle_timeout_s (they "
                                      "stopped reading)", ("model",))
 
-    def observe_usage(self, model: str, usage: Usage | None) -> None:
+    def observe_usage(self, model: str, usage: Usage | None, key: str = "") -> None:
+        """An answer's usage, by model and by the client key's id ('' for none)."""
         if usage is None:
             return
         if usage.prompt_tokens:
-            self.prompt_tokens.inc(model, amount=usage.prompt_tokens)
+            self.prompt_tokens.inc(model, key, amount=usage.prompt_tokens)
         if usage.completion_tokens:
-            self.completion_tokens.inc(model, amount=usage.completion_tokens)
+            self.completion_tokens.inc(model, key, amount=usage.completion_tokens)
         if usage.tokens_per_second is not None:
             self.tokens_per_second.observe(usage.tokens_per_second, model)
 

@@ -17,6 +17,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     tokens_per_second: float | None  # None: no completion tokens or no usable time
+    reasoning_tokens: int = 0  # of the completion tokens (completion_tokens_details)
 
 
 def _count(value: Any) -> int:
@@ -35,7 +36,9 @@ def read_usage(usage: Any, timings: Any, wall_s: float | None) -> Usage | None:
         if isinstance(predicted_ms, (int, float)) and predicted_ms > 0:
             seconds = predicted_ms / 1000
     rate = completion / seconds if completion and seconds and seconds > 0 else None
-    return Usage(prompt, completion, rate)
+    details = usage.get("completion_tokens_details")
+    reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
+    return Usage(prompt, completion, rate, reasoning)
 
 
 def answer_usage(raw: bytes, wall_s: float) -> Usage | None:

@@ -9,7 +9,6 @@ A request's ``"lkn": {"priority": ...}`` (``take_priority``) names a class (``in
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lkn.config import ServerConfig
+from lkn.config import KeyConfig, ServerConfig, match_key
 from lkn.errors import BadRequest
 from lkn.fleet import planner
 from lkn.request.trust import Client
@@ -28,8 +27,14 @@ CLIENT = web.RequestKey("lkn_client", Client)
 
 @dataclass(frozen=True)
 class Caller:
-    key: str = ""        # "key-<12 hex digits of its sha256>", else "ip-<address>"
+    key: str = ""        # "key:<its id>", "admin:<n>" for the n-th admin key, else "ip-<address>"
     admin: bool = False  # it came with an admin key: it may raise its priority
+    policy: KeyConfig | None = None  # the client key's (server.keys): models, caps, quotas
+
+    @property
+    def key_id(self) -> str:
+        """The configured key's id ('' for none): what logs, metrics and the activity show."""
+        return self.policy.id if self.policy is not None else ""
 
 
 def bearer_token(request: web.Request) -> str:
@@ -51,23 +56,37 @@ def key_matches(token: str, keys: tuple[str, ...]) -> bool:
 
 def caller_of(request: web.Request, server: ServerConfig) -> Caller:
     """Who sent ``request`` (the auth middleware has let it through already): its key when it
-    is one of the configured keys, else its address (a token nobody configured names nobody:
-    a new one per request must not buy a client a turn per request)."""
+    is one of the configured keys (a client key by its id, an admin key by its place), else its
+    address (a token nobody configured names nobody: a new one per request must not buy a
+    client a turn per request)."""
     token = bearer_token(request)
-    admin = bool(token) and key_matches(token, server.admin_keys)
-    if admin or (token and key_matches(token, server.api_keys)):
-        return Caller("key-" + hashlib.sha256(_bytes(token)).hexdigest()[:12], admin)
+    policy = match_key(token, server.keys) if token else None
+    admin_at = _admin_place(token, server.admin_keys) if token else 0
+    if policy is not None:
+        return Caller(f"key:{policy.id}", bool(admin_at), policy)
+    if admin_at:
+        return Caller(f"admin:{admin_at}", True)
     client = request.get(CLIENT)
-    return Caller(f"ip-{client.address if client else request.remote or 'unknown'}", admin)
+    return Caller(f"ip-{client.address if client else request.remote or 'unknown'}")
+
+
+def _admin_place(token: str, keys: tuple[str, ...]) -> int:
+    """The 1-based place of ``token`` among the admin keys, 0 when it is none of them; every
+    key is compared (constant time)."""
+    places = [i for i, k in enumerate(keys, 1) if hmac.compare_digest(_bytes(token), k.encode())]
+    return places[0] if places else 0
 
 
 def take_priority(lkn_field: Any, caller: Caller) -> tuple[Any, float]:
     """Takes ``priority`` out of the request's ``"lkn"`` field: (the rest, the priority)."""
+    # A key's own class (server.keys priority): a batch key's requests are batch work
+    default = planner.CLASSES.get(caller.policy.priority or "", planner.INTERACTIVE) \
+        if caller.policy is not None else planner.INTERACTIVE
     if not isinstance(lkn_field, Mapping) or "priority" not in lkn_field:
-        return lkn_field, planner.INTERACTIVE
+        return lkn_field, default
     rest = {k: v for k, v in lkn_field.items() if k != "priority"}
     ceiling = planner.TOP if caller.admin else planner.INTERACTIVE
     try:
-        return rest, planner.priority_of(lkn_field["priority"], planner.INTERACTIVE, ceiling)
+        return rest, planner.priority_of(lkn_field["priority"], default, ceiling)
     except ValueError as exc:
         raise BadRequest(f"lkn {exc}", param="lkn.priority") from None

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from lkn.config import ModelConfig
+from lkn.config import KeyConfig, ModelConfig
 from lkn.engines.limits import UpstreamTooLarge, read_limited
 from lkn.engines.upstream import upstream_timeout
 from lkn.engines.base import EngineRequestError
@@ -28,11 +28,12 @@ from lkn.errors import (ERROR_SOURCE_HEADER, BadRequest, Cancelled, EngineUnavai
                         EngineUnreachable, GatewayTimeout, LknError, UpstreamError)
 from lkn.fleet.records import Demand, Lease
 from lkn.relay.client_write import BoundedResponse, ClientWriter
-from lkn.request.forward import write_deadline
 from lkn.request.caller import caller_of
+from lkn.request.forward import write_deadline
 from lkn.request.lease import lease_demand
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
+from lkn.request.tenancy import ModelNotAllowed, record_activity
 from lkn.request.validate import parse_json_object
 
 EXTRA_ROUTES = ("rerank", "infill", "tokenize", "detokenize", "apply-template", "props")
@@ -64,6 +65,7 @@ class ExtraHandler:
         started = time.monotonic()
         entry = state.inflight.add(outcome.request_id, route)
         label, status = "unknown", 500
+        key: KeyConfig | None = None
         try:
             if route == "props":
                 body: dict[str, Any] | None = None
@@ -73,7 +75,11 @@ class ExtraHandler:
                 model = _model_of(state, body.get("model"), route)
             label = entry.model = model.name
             caller = caller_of(request, state.cfg.server)  # its fair share in the queue
-            outcome.client_key = caller.key
+            outcome.client_key, outcome.key_id = caller.key, caller.key_id
+            key = caller.policy
+            if caller.policy is not None and not caller.policy.allows(model.public):
+                raise ModelNotAllowed(f"key '{caller.policy.id}' may not use model "
+                                      f"'{model.public}'", param="model")
             # A tokenization needs no context; an infill's answer budget steers the variant.
             answer = body.get("n_predict") if body is not None and route == "infill" else 0
             demand = Demand(0, answer if isinstance(answer, int) and answer > 0 else None)
@@ -100,8 +106,10 @@ class ExtraHandler:
         finally:
             state.inflight.remove(entry)
             elapsed = time.monotonic() - started
-            state.metrics.requests.inc(label, route, str(status), "llamacpp")
+            state.metrics.requests.inc(label, route, str(status), "llamacpp", outcome.key_id)
             state.metrics.request_seconds.observe(elapsed, label, route, "llamacpp")
+            record_activity(state, request, api="llamacpp", route=route, model=label,
+                            status=status, elapsed_s=elapsed, outcome=outcome, key=key)
 
     async def _relay(self, request: web.Request, route: str, body: dict[str, Any] | None,
                      lease: Lease) -> web.StreamResponse:

@@ -203,6 +203,9 @@ class Forwarder:
 
     def _usage(self, usage: Usage | None) -> None:
         """The engine's usage report: metrics, and the traffic statistics' tokens/s."""
-        self.state.metrics.observe_usage(self.outcome.model or "", usage)
+        outcome = self.outcome
+        self.state.metrics.observe_usage(outcome.model or "", usage, outcome.key_id)
         if usage is not None:
-            self.outcome.completion_tokens = usage.completion_tokens
+            outcome.completion_tokens = usage.completion_tokens
+            outcome.usage_prompt_tokens = usage.prompt_tokens
+            outcome.reasoning_tokens = usage.reasoning_tokens

@@ -12,6 +12,7 @@ headers and its ``request`` event are built.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -30,7 +31,7 @@ from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.ops.traffic import Finished
-from lkn.request.caller import caller_of, take_priority
+from lkn.request.caller import Caller, caller_of, take_priority
 from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.inbound.base import Inbound
 from lkn.request.lease import Backends, lease_engine, sized_body
@@ -38,6 +39,7 @@ from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
 from lkn.request.residency import is_operator, load_or_unload
+from lkn.request.tenancy import Tenancy, record_activity
 from lkn.request.state import GatewayState
 from lkn.request.validate import VALIDATORS, parse_json_object
 from lkn.request.validate_formats import check_media_urls, media_engine
@@ -71,6 +73,8 @@ class Gated:
 class RequestHandler:
     _cache: CacheTicket | None = None  # this request's response cache ticket, if any
     inbound: Inbound  # the client's API (``serve``)
+    tenancy: Tenancy  # its key's policy (``serve``)
+    operator = False  # its caller's keep_alive counts (``residency.is_operator``)
     stream: OpenStream  # the client's event stream, once its headers go out
 
     def __init__(self, state: GatewayState, request_id: str = "") -> None:
@@ -107,27 +111,32 @@ class RequestHandler:
         deadline = write_deadline(self.state, self.cfg.server, outcome)
         self.stream = stream = OpenStream(request, outcome.headers, deadline)
         entry = self.state.inflight.add(self.request_id, route)
+        held = contextlib.AsyncExitStack()  # the key's place among its requests in flight
+        failure: LknError | None = None
+        self.tenancy = Tenancy(self.state, Caller(), outcome)  # no key known yet
+        self._raw = b""
         try:
-            body = inbound.canonical(parse_json_object(await request.read()))
+            self._raw = await request.read()
+            body = inbound.canonical(parse_json_object(self._raw))
             route = entry.route = inbound.route  # the API may choose it by the body
             VALIDATORS[route](body)
             lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
             caller = caller_of(request, self.cfg.server)
+            self.tenancy = tenancy = Tenancy(self.state, caller, outcome)
             lkn_field, outcome.priority = take_priority(lkn_field, caller)
             outcome.client_key = caller.key
             model = self.cfg.require(body["model"])
             label = entry.model = model.name
+            tenancy.check_model(model)
             check_media_urls(body, media_engine(model))  # before an engine starts for it
             if route == "embeddings" and not model.embeddings:
                 raise BadRequest(f"model '{model.name}' does not serve embeddings (set "
                                  f"embeddings = true in its config)", param="model")
-            operator = is_operator(caller, self.cfg.server)
+            self.operator = operator = is_operator(caller, self.cfg.server)
             if inbound.load_only:  # the client only asks for its model's residency
                 await load_or_unload(self.state, model, inbound, outcome, operator)
                 status = 200
                 return inbound.whole(web.json_response({}, headers=outcome.headers()))
-            if not operator:
-                inbound.keep_alive_s = None
             if body.get("stream") and route != "embeddings":
                 stream.transcoder = inbound.transcoder()
                 stream.content_type = inbound.stream_content_type
@@ -136,6 +145,7 @@ class RequestHandler:
                                                      outcome.headers, deadline,
                                                      openai=inbound.identity)
             settings = self._settings(request, route, model, lkn_field)
+            tenancy.admit()  # the key's rates and quotas, before any engine is touched
             if self.cache is not None:
                 self._cache = CacheTicket.open(self.cache, self.state.metrics, request,
                                                route, model, body, settings, cache_off,
@@ -146,6 +156,7 @@ class RequestHandler:
                         status = 200
                         return inbound.whole(self._cache.answer(outcome.headers(),
                                                                 time.monotonic()))
+            await held.enter_async_context(tenancy.slot())
             asked, attempt = model, Attempt()
             for tried, model in enumerate(self._candidates(route, asked)):
                 if tried:  # a fallback: the models before it failed before the first byte
@@ -179,7 +190,7 @@ class RequestHandler:
                 self._cache.settle(response)
             return inbound.whole(response)
         except LknError as exc:
-            status = exc.status
+            status, failure = exc.status, exc
             if stream.response is None:
                 raise
             return await stream.error_event(exc, self.request_id)  # the headers went out
@@ -198,13 +209,19 @@ class RequestHandler:
                 raise cancelled from None
             return await stream.error_event(cancelled, self.request_id)
         finally:
+            await held.aclose()
             self.state.inflight.remove(entry)
-            self._finished(request, inbound, label, status, time.monotonic() - started)
+            self.tenancy.settle()
+            self._finished(request, inbound, label, status, time.monotonic() - started, failure)
 
     def _finished(self, request: web.Request, inbound: Inbound, label: str, status: int,
-                  elapsed: float) -> None:
+                  elapsed: float, failure: LknError | None) -> None:
         metrics, outcome, route = self.state.metrics, self.outcome, inbound.route
-        metrics.requests.inc(label, route, str(status), inbound.api)
+        metrics.requests.inc(label, route, str(status), inbound.api, outcome.key_id)
+        record_activity(self.state, request, api=inbound.api, route=route, model=label,
+                        status=status, elapsed_s=elapsed, outcome=outcome,
+                        key=self.tenancy.key, error=failure,
+                        body=self._raw)
         metrics.request_seconds.observe(elapsed, label, route, inbound.api)
         variant = "-" if outcome.variant is None else str(outcome.variant)
         log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
@@ -237,7 +254,9 @@ class RequestHandler:
         yield asked
         for name in asked.fallbacks:
             model = self.cfg.resolve(name)
-            if model is not None and (route != "embeddings" or model.embeddings):
+            if model is not None and not self.tenancy.allows(model):
+                self.tenancy.skipped("fallback", model)
+            elif model is not None and (route != "embeddings" or model.embeddings):
                 yield model
 
     def _fall_back(self, asked: ModelConfig, model: ModelConfig, attempt: Attempt) -> None:
@@ -338,9 +357,10 @@ class RequestHandler:
                                    self.stream.loading, backends, arrived,
                                    min_ctx=inbound.min_ctx,
                                    budget_binding=inbound.answer_budget_binding)
-        # The last request's residency wish rules (Ollama's way); one without any restores
-        # the operator's idle_unload_s.
-        lease.record.keep_alive_s = inbound.keep_alive_s
+        # The operator's last residency wish rules (Ollama's way); a request of theirs without
+        # one restores the model's idle_unload_s. Other clients' requests leave it alone.
+        if self.operator:
+            lease.record.keep_alive_s = inbound.keep_alive_s
         return lease
 
     def _backend_failed(self, lease: Lease) -> str | None:
@@ -370,6 +390,9 @@ class RequestHandler:
             return Gated(body, lease, model)
         target = self.state.cfg.resolve(settings.escalate_to or "")  # in force, as above
         if target is None or target.name == model.name:
+            return Gated(body, lease, model)
+        if not self.tenancy.allows(target):
+            self.tenancy.skipped("escalation", target)
             return Gated(body, lease, model)
         lease.release()
         outcome.escalated_from = model.name

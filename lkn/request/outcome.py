@@ -4,7 +4,7 @@ it; the response headers (``x-lkn-*``) and the ``request`` event are both built 
 so no fact is kept as a header string and parsed back."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -24,6 +24,11 @@ class Outcome:
     # Not headers: what the relay saw, for the traffic statistics and the event.
     ttft_s: float | None = None           # time to the first streamed event
     completion_tokens: int | None = None  # from the engine's usage, when it reported one
+    usage_prompt_tokens: int | None = None  # the engine's own count of the prompt, likewise
+    reasoning_tokens: int = 0             # of the completion tokens, likewise
+    key_id: str = ""                      # the client key's id (server.keys), '' for none
+    # headers a policy adds (the key's x-ratelimit-* ones; what a key's policy skipped)
+    extra_headers: dict[str, str] = field(default_factory=dict)
     client_gone: bool = False             # the client left mid-stream (counted as 499)
     queued_at: float | None = None        # when it first queued for an engine (escalation
     #                                       keeps its place: it is not the newest request)
@@ -54,4 +59,5 @@ class Outcome:
                             ("x-lkn-fallback-from", self.fallback_from)):
             if value is not None:
                 out[name] = value
+        out.update(self.extra_headers)
         return out

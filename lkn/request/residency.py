@@ -17,7 +17,7 @@ from lkn.request.state import GatewayState
 
 def is_operator(caller: Caller, server: ServerConfig) -> bool:
     """Whether ``caller``'s residency wishes count (see the module's docstring)."""
-    return caller.admin or not (server.api_keys or server.admin_keys)
+    return caller.admin or not (server.requires_key or server.admin_keys)
 
 
 async def load_or_unload(state: GatewayState, model: ModelConfig, inbound: Inbound,
@@ -33,5 +33,6 @@ async def load_or_unload(state: GatewayState, model: ModelConfig, inbound: Inbou
                                 timeout_s=s.request_timeout_s + s.stop_grace_s)
         return
     lease = await lease_demand(state, model, Demand(0, 0, min_ctx=inbound.min_ctx), outcome)
-    lease.record.keep_alive_s = inbound.keep_alive_s if operator else None
+    if operator:  # anyone else's wish changes nothing
+        lease.record.keep_alive_s = inbound.keep_alive_s
     lease.release()

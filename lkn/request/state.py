@@ -11,11 +11,14 @@ from aiohttp import web
 from lkn.cache.store import ResponseCache
 from lkn.config import Config
 from lkn.fleet.manager import EngineManager
+from lkn.ops.activity import ActivityLog
 from lkn.ops.events import EventBus
 from lkn.ops.inflight import InFlight
 from lkn.ops.metrics import Metrics
+from lkn.ops.quota import Ledger
 from lkn.ops.traffic import TrafficStats
 from lkn.request.inbound.response_store import ResponseStore
+from lkn.request.key_gate import KeyGate
 
 
 @dataclass
@@ -36,6 +39,11 @@ class GatewayState:
     runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
     # OpenAI Responses kept for previous_response_id (server.responses_store_*); None: none
     responses: ResponseStore | None = None
+    # Each client key's quotas and concurrency (server.keys), and the durable activity log
+    # (None: off, server.activity.enabled)
+    ledger: Ledger = field(default_factory=Ledger)
+    key_gate: KeyGate = field(default_factory=KeyGate)
+    activity: ActivityLog | None = None
 
 
 STATE = web.AppKey("lkn_state", GatewayState)

@@ -27,6 +27,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):
+        raise BadRequest(f"request body is nested too deeply (more than {MAX_DEPTH} levels)")
     if _SURROGATE_ESCAPE.search(raw):  # rare: only then is the whole body walked
         where = lone_surrogate_at(body)
         if where is not None:
@@ -34,6 +36,26 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
                              f"escape (\\ud800-\\udfff without its pair)", param=where,
                              code="invalid_unicode")
     return body
+
+
+# The JSON parser takes 1024 levels, but re-encoding a body (for the engine, for the client's
+# API) recurses: past a few hundred that is a RecursionError, a 500. No real request nests more
+# than a few dozen. Only a body with this many brackets is walked at all.
+MAX_DEPTH = 128
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` arrays and objects deep (iterative)."""
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            todo.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            todo.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 # A JSON string escape of a UTF-16 surrogate. Valid UTF-8 carries no surrogate, so a lone one

@@ -1,9 +1,11 @@
-// The dashboard: reads /status (polled) and /admin/events (a live SSE stream, with the recent
-// past as history), and draws the panels. With server.admin_keys set, lkn answers 401 until the
-// operator gives a key; the page then asks for one and keeps it in sessionStorage.
+// The dashboard: reads /status, /admin/keys and the keys' last 24 h from /admin/usage (polled)
+// and /admin/events (a live SSE stream, with the recent past as history), and draws the panels.
+// With server.admin_keys set, lkn answers 401 until the operator gives a key; the page then asks
+// for one and keeps it in sessionStorage.
 import { Api, AuthError } from "./api.js";
 import { EnginesPanel } from "./engines.js";
 import { renderEntropy } from "./entropy.js";
+import { DAY_S, renderKeys } from "./keys.js";
 import { LogsPanel } from "./logs.js";
 import { renderQueue } from "./queue.js";
 import { renderRequests } from "./requests.js";
@@ -16,7 +18,8 @@ const RETRY_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
 const api = new Api();
-const data = { status: null, requests: [], engineEvents: [], swaps: [] };
+const data = { status: null, keys: { keys: [], usage: null, error: "" }, requests: [],
+               engineEvents: [], swaps: [] };
 const busyModels = new Set(); // an operator's action on the model is under way
 let session = null; // the AbortController of the running polls and streams
 let renderTimer = null;
@@ -58,6 +61,9 @@ function render() {
                 inflight: $("inflight-table").tBodies[0] }, status, cancel);
   const now = Math.max(Date.now() / 1000, ...data.engineEvents.map((e) => e.time));
   renderTimeline($("timeline"), $("swaps"), data.engineEvents, data.swaps, status.engines, now);
+  renderKeys({ section: $("keys-panel"), summary: $("keys-summary"),
+               tbody: $("keys-table").tBodies[0] }, data.keys.keys, data.keys.usage,
+             data.keys.error);
   renderRequests($("requests-table").tBodies[0], data.requests);
   renderEntropy($("entropy"), data.requests, status.models);
   logs.setEngines([...new Set(status.engines.map((e) => e.key))].sort());
@@ -70,8 +76,29 @@ function schedule() {
 
 // ------------------------------------------------------------------ reading lkn
 
+// The client keys and their last 24 h. Only a refused admin key is an error here: without
+// keys (or an lkn that cannot say) the panel stays hidden, without the log it says so.
+async function readKeys() {
+  let keys;
+  try {
+    keys = (await api.get("/admin/keys")).data;
+  } catch (err) {
+    if (err instanceof AuthError) throw err;
+    return { keys: [], usage: null, error: "" };
+  }
+  if (!keys.length) return { keys, usage: null, error: "" };
+  const since = Math.floor(Date.now() / 1000) - DAY_S;
+  try {
+    const usage = await api.get(`/admin/usage?group_by=key&since=${since}`);
+    return { keys, usage: usage.data, error: "" };
+  } catch (err) {
+    if (err instanceof AuthError) throw err;
+    return { keys, usage: null, error: err.message };
+  }
+}
+
 async function refresh() {
-  data.status = await api.get("/status");
+  [data.status, data.keys] = await Promise.all([api.get("/status"), readKeys()]);
   schedule();
 }
 

@@ -52,8 +52,8 @@ class StreamTranscoder:
                 continue
             try:
                 obj = fastjson.loads(event.data)
-            except ValueError:
-                continue  # not JSON: nothing the client's API could carry
+            except (ValueError, RecursionError):
+                continue  # not JSON (or nested past any answer): nothing the API could carry
             if not isinstance(obj, dict):
                 continue
             if "error" in obj and "choices" not in obj:
@@ -172,7 +172,7 @@ class Inbound:
             return _rebuilt(response, body, self.stream_content_type)
         try:
             obj = fastjson.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return response
         if not isinstance(obj, dict):
             return response

@@ -22,8 +22,11 @@ IMAGE_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GI
                (b"BM", "image/bmp"))
 
 # Go's time.ParseDuration: an optional sign, then numbers each with a unit ("1h30m", "1.5s").
-_DURATION = re.compile(r"([-+]?)((?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
-_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# No optional part may match what another one matches: "\d+\.?\d*" backtracked in O(n²) on a
+# long run of digits (a 200 KB keep_alive blocked the event loop for minutes).
+_DURATION = re.compile(r"([-+]?)((?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+MAX_DURATION = 64  # characters: no Go duration a client means is longer
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
            "h": 3600.0}
 
@@ -50,10 +53,10 @@ def parse_keep_alive(value: Any) -> float | None:
         try:
             seconds = float(text)
         except ValueError:
-            match = _DURATION.fullmatch(text)
+            match = _DURATION.fullmatch(text) if len(text) <= MAX_DURATION else None
             if match is None:
-                raise BadRequest(f"'keep_alive' is not a duration: {value!r} (use a number of "
-                                 f"seconds or a duration such as \"30s\", \"5m\", \"1h30m\")",
+                raise BadRequest(f"'keep_alive' is not a duration: {value[:80]!r} (use a number "
+                                 f"of seconds or a duration such as \"30s\", \"5m\", \"1h30m\")",
                                  param="keep_alive") from None
             seconds = sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(match.group(2)))
             seconds = -seconds if match.group(1) == "-" else seconds

@@ -30,11 +30,19 @@ the engines differ, lkn decides so that any engine behind it serves the API the 
   ``reasoning_text`` content);
 - ``include``, ``truncation``, ``text.verbosity``, ``service_tier`` and the like are accepted
   and ignored; ``background: true`` and ``conversation`` are a 400 (no background jobs and no
-  Conversations API here).
+  Conversations API here); ``metadata`` must be what the API allows (at most 16 string keys of
+  up to 64 characters, to strings of up to 512), since the Response object echoes it;
+- a stored answer is ONE assistant message (``assistant_message``): its texts joined by a new
+  line, its reasoning likewise, and all its tool calls, even when the stream interleaved them
+  (text, a call, more text): chat templates expect the calls of a turn on one assistant
+  message, and the next request's tool results must find every call. Storing never fails the
+  answer: a call the engine sent without a name is stored as ``unknown``, and anything else
+  that goes wrong is logged and the answer goes out unstored.
 """
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 from lkn.errors import BadRequest
@@ -42,13 +50,18 @@ from lkn.relay.thinking import EFFORTS
 from lkn.request.inbound.base import Inbound, StreamTranscoder
 from lkn.request.inbound.response_store import ResponseStore, StoredResponse
 from lkn.request.inbound.responses_input import (
-    ToolName, chat_tools, fold_system, input_messages)
+    CALLS, ToolName, chat_tools, fold_system, input_messages, shown)
 from lkn.request.inbound.responses_stream import (
     ResponseFrame, ResponsesStream, as_dict, call_item, message_item, new_id, outcome,
     reasoning_item, response_object, response_usage)
 from lkn.request.validate_formats import is_int, schema_problem
 
+log = logging.getLogger("lkn.request.inbound.responses")
+
 THINKING_OFF = ("none", "minimal")
+# OpenAI's bounds on ``metadata``: keys, key length, value length
+METADATA_KEYS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
+UNNAMED = "unknown"  # what a call the engine sent without a name is stored as
 # Fields of engines behind lkn (and lkn's own) a client may add to a Responses request
 # (``extra_body``); they pass to the canonical request as they are and are checked there.
 PASSED = ("top_k", "min_p", "seed", "stop", "presence_penalty", "frequency_penalty",
@@ -68,7 +81,7 @@ def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...],
     value = body.get(name)
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool)
                               and kind is not bool):
-        raise _fail(f"'{name}' must be {what}, got {value!r}", name)
+        raise _fail(f"'{name}' must be {what}, got {shown(value)}", name)
     return value
 
 
@@ -102,8 +115,37 @@ def output_items(message: dict[str, Any],
 def assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
     """The output items as one canonical assistant message: what a later request continuing
     this response (``previous_response_id``) sends the engine as history. Read as input items,
-    as a client replaying them would send them, so both histories are the same."""
-    return input_messages(output)[-1]
+    as a client replaying them would send them, then merged: a streamed answer may hold several
+    messages (text, a call, more text), and a chat template wants one assistant message per
+    turn with all of its tool calls. A nameless call (an engine's fault) is named ``unknown``,
+    so that the turn still reads and its result still finds it."""
+    named = [{**item, "name": UNNAMED}
+             if item.get("type") in CALLS and not (isinstance(item.get("name"), str)
+                                                   and item["name"]) else item
+             for item in output]
+    said = [m for m in input_messages(named, allow_empty=True) if m["role"] == "assistant"]
+    texts = [m["content"] for m in said if isinstance(m.get("content"), str) and m["content"]]
+    reasoning = [m["reasoning_content"] for m in said if m.get("reasoning_content")]
+    calls = [c for m in said for c in m.get("tool_calls", ())]
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": "\n".join(texts) or (None if calls else "")}
+    if reasoning:
+        message["reasoning_content"] = "\n".join(reasoning)
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def check_metadata(value: Any) -> None:
+    """``metadata`` as the API allows it: a small map of strings (the Response echoes it)."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or len(value) > METADATA_KEYS or not all(
+            isinstance(k, str) and len(k) <= METADATA_KEY and isinstance(v, str)
+            and len(v) <= METADATA_VALUE for k, v in value.items()):
+        raise _fail(f"'metadata' must be an object of at most {METADATA_KEYS} keys (strings of "
+                    f"up to {METADATA_KEY} characters) to strings of up to {METADATA_VALUE} "
+                    f"characters", "metadata")
 
 
 def chat_tool_choice(choice: Any, names: dict[str, ToolName]) -> Any:
@@ -118,7 +160,7 @@ def chat_tool_choice(choice: Any, names: dict[str, ToolName]) -> Any:
         raise _fail("'tool_choice' must be a string or an object", "tool_choice")
     kind = choice.get("type")
     if kind not in ("function", "custom"):
-        raise _fail(f"tool_choice of type {kind!r} is not supported: use none, auto, required "
+        raise _fail(f"tool_choice of type {shown(kind)} is not supported: use none, auto, required "
                    f"or {{\"type\": \"function\", \"name\": ...}}", "tool_choice.type")
     name = choice.get("name")
     if not isinstance(name, str) or not name:
@@ -147,7 +189,7 @@ def response_format(text: Any) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if kind != "json_schema":
         raise _fail(f"text.format.type must be one of text, json_object, json_schema, "
-                    f"got {kind!r}", "text.format.type")
+                    f"got {shown(kind)}", "text.format.type")
     name = fmt.get("name")
     if not isinstance(name, str) or not name:
         raise _fail("text.format.name must be a non-empty string", "text.format.name")
@@ -170,6 +212,8 @@ def reasoning_effort(reasoning: Any) -> str | None:
         return None
     if not isinstance(reasoning, dict):
         raise _fail("'reasoning' must be an object", "reasoning")
+    if reasoning.get("summary") is not None and not isinstance(reasoning["summary"], str):
+        raise _fail("reasoning.summary must be a string", "reasoning.summary")
     effort = reasoning.get("effort")
     if effort is None:
         return None
@@ -177,7 +221,7 @@ def reasoning_effort(reasoning: Any) -> str | None:
         return "xhigh"  # lkn's (and OpenAI chat's) highest
     if effort not in EFFORTS:
         raise _fail(f"reasoning.effort must be one of {', '.join(EFFORTS)}, max, "
-                    f"got {effort!r}", "reasoning.effort")
+                    f"got {shown(effort)}", "reasoning.effort")
     return str(effort)
 
 
@@ -224,12 +268,13 @@ class ResponsesInbound(Inbound):
         stream = _optional(body, "stream", bool, "a boolean")
         store = _optional(body, "store", bool, "a boolean")
         parallel = _optional(body, "parallel_tool_calls", bool, "a boolean")
-        _optional(body, "metadata", dict, "an object of strings")
+        check_metadata(body.get("metadata"))
         _optional(body, "user", str, "a string")
+        _optional(body, "truncation", str, "a string")
         _optional(body, "include", list, "an array")
         max_output = body.get("max_output_tokens")
         if max_output is not None and (not is_int(max_output) or max_output < 1):
-            raise _fail(f"'max_output_tokens' must be a positive integer, got {max_output!r}",
+            raise _fail(f"'max_output_tokens' must be a positive integer, got {shown(max_output)}",
                         "max_output_tokens")
         previous = _optional(body, "previous_response_id", str, "a string")
         history = self._previous(previous) if previous is not None else []
@@ -298,10 +343,15 @@ class ResponsesInbound(Inbound):
         return body  # the Responses API answers errors in OpenAI's own envelope
 
     def keep(self, response: dict[str, Any]) -> None:
-        """Store a finished response (``store`` not false) for ``previous_response_id``."""
+        """Store a finished response (``store`` not false) for ``previous_response_id``. Never
+        raises: the engine has answered and the client gets its answer whatever the store
+        makes of it; a turn that cannot be stored is logged, and continuing it is a 400."""
         if not self._keep or self._store is None:
             return
-        turn = (*self._new, assistant_message(response["output"]))
-        self._store.put(self._owner, response["id"],
-                        StoredResponse(turn, response, self._previous_id))
-
+        try:
+            turn = (*self._new, assistant_message(response["output"]))
+            self._store.put(self._owner, response["id"],
+                            StoredResponse(turn, response, self._previous_id))
+        except Exception as exc:  # whatever it is, the answer goes out
+            log.warning("response %s not stored for previous_response_id: %s: %s",
+                        response.get("id"), type(exc).__name__, exc)

@@ -46,6 +46,17 @@ def fail(message: str, param: str) -> BadRequest:
     return BadRequest(message, param=param)
 
 
+def shown(value: Any) -> str:
+    """A client's value as an error message quotes it: a scalar's repr (cut short), a container
+    by its kind only (its repr recurses, and a deeply nested one is a RecursionError)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 # ---------------------------------------------------------------------------- tool names
 @dataclass(frozen=True)
 class ToolName:
@@ -124,7 +135,7 @@ def input_messages(value: Any, *, allow_empty: bool = False) -> list[dict[str, A
             if images:
                 turn.images = (turn.images or []) + images
         else:
-            raise fail(f"{where} has type {kind!r}, which is not supported (supported: "
+            raise fail(f"{where} has type {shown(kind)}, which is not supported (supported: "
                        f"{ITEMS})", f"{where}.type")
     turn.flush()
     return turn.messages
@@ -185,7 +196,7 @@ def _texts(parts: Any, where: str, kinds: tuple[str, ...], joiner: str,
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in kinds:
             raise fail(f"{where}[{j}] must be a part of type {' or '.join(kinds)}, "
-                       f"got {kind!r}", f"{where}[{j}]")
+                       f"got {shown(kind)}", f"{where}[{j}]")
         text = _string(part, "refusal" if kind == "refusal" else "text", f"{where}[{j}]", empty)
         if text:
             out.append(text)
@@ -207,7 +218,7 @@ def _output(output: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
         elif kind in ("input_text", "output_text"):
             texts.append(_string(part, "text", at, empty=True))
         else:
-            raise fail(f"{at} must be a part of type input_text or input_image, got {kind!r}",
+            raise fail(f"{at} must be a part of type input_text or input_image, got {shown(kind)}",
                        at)
     return "".join(texts) or ("(image)" if images else ""), images
 
@@ -226,7 +237,7 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = ROLES.get(item["role"]) if isinstance(item.get("role"), str) else None
     if role is None:
         raise fail(f"{where}.role must be one of {', '.join(ROLES)}, got "
-                   f"{item.get('role')!r}", f"{where}.role")
+                   f"{shown(item.get('role'))}", f"{where}.role")
     content, path = item.get("content"), f"{where}.content"
     if role == "assistant":  # history: the text it answered (or refused)
         return {"role": role, "content": _texts(content, path,
@@ -247,7 +258,7 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
                        f"input_text)", f"{at}.type")
         else:
             raise fail(f"{at} must be a part of type input_text, input_image or input_file, "
-                       f"got {kind!r}", f"{at}.type")
+                       f"got {shown(kind)}", f"{at}.type")
     return {"role": role, "content": parts}
 
 
@@ -302,7 +313,7 @@ def _tool(tool: dict[str, Any], where: str, namespace: str | None,
                    f"run locally, without OpenAI's hosted tools. Leave it out of 'tools' (in "
                    f"Codex: {hint})", f"{where}.type")
     if kind not in ("function", "custom"):
-        raise fail(f"{where} has type {kind!r}, which is not supported (supported: function, "
+        raise fail(f"{where} has type {shown(kind)}, which is not supported (supported: function, "
                    f"custom{'' if namespace else ', namespace'})", f"{where}.type")
     name = _string(tool, "name", where)
     flat = flat_name(namespace, name)

@@ -115,7 +115,7 @@ def custom_input(arguments: str) -> str:
     how lkn declares it to the engine); arguments of any other shape are the input as they are."""
     try:
         parsed = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # an engine's JSON may nest past the parser's limit
         return arguments
     value = parsed.get("input") if isinstance(parsed, dict) else None
     return value if isinstance(value, str) else arguments
