@@ -441,8 +441,8 @@ def test_runtime_backends_set_no_local_paths_or_environment(backends_gw: Any, ke
 
 
 @pytest.mark.parametrize("caller, partition", [
-    ("key:alice", "key:alice"), ("admin:1", "admin:1"), ("ip-127.0.0.1", "anonymous"),
-    ("ip-key:x", "anonymous"),
+    ("key-0123456789ab", "key-0123456789ab"), ("ip-127.0.0.1", "anonymous"),
+    ("key:alice", "anonymous"),
     ("ip-10.0.0.7", "anonymous"), ("", "anonymous")])
 def test_cache_partition_of_a_caller(caller: str, partition: str) -> None:
     assert partition_of(caller) == partition

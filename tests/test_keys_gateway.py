@@ -24,9 +24,9 @@ def lua(binary: str, state_dir: str, *, delay: float = 0.0) -> str:
     return f"""
 server = {{ stop_grace_s = 1, state_dir = {lua_str(state_dir)}, max_queue_wait_s = 20,
   keys = {{
-    {{ id = "alice", key = "sk-alice", models = {{ "fast" }} }},
+    {{ id = "alice", key = "sk-alice", models = {{ "fast", "broken" }} }},
     {{ id = "bob", key = "sk-bob", max_concurrent = 1, requests_per_minute = 3 }},
-    {{ id = "nightly", key = "sk-nightly", priority = "batch", tokens_per_day = 30,
+    {{ id = "nightly", key = "sk-nightly", priority = "batch", tokens_per_day = 40,
       forward_user_headers = true }},
   }},
   activity = {{ capture = "errors" }},
@@ -35,6 +35,8 @@ models = {{
   {{ name = "fast", aliases = {{ "f" }}, binary = {lua_str(binary)}, model_file = "/x.gguf",
     ctx_size = 4096, parallel = 4, args = {{ "--fake-token-delay-s", {delay} }} }},
   {{ name = "other", binary = {lua_str(binary)}, model_file = "/y.gguf", ctx_size = 4096 }},
+  {{ name = "broken", binary = "/nonexistent/engine", model_file = "/z.gguf", ctx_size = 4096,
+    fallbacks = {{ "other" }} }},
 }}
 """
 
@@ -100,6 +102,17 @@ def test_a_key_uses_only_its_models_aliases_included(gw: Gateway) -> None:
         ask(gw, "sk-nobody")
 
 
+def test_a_fallback_the_key_may_not_use_is_skipped_and_said(gw: Gateway) -> None:
+    with pytest.raises(openai.APIStatusError) as failed:  # "broken" cannot start
+        ask(gw, "sk-alice", "broken")
+    assert failed.value.status_code == 503
+    assert failed.value.response.headers["x-lkn-skipped"] == \
+        "fallback other (not allowed for this key)"
+    served = ask(gw, "sk-bob", "broken")  # bob may use "other": it answers
+    assert served.headers["x-lkn-fallback-from"] == "broken"
+    assert served.headers["x-lkn-model"] == "other"
+
+
 def test_rates_are_429s_with_retry_after_and_ratelimit_headers(gw: Gateway) -> None:
     first = ask(gw, "sk-bob")
     assert first.headers["x-ratelimit-limit-requests"] == "3"
@@ -114,7 +127,9 @@ def test_rates_are_429s_with_retry_after_and_ratelimit_headers(gw: Gateway) -> N
 
 
 def test_a_token_quota_is_charged_from_the_engines_usage(gw: Gateway) -> None:
-    for _ in range(3):  # 30 of its 30 tokens: charged from usage when each answer ends
+    # Each request reserves its body's bytes / 4 (~20 tokens here) until the engine's usage
+    # settles it: 3 answers use 30 of the 40 tokens; a fourth could need more than is left.
+    for _ in range(3):
         assert ask(gw, "sk-nightly").parse().usage.total_tokens == PER_ANSWER
     with pytest.raises(openai.RateLimitError) as spent:
         ask(gw, "sk-nightly")
@@ -163,7 +178,7 @@ def test_the_activity_log_and_usage_survive_a_restart(tmp_path: Path, fake_binar
                                          "X-OpenWebUI-User-Email": "ann@example.com"})
     with pytest.raises(openai.PermissionDeniedError):
         ask(gw, "sk-alice", "other")
-    ask(gw, "sk-nightly"), ask(gw, "sk-nightly")  # all of nightly's 30 tokens
+    ask(gw, "sk-nightly"), ask(gw, "sk-nightly")  # 30 of nightly's 40 tokens: no room left
     rows = wait_rows(gw, 7)
     assert sorted(r["key_id"] for r in rows) == ["alice", "alice", "alice", "bob", "nightly",
                                                  "nightly", "nightly"]

@@ -133,6 +133,12 @@ def test_caller_of() -> None:
     assert caller({"x-api-key": "team-key"}) == team and not team.admin
     root = caller({"Authorization": "Bearer root-key"})
     assert root.admin and root.key == "admin:1" and root.key_id == ""
+    # stored data follows the secret: the key that becomes key-1 when an earlier one is
+    # removed from api_keys does not inherit its tenant (cached answers, Responses)
+    assert team.tenant.startswith("key-") and root.tenant.startswith("key-")
+    two = ServerConfig(api_keys=("other-key", "team-key"))
+    moved = caller_of(FakeRequest({"x-api-key": "team-key"}), two)  # type: ignore[arg-type]
+    assert moved.key_id == "key-2" and moved.tenant == team.tenant
     assert caller({}) == Caller("ip-10.0.0.7", False)
     # a token nobody configured names nobody: the address does (a new token per request buys
     # no turns); a header byte that is no UTF-8 (kept as a surrogate by aiohttp) is no error
@@ -159,3 +165,14 @@ def test_take_priority_refuses_with_the_param() -> None:
     with pytest.raises(BadRequest) as err:
         take_priority({"priority": "now"}, Caller("k"))
     assert err.value.param == "lkn.priority"
+
+
+def test_a_batch_keys_requests_are_batch_and_cannot_promote_themselves() -> None:
+    from lkn.config import KeyConfig
+    from lkn.fleet import planner
+    nightly = Caller("key:nightly", False, KeyConfig("nightly", "0" * 64, priority="batch"))
+    assert take_priority(None, nightly) == (None, planner.BATCH)
+    assert take_priority({"priority": "interactive"}, nightly) == ({}, planner.BATCH)
+    assert take_priority({"priority": 10}, nightly)[1] == 0.0  # lower: its own class already
+    person = Caller("key:alice", False, KeyConfig("alice", "1" * 64))
+    assert take_priority({"priority": "batch"}, person) == ({}, planner.BATCH)

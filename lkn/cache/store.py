@@ -12,7 +12,7 @@ cache settings, so it changes whenever a reload changes what answers (engine, fi
 homeostasis); ``configure`` then drops that model's entries at once.
 
 The key also carries the request's partition: the id of the client key it came with
-(``key:<id>``), or ``anonymous`` where lkn has no keys. One tenant's answer is never another's.
+(``key-<hash>``), or ``anonymous`` where lkn has no keys. One tenant's answer is never another's.
 
 Entries expire ``ttl_s`` after they were stored; the least recently used go first when a model's
 store would exceed ``max_mb``. Each entry remembers whether its answer carries ``usage``: one that
@@ -61,11 +61,12 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def partition_of(caller_key: str) -> str:
-    """A request's cache partition from its caller's id: a configured key's own (``key:<id>``,
-    ``admin:<n>``); anything else (an address) shares ``anonymous``: an address names no
-    tenant, and with keys configured only a key gets through."""
-    return caller_key if caller_key.startswith(("key:", "admin:")) else ANONYMOUS
+def partition_of(tenant: str) -> str:
+    """A request's cache partition from its caller's tenant (``Caller.tenant``): a configured
+    key's own (``key-<hash>``, by the secret: a reload that renumbers keys moves no data);
+    anything else (an address, none) shares ``anonymous``: an address names no tenant, and with
+    keys configured only a key gets through."""
+    return tenant if tenant.startswith("key-") else ANONYMOUS
 
 
 def request_key(route: str, model_name: str, body: dict[str, Any], settings: Any,

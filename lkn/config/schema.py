@@ -175,7 +175,7 @@ ACTIVITY_CAPTURE = ("off", "errors", "all")
 class ActivityConfig:
     """The durable activity log (``<state_dir>/activity.sqlite3``): one row per request."""
     enabled: bool = True
-    retention_days: float = 30.0
+    retention_days: float = 30.0  # 0: keep every row
     capture: str = "off"   # request bodies kept: off, errors (status >= 400) or all (admins read)
     capture_kb: int = 16   # of each body
 

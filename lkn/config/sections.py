@@ -53,7 +53,7 @@ def parse_activity(path: str, value: Any) -> ActivityConfig:
     d = ActivityConfig()
     result = ActivityConfig(
         enabled=t.get("enabled", boolean, d.enabled),
-        retention_days=t.get("retention_days", number(0.001), d.retention_days),
+        retention_days=t.get("retention_days", number(0.0), d.retention_days),
         capture=t.get("capture", choice(ACTIVITY_CAPTURE), d.capture),
         capture_kb=t.get("capture_kb", integer(1), d.capture_kb),
     )

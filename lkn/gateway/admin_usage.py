@@ -40,7 +40,7 @@ def open_activity(cfg: Config, state_dir: str) -> ActivityLog | None:
     if not settings.enabled:
         return None
     return ActivityLog(os.path.join(state_dir, "activity.sqlite3"),
-                       retention_days=settings.retention_days)
+                       retention_days=settings.retention_days or None)  # 0: keep all
 
 
 async def restore_quotas(activity: ActivityLog, ledger: Ledger, cfg: Config) -> None:
@@ -82,7 +82,7 @@ def _integer(request: web.Request, name: str, default: int | None) -> int | None
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"query parameter {name} must be a whole number, got {raw[:40]!r}",
                          param=name)
     return int(raw)

@@ -33,7 +33,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def responses(request: web.Request) -> web.StreamResponse:
     """OpenAI's Responses API; a stored response is its caller's (key) alone."""
     state = request.app[STATE]
-    owner = partition_of(caller_of(request, state.cfg.server).key)
+    owner = partition_of(caller_of(request, state.cfg.server).tenant)
     return await _handler(request).serve(request, ResponsesInbound(store=state.responses,
                                                                    owner=owner))
 

@@ -157,6 +157,7 @@ def status_payload(state: GatewayState, window_s: float | None = None) -> dict[s
             "unload_candidates": m.unload_candidates(),
             "requests": state.inflight.describe(),
             "unexpected_errors": list(m.unexpected),
+            "activity": activity_health(state),
             "cache": state.cache.describe() if state.cache else []}
 
 
@@ -186,4 +187,14 @@ def live_metrics(state: GatewayState) -> dict[str, Any]:
             "starts": m.starts, "start_failures": m.start_failures,
             "generation": m.generation,
             "cache": state.cache.describe() if state.cache else [],
-            "cache_dropped": dict(state.cache.dropped) if state.cache else {}}
+            "cache_dropped": dict(state.cache.dropped) if state.cache else {},
+            "activity": activity_health(state)}
+
+
+def activity_health(state: GatewayState) -> dict[str, Any] | None:
+    """The activity log's counters (None: the log is off)."""
+    log = state.activity
+    if log is None:
+        return None
+    return {"available": log.available, "pending": log.pending, "written": log.written,
+            "dropped": log.dropped, "write_errors": log.write_errors}

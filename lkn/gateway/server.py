@@ -114,10 +114,12 @@ class GatewayServer:
             self.lifecycle.stopping = True
             await asyncio.gather(warm, return_exceptions=True)  # a thread: it ends by itself
             await reloader.close()
-            await manager.shutdown(state.cfg.server.shutdown_drain_s)
-            if state.activity is not None:  # after the drain: its requests' rows, then closed
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+            try:
+                await manager.shutdown(state.cfg.server.shutdown_drain_s)
+            finally:
+                if state.activity is not None:  # after the drain: its rows, then closed
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
             await session.close()
 
     async def serve(self, *, listen: list[str] | None = None,

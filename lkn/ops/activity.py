@@ -150,7 +150,7 @@ class ActivityLog:
         if not self._pending:
             return 0
         batch, self._pending = list(self._pending), deque()
-        return await self._submit(self._write, batch, shield=True)
+        return await self._submit(self._write, store.encode(batch), len(batch), shield=True)
 
     async def close(self) -> None:
         """Write what is pending and close the file; later rows are dropped (counted)."""
@@ -232,27 +232,27 @@ class ActivityLog:
                 log.info("activity log %s open", self.path)
         return self._conn if self._state == "open" else None
 
-    def _write(self, batch: list[ActivityRow]) -> int:
+    def _write(self, batch: str, rows: int) -> int:
         conn = self._ensure_open()
         if conn is None:
-            self._dropped_writes += len(batch)
+            self._dropped_writes += rows
             return 0
         try:
             store.insert(conn, batch)
         except Exception as exc:  # a failed write never reaches a request
             self._write_errors += 1
-            self._dropped_writes += len(batch)
+            self._dropped_writes += rows
             self._failing_batches += 1
             if self._failing_batches == 1:  # once per streak: a full disk would log twice a second
                 log.error("activity log %s: %d rows could not be written and are dropped "
-                          "(%s: %s)", self.path, len(batch), type(exc).__name__, exc)
+                          "(%s: %s)", self.path, rows, type(exc).__name__, exc)
             return 0
         if self._failing_batches:
             log.warning("activity log %s: writing again after %d failed batches",
                         self.path, self._failing_batches)
             self._failing_batches = 0
-        self._written += len(batch)
-        return len(batch)
+        self._written += rows
+        return rows
 
     def _read(self, fn: Callable[..., T], *args: object) -> T:
         conn = self._ensure_open()

@@ -47,10 +47,7 @@ class ActivityRow:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ActivityRow))
-INSERT_SQL = (f"INSERT INTO activity ({', '.join(COLUMNS)}) "
-              f"VALUES ({', '.join('?' for _ in COLUMNS)})")
-
-row_values = attrgetter(*COLUMNS)  # a row as INSERT_SQL's parameters (astuple would deep-copy)
+row_values = attrgetter(*COLUMNS)  # a row's values in COLUMNS' order (astuple would deep-copy)
 
 
 MIGRATIONS: tuple[str, ...] = (

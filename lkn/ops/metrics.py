@@ -116,8 +116,26 @@ class LiveCollector(Collector):
         yield CounterMetricFamily("lkn_engine_start_failures", "Engine starts that failed",
                                   value=snap["start_failures"])
         yield from _cache_metrics(snap.get("cache", []), snap.get("cache_dropped", {}))
+        yield from _activity_metrics(snap.get("activity"))
         yield GaugeMetricFamily("lkn_config_generation", "Config generation (1 at start, +1 "
                                 "per reload)", value=snap["generation"])
+
+
+def _activity_metrics(activity: dict[str, Any] | None) -> Iterable[Metric]:
+    """The activity log's health: a full or read-only disk costs rows, never requests."""
+    if activity is None:
+        return
+    yield GaugeMetricFamily("lkn_activity_available", "The activity log can be written (1) "
+                            "or not (0: its rows are dropped)", value=int(activity["available"]))
+    yield GaugeMetricFamily("lkn_activity_pending", "Activity rows waiting for the writer",
+                            value=activity["pending"])
+    yield CounterMetricFamily("lkn_activity_rows_written", "Activity rows written",
+                              value=activity["written"])
+    yield CounterMetricFamily("lkn_activity_rows_dropped", "Activity rows lost (a failed "
+                              "write, a full batch, an unavailable log)",
+                              value=activity["dropped"])
+    yield CounterMetricFamily("lkn_activity_write_errors", "Failed activity writes",
+                              value=activity["write_errors"])
 
 
 def _cache_metrics(stores: list[dict[str, Any]], dropped: dict[str, int]) -> Iterable[Metric]:

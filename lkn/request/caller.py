@@ -9,6 +9,7 @@ A request's ``"lkn": {"priority": ...}`` (``take_priority``) names a class (``in
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class Caller:
     key: str = ""        # "key:<its id>", "admin:<n>" for the n-th admin key, else "ip-<address>"
     admin: bool = False  # it came with an admin key: it may raise its priority
     policy: KeyConfig | None = None  # the client key's (server.keys): models, caps, quotas
+    # Whose stored data (cached answers, Responses) it sees: "key-<12 hex of the key's
+    # sha256>", by the secret itself, not its id or place, which a reload may give another key.
+    tenant: str = ""
 
     @property
     def key_id(self) -> str:
@@ -63,9 +67,10 @@ def caller_of(request: web.Request, server: ServerConfig) -> Caller:
     policy = match_key(token, server.keys) if token else None
     admin_at = _admin_place(token, server.admin_keys) if token else 0
     if policy is not None:
-        return Caller(f"key:{policy.id}", bool(admin_at), policy)
+        return Caller(f"key:{policy.id}", bool(admin_at), policy, "key-" + policy.sha256[:12])
     if admin_at:
-        return Caller(f"admin:{admin_at}", True)
+        return Caller(f"admin:{admin_at}", True,
+                      tenant="key-" + hashlib.sha256(_bytes(token)).hexdigest()[:12])
     client = request.get(CLIENT)
     return Caller(f"ip-{client.address if client else request.remote or 'unknown'}")
 
@@ -85,7 +90,7 @@ def take_priority(lkn_field: Any, caller: Caller) -> tuple[Any, float]:
     if not isinstance(lkn_field, Mapping) or "priority" not in lkn_field:
         return lkn_field, default
     rest = {k: v for k, v in lkn_field.items() if k != "priority"}
-    ceiling = planner.TOP if caller.admin else planner.INTERACTIVE
+    ceiling = planner.TOP if caller.admin else default  # a client only lowers its own class
     try:
         return rest, planner.priority_of(lkn_field["priority"], default, ceiling)
     except ValueError as exc:

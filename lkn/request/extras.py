@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from lkn.config import KeyConfig, ModelConfig
+from lkn.config import ModelConfig
 from lkn.engines.limits import UpstreamTooLarge, read_limited
 from lkn.engines.upstream import upstream_timeout
 from lkn.engines.base import EngineRequestError
@@ -33,7 +33,7 @@ from lkn.request.forward import write_deadline
 from lkn.request.lease import lease_demand
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
-from lkn.request.tenancy import ModelNotAllowed, record_activity
+from lkn.request.tenancy import Tenancy, record_activity
 from lkn.request.validate import parse_json_object
 
 EXTRA_ROUTES = ("rerank", "infill", "tokenize", "detokenize", "apply-template", "props")
@@ -65,33 +65,35 @@ class ExtraHandler:
         started = time.monotonic()
         entry = state.inflight.add(outcome.request_id, route)
         label, status = "unknown", 500
-        key: KeyConfig | None = None
+        failure: LknError | None = None
+        caller = caller_of(request, state.cfg.server)  # its fair share, its key's policy
+        outcome.client_key = caller.key
+        tenancy = Tenancy(state, caller, outcome)
         try:
+            raw = b""
             if route == "props":
                 body: dict[str, Any] | None = None
                 model = _model_of(state, request.query.get("model"), route)
             else:
-                body = parse_json_object(await request.read())
+                raw = await request.read()
+                body = parse_json_object(raw)
                 model = _model_of(state, body.get("model"), route)
             label = entry.model = model.name
-            caller = caller_of(request, state.cfg.server)  # its fair share in the queue
-            outcome.client_key, outcome.key_id = caller.key, caller.key_id
-            key = caller.policy
-            if caller.policy is not None and not caller.policy.allows(model.public):
-                raise ModelNotAllowed(f"key '{caller.policy.id}' may not use model "
-                                      f"'{model.public}'", param="model")
+            tenancy.check_model(model)
+            tenancy.admit(len(raw))
             # A tokenization needs no context; an infill's answer budget steers the variant.
             answer = body.get("n_predict") if body is not None and route == "infill" else 0
             demand = Demand(0, answer if isinstance(answer, int) and answer > 0 else None)
-            lease = await lease_demand(state, model, demand, outcome)
-            try:
-                response = await self._relay(request, route, body, lease)
-            finally:
-                lease.release()
+            async with tenancy.slot():
+                lease = await lease_demand(state, model, demand, outcome)
+                try:
+                    response = await self._relay(request, route, body, lease)
+                finally:
+                    lease.release()
             status = response.status
             return response
         except LknError as exc:
-            status = exc.status
+            status, failure = exc.status, exc
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             status = 499
@@ -108,8 +110,10 @@ class ExtraHandler:
             elapsed = time.monotonic() - started
             state.metrics.requests.inc(label, route, str(status), "llamacpp", outcome.key_id)
             state.metrics.request_seconds.observe(elapsed, label, route, "llamacpp")
+            tenancy.settle()
             record_activity(state, request, api="llamacpp", route=route, model=label,
-                            status=status, elapsed_s=elapsed, outcome=outcome, key=key)
+                            status=status, elapsed_s=elapsed, outcome=outcome,
+                            key=caller.policy, error=failure)
 
     async def _relay(self, request: web.Request, route: str, body: dict[str, Any] | None,
                      lease: Lease) -> web.StreamResponse:

@@ -31,7 +31,7 @@ from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.ops.traffic import Finished
-from lkn.request.caller import Caller, caller_of, take_priority
+from lkn.request.caller import caller_of, take_priority
 from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.inbound.base import Inbound
 from lkn.request.lease import Backends, lease_engine, sized_body
@@ -113,7 +113,9 @@ class RequestHandler:
         entry = self.state.inflight.add(self.request_id, route)
         held = contextlib.AsyncExitStack()  # the key's place among its requests in flight
         failure: LknError | None = None
-        self.tenancy = Tenancy(self.state, Caller(), outcome)  # no key known yet
+        # Known before the body: even a malformed request is its key's (activity, metrics)
+        caller = caller_of(request, self.cfg.server)
+        self.tenancy = tenancy = Tenancy(self.state, caller, outcome)
         self._raw = b""
         try:
             self._raw = await request.read()
@@ -121,8 +123,6 @@ class RequestHandler:
             route = entry.route = inbound.route  # the API may choose it by the body
             VALIDATORS[route](body)
             lkn_field, cache_off = cache_opt_out(body.pop("lkn", None))
-            caller = caller_of(request, self.cfg.server)
-            self.tenancy = tenancy = Tenancy(self.state, caller, outcome)
             lkn_field, outcome.priority = take_priority(lkn_field, caller)
             outcome.client_key = caller.key
             model = self.cfg.require(body["model"])
@@ -145,11 +145,11 @@ class RequestHandler:
                                                      outcome.headers, deadline,
                                                      openai=inbound.identity)
             settings = self._settings(request, route, model, lkn_field)
-            tenancy.admit()  # the key's rates and quotas, before any engine is touched
+            tenancy.admit(len(self._raw))  # the key's rates and quotas, before any engine
             if self.cache is not None:
                 self._cache = CacheTicket.open(self.cache, self.state.metrics, request,
                                                route, model, body, settings, cache_off,
-                                               partition_of(caller.key))
+                                               partition_of(caller.tenant))
                 if self._cache is not None:
                     outcome.cache = self._cache.lookup.result
                     if self._cache.hit:
@@ -192,6 +192,8 @@ class RequestHandler:
         except LknError as exc:
             status, failure = exc.status, exc
             if stream.response is None:
+                for name, value in outcome.extra_headers.items():  # x-ratelimit-*, x-lkn-skipped
+                    exc.extra_headers.setdefault(name, value)
                 raise
             return await stream.error_event(exc, self.request_id)  # the headers went out
         except (asyncio.CancelledError, ConnectionResetError) as gone:
@@ -314,6 +316,9 @@ class RequestHandler:
             except ContextLengthExceeded:
                 # the config in force: a target a reload removed is not a 404 for this model
                 target = self.state.cfg.resolve(model.context_fallback or "")
+                if target is not None and not self.tenancy.allows(target):
+                    self.tenancy.skipped("context_fallback", target)
+                    raise
                 if target is None or fell_back:
                     raise
                 log.info("model %s cannot hold the request; its context_fallback %s answers",

@@ -26,6 +26,7 @@ from lkn.request.state import GatewayState
 # The Open WebUI user a trusted key may name (``forward_user_headers``)
 USER_HEADERS = ("X-OpenWebUI-User-Name", "X-OpenWebUI-User-Email", "X-OpenWebUI-User-Id")
 MAX_USER = 200  # characters of a forwarded user kept
+MAX_RESERVE = 8192  # tokens reserved up front at most (a base64 image is no prompt text)
 
 
 class ModelNotAllowed(Forbidden):
@@ -77,15 +78,18 @@ class Tenancy:
         earlier = self.outcome.extra_headers.get("x-lkn-skipped")
         self.outcome.extra_headers["x-lkn-skipped"] = f"{earlier}, {note}" if earlier else note
 
-    def admit(self) -> None:
+    def admit(self, body_bytes: int = 0) -> None:
         """The key's rates and token quotas: a 429 with Retry-After and x-ratelimit-* when
-        one is spent (nothing is counted for a refused request)."""
+        one is spent (nothing is counted for a refused request). The body's bytes / 4 (at
+        most ``MAX_RESERVE``) are reserved as its tokens until the engine's usage settles it:
+        a burst of concurrent requests cannot all pass a token limit."""
         if self.key is None:
             return
         limits = limits_of(self.key)
         if not limits.any:
             return
-        verdict = self.state.ledger.admit(self.key.id, limits, time.time())
+        verdict = self.state.ledger.admit(self.key.id, limits, time.time(),
+                                          reserve=min(body_bytes // 4, MAX_RESERVE))
         if not verdict.ok:
             raise verdict.error(self.key.id)
         self._ticket = verdict.ticket
@@ -104,14 +108,17 @@ class Tenancy:
 
     def settle(self) -> None:
         """Charge what the engine reported (prompt and completion tokens); a stream the client
-        cut, whose usage never came, is charged the prompt lkn counted."""
+        cut, whose usage never came, is charged the prompt lkn counted; a request no engine
+        answered (refused, timed out, a cache hit) nothing."""
         if self._ticket is None:
             return
         o = self.outcome
         if o.completion_tokens is not None:
             actual: int | None = (o.usage_prompt_tokens or 0) + o.completion_tokens
-        else:
+        elif o.client_gone:
             actual = o.prompt_tokens
+        else:
+            actual = 0
         self.state.ledger.settle(self._ticket, actual, time.time())
         self._ticket = None
 
