@@ -55,7 +55,7 @@ def _bytes(token: str) -> bytes:
 
 
 def key_matches(token: str, keys: tuple[str, ...]) -> bool:
-    return any(hmac.compare_digest(_bytes(token), k.encode()) for k in keys)
+    return key_place(token, keys) > 0
 
 
 def caller_of(request: web.Request, server: ServerConfig) -> Caller:
@@ -65,7 +65,7 @@ def caller_of(request: web.Request, server: ServerConfig) -> Caller:
     client a turn per request)."""
     token = bearer_token(request)
     policy = match_key(token, server.keys) if token else None
-    admin_at = _admin_place(token, server.admin_keys) if token else 0
+    admin_at = key_place(token, server.admin_keys) if token else 0
     if policy is not None:
         return Caller(f"key:{policy.id}", bool(admin_at), policy, "key-" + policy.sha256[:12])
     if admin_at:
@@ -75,9 +75,9 @@ def caller_of(request: web.Request, server: ServerConfig) -> Caller:
     return Caller(f"ip-{client.address if client else request.remote or 'unknown'}")
 
 
-def _admin_place(token: str, keys: tuple[str, ...]) -> int:
-    """The 1-based place of ``token`` among the admin keys, 0 when it is none of them; every
-    key is compared (constant time)."""
+def key_place(token: str, keys: tuple[str, ...]) -> int:
+    """The 1-based place of ``token`` among ``keys``, 0 when it is none of them; every key is
+    compared (constant time)."""
     places = [i for i, k in enumerate(keys, 1) if hmac.compare_digest(_bytes(token), k.encode())]
     return places[0] if places else 0
 
