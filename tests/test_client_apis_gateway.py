@@ -51,9 +51,11 @@ def test_anthropic_answers_are_cached_and_gated(gw: Gateway, capture: Path) -> N
         assert a.id != b.id  # a hit is a new message
         with client.messages.stream(**body) as stream:  # the stream of a hit, in events
             assert stream.get_final_message().content[0].text == a.content[0].text
-    chats = [r for r in engine_requests(capture) if r.get("max_tokens") == 16]
-    assert len(chats) == 1  # the engine answered once (the probe asks for 1 token)
+    # the engine answered once: the probe's token, then the rest of the 16 from it
+    chats = [r for r in engine_requests(capture) if r.get("max_tokens") == 15]
+    assert len(chats) == 1
     assert chats[0]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert chats[0]["messages"][-1]["role"] == "assistant"
 
 
 def test_responses_stream_replayed_from_the_cache(gw: Gateway) -> None:

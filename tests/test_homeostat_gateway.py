@@ -63,13 +63,16 @@ def test_high_entropy_is_analytic_and_only_the_real_request_gets_the_prompt(
     assert "lkn" not in answer  # lkn's own field never reaches the engine
 
 
-def test_low_entropy_is_fluid_and_unchanged(tmp_path: Path, fake_binary: str,
-                                            gateway_factory: Any) -> None:
+def test_low_entropy_is_fluid_and_continues_from_the_probe(tmp_path: Path, fake_binary: str,
+                                                          gateway_factory: Any) -> None:
     gw, capture = setup(tmp_path, fake_binary, gateway_factory, args='"--fake-entropy", "low"')
     raw = gw.client().chat.completions.with_raw_response.create(model="small", messages=MSG)
     assert raw.headers["x-lkn-mode"] == "FLUID"
     assert float(raw.headers["x-lkn-entropy"]) < 0.1
-    assert answers(capture)[0]["messages"] == MSG
+    assert raw.headers["x-lkn-probe-cost"].endswith("decode=1, kept=1")
+    # the request unchanged, then the probe's token as the answer's start
+    assert answers(capture)[0]["messages"] == [*MSG, {"role": "assistant", "content": " w0"}]
+    assert raw.parse().choices[0].message.content == "".join(f" w{i}" for i in range(8))
 
 
 def test_passthrough_sends_no_probe(tmp_path: Path, fake_binary: str,

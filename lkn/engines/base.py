@@ -21,6 +21,7 @@ from lkn.config import ModelConfig, VariantConfig
 from lkn.engines.child_env import engine_env
 from lkn.engines.footprint import Footprint
 from lkn.engines.limits import read_limited
+from lkn.engines.probe_answer import ProbeAnswerError, ProbeResult, parse_openai
 from lkn.engines.upstream import JSON_HEADERS, encode
 
 RECONNECT_WINDOW_S = 0.5  # a pooled connection the engine closed fails at once, not later
@@ -36,13 +37,6 @@ class EngineCrashed(Exception):
     whole tree when a release finds it busy), so its process tree must be stopped and the
     engine treated as crashed. Deliberately not an ``EngineRequestError``: no helper-call
     fallback may swallow it."""
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """Top-k logprobs of each probed position (the first generated tokens)."""
-    positions: tuple[tuple[float, ...], ...]
-    tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,6 +258,17 @@ class EngineClient(ABC):
                     body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
         """Generate ``n_tokens`` with top-k logprobs and the request's own sampling settings."""
 
+    # The engine answered a continuation with an error (a template that refuses an assistant
+    # prefill, say): kept requests of this engine are generated again from then on.
+    continuation_refused = False
+
+    def continuation(self, route: str, payload: dict[str, Any],
+                     probe: ProbeResult) -> dict[str, Any] | None:
+        """``payload`` (prepared for this engine) asking to continue the answer the probe began
+        with its text, so the kept request does not generate it again; None where this engine
+        cannot (then the request is sent as it is)."""
+        return None
+
     async def opens_think(self, session: aiohttp.ClientSession, base_url: str,
                           body: dict[str, Any]) -> bool:
         """Whether the chat template's generation prompt opens a ``<think>`` block (the output
@@ -370,13 +375,9 @@ async def openai_probe(session: aiohttp.ClientSession, url: str, payload: dict[s
                             timeout=PROBE_TIMEOUT) as resp:
         data = await read_json(resp)
     try:
-        content = data["choices"][0]["logprobs"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise EngineRequestError("probe answer carries no logprobs") from None
-    positions = tuple(tuple(float(c["logprob"]) for c in entry.get("top_logprobs", []))
-                      for entry in content)
-    tokens = tuple(str(entry.get("token", "")) for entry in content)
-    return ProbeResult(positions=positions, tokens=tokens)
+        return parse_openai(data, route)
+    except ProbeAnswerError as exc:
+        raise EngineRequestError(str(exc)) from None
 
 
 async def read_json(resp: aiohttp.ClientResponse) -> Any:

@@ -190,3 +190,27 @@ class LlamaCppEngine(EngineClient):
         return await openai_probe(session, base_url + self.upstream_path(route),
                                   self.prepare_body(route, body), route, top_k, n_tokens,
                                   headers=self.headers(), extra={"cache_prompt": True})
+
+    def continuation(self, route: str, payload: dict[str, Any],
+                     probe: ProbeResult) -> dict[str, Any] | None:
+        """Chat: the probe's text as a final assistant message, which llama-server continues
+        (it renders the template's generation prompt, then the text; its answer may repeat the
+        text, which the relay strips). Completions: the prompt followed by the probe's token
+        ids (a mixed prompt is one prompt to llama-server), so the continuation sees the very
+        tokens the probe generated, not a re-tokenization across the prompt's end. Either way
+        the prompt cache holds all but the last token."""
+        if probe.text is None:
+            return None
+        out = dict(payload, cache_prompt=True)
+        if route == "chat":
+            messages = out.get("messages")
+            if not isinstance(messages, list) or not messages or (
+                    isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"):
+                return None  # the client's own prefill: not combined with the probe's
+            out["messages"] = [*messages, {"role": "assistant", "content": probe.text}]
+            return out
+        prompt = out.get("prompt")
+        if route != "completions" or not isinstance(prompt, str) or not probe.token_ids:
+            return None
+        out["prompt"] = [prompt, *probe.token_ids]
+        return out

@@ -15,6 +15,7 @@ import aiohttp
 
 from lkn.config import HomeostasisConfig
 from lkn.engines.base import EngineRequestError
+from lkn.engines.probe_answer import ProbeResult
 from lkn.fleet.records import Lease
 from lkn.fleet.selector import explicit_answer_budget
 from lkn.homeostat import probe as probe_math
@@ -27,11 +28,13 @@ log = logging.getLogger("lkn.homeostat.gate")
 
 @dataclass(frozen=True)
 class Reading:
-    """One probe: the aggregated uncertainty in [0, 1], or ``failure`` (then ``score`` is None)."""
+    """One probe: the aggregated uncertainty in [0, 1], or ``failure`` (then ``score`` is None),
+    and what the probe generated (``result``: its answer, which a kept request continues)."""
     score: float | None
     tokens: int            # the positions asked for
     elapsed_s: float
     failure: str | None = None
+    result: ProbeResult | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ async def probe(session: aiohttp.ClientSession, lease: Lease, route: str, body: 
     # never score more of the answer than the client asked for
     n_tokens = min(settings.probe_tokens, explicit_answer_budget(body) or settings.probe_tokens)
     started = time.monotonic()
+    result: ProbeResult | None = None
     try:
         result = await asyncio.wait_for(
             lease.client.probe(session, lease.base_url, route, body, settings.top_k, n_tokens),
@@ -61,7 +65,8 @@ async def probe(session: aiohttp.ClientSession, lease: Lease, route: str, body: 
         failure = ("timed out" if isinstance(exc, asyncio.TimeoutError) else
                    str(exc) if isinstance(exc, (EngineRequestError, aiohttp.ClientError))
                    else f"{exc.__class__.__name__}: {exc}")
-    return Reading(score, n_tokens, time.monotonic() - started, failure)
+    return Reading(score, n_tokens, time.monotonic() - started, failure,
+                   result if score is not None else None)
 
 
 def decide(settings: HomeostasisConfig, reading: Reading) -> Verdict:
@@ -98,6 +103,10 @@ def observe(metrics: Metrics, model: str, settings: HomeostasisConfig, reading: 
         return
     metrics.probe_entropy.observe(reading.score, model)
     metrics.probe_seconds.observe(reading.elapsed_s, model)
+    if reading.result is not None:
+        metrics.probe_tokens.inc(model, "decode", amount=reading.result.decoded)
+        if reading.result.prefilled:
+            metrics.probe_tokens.inc(model, "prefill", amount=reading.result.prefilled)
     log.info("probe model=%s entropy=%.4f threshold=%.2f mode=%s probe_ms=%.1f", model,
              reading.score, settings.threshold, verdict.mode, reading.elapsed_s * 1000)
     if verdict.intervention is not None:

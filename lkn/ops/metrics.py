@@ -179,6 +179,10 @@ class Metrics:
                                        "token", ENTROPY, ("model",))
         self.probe_seconds = Histogram(r, "lkn_probe_seconds", "Time spent in the probe",
                                        LATENCY, ("model",))
+        self.probe_tokens = Counter(r, "lkn_probe_tokens_total", "Tokens the probe had the "
+                                    "engine evaluate (prefill), generate (decode), and of those "
+                                    "the answers kept instead of generating them again (kept)",
+                                    ("model", "phase"))
         self.interventions = Counter(r, "lkn_interventions_total", "ANALYTIC interventions "
                                      "applied", ("model", "intervention"))
         self.backend_requests = Counter(r, "lkn_backend_requests_total", "Answers of each "

@@ -31,9 +31,11 @@ from lkn.errors import (ERROR_SOURCE_HEADER, EngineUnavailable, EngineUnreachabl
 from lkn.fleet.records import Lease
 from lkn.ops.usage import Usage, answer_usage, read_usage
 from lkn.relay.client_write import BoundedResponse, WriteDeadline
+from lkn.relay.continued import Continued
 from lkn.relay.forced_tools import ForcedToolCall
 from lkn.relay.stream import StreamRelay
 from lkn.relay.thinking_stream import ThinkingRelay
+from lkn.request.keep import Kept
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
 from lkn.request.state import GatewayState
@@ -60,9 +62,11 @@ class Forwarder:
         self.broken = False  # the relayed stream broke off (it ended with an error event)
 
     async def forward(self, route: str, body: dict[str, Any], lease: Lease,
-                      started: float) -> web.StreamResponse:
+                      started: float, kept: Kept | None = None) -> web.StreamResponse:
         """The engine's answer: a JSON response, the engine's error answer (status >= 400,
-        not prepared: a fallback may still answer instead), or the relayed stream."""
+        not prepared: a fallback may still answer instead), or the relayed stream. ``kept``:
+        the homeostat's probe wrote the answer's start, which the engine continues (or the
+        whole answer: then the engine is not asked again)."""
         s = self.server
         client = lease.client
         stream = bool(body.get("stream")) and route != "embeddings"
@@ -72,28 +76,45 @@ class Forwarder:
         forced = ForcedToolCall.of(route, body, client)
         if forced is not None:
             payload = forced.prepare(payload)
+        plan = None if kept is None else kept.plan(client, payload,
+                                                   client.prepare_body(route, body))
+        continued: Continued | None = None
+        original = payload
+        if plan is not None:
+            continued, continuing = plan
+            self.outcome.probe_kept = continued.probe.decoded
+            payload = original if continuing is None else continuing
         # usage feeds the metrics (an engine with another wire format reports it its own way);
         # asked for on a copy: with_usage writes into what it is given
         strip_usage = False
         if stream and client.openai_wire:
             payload = dict(payload)
             strip_usage = with_usage(payload)
+        if plan is not None and plan[1] is None:  # the probe wrote all of the answer
+            return await self._probe_only(plan[0], lease, started, thinking, stream,
+                                          strip_usage)
         whole = client.request_timeout_s or s.request_timeout_s
         timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
         sent = time.monotonic()
-        try:
-            upstream = await client.send(self.state.session, lease.base_url, route, payload,
-                                         timeout=timeout)
-        except EngineRequestError as exc:  # a remote upstream's key vanished from the env
-            raise EngineUnavailable(str(exc)) from None
-        except asyncio.TimeoutError:
-            raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise EngineUnreachable(f"engine {lease.process.key} is unreachable: "
-                                    f"{redact_url(str(exc))}") from None
-        except aiohttp.ClientError as exc:  # it may have seen the request: never replayed
-            raise UpstreamError(f"engine {lease.process.key} is unreachable: "
-                                f"{redact_url(str(exc))}") from None
+        upstream = await self._send(lease, route, payload, timeout)
+        if continued is not None and upstream.status >= 400:
+            # The engine will not continue (a template that refuses an assistant prefill):
+            # the request is generated again, as it came, and so are this engine's next ones.
+            async with upstream:
+                try:
+                    detail = (await read_limited(upstream))[:200].decode("utf-8", "replace")
+                except (aiohttp.ClientError, asyncio.TimeoutError, UpstreamTooLarge) as exc:
+                    detail = str(exc)
+            log.warning("engine %s refused to continue a probe's answer (HTTP %d: %s); kept "
+                        "requests are generated again", lease.process.key, upstream.status,
+                        detail)
+            client.continuation_refused = True
+            continued, self.outcome.probe_kept = None, 0
+            payload = original
+            if strip_usage:
+                payload = dict(payload)
+                with_usage(payload)
+            upstream = await self._send(lease, route, payload, timeout)
         async with upstream:
             if 300 <= upstream.status < 400:  # never followed: it could point anywhere
                 raise UpstreamError(f"engine {lease.process.key} answered with a redirect "
@@ -121,30 +142,71 @@ class Forwarder:
                 raw = client.translate_answer(raw)
                 if forced is not None:
                     raw = forced.answer(raw)
+                if continued is not None:
+                    raw = continued.stitch(raw)
                 self._usage(answer_usage(raw, time.monotonic() - sent))
                 return BoundedResponse(deadline=deadline, body=await thinking.response(raw),
                                        status=upstream.status, content_type="application/json")
             return await self.relay_stream(upstream, lease, started, thinking,
-                                           strip_usage=strip_usage, body=body, forced=forced)
+                                           strip_usage=strip_usage, body=body, forced=forced,
+                                           continued=continued)
 
-    async def relay_stream(self, upstream: aiohttp.ClientResponse, lease: Lease, started: float,
-                           thinking: ThinkingRelay | None = None, *, strip_usage: bool = False,
-                           body: dict[str, Any] | None = None,
-                           forced: ForcedToolCall | None = None) -> web.StreamResponse:
-        """Relay the engine's stream to the client. A failure after the first byte is an error
-        event on the stream (the status line went out long ago), never an exception."""
+    async def _send(self, lease: Lease, route: str, payload: dict[str, Any],
+                    timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        try:
+            return await lease.client.send(self.state.session, lease.base_url, route, payload,
+                                           timeout=timeout)
+        except EngineRequestError as exc:  # a remote upstream's key vanished from the env
+            raise EngineUnavailable(str(exc)) from None
+        except asyncio.TimeoutError:
+            raise GatewayTimeout(f"engine {lease.process.key} did not answer in time") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise EngineUnreachable(f"engine {lease.process.key} is unreachable: "
+                                    f"{redact_url(str(exc))}") from None
+        except aiohttp.ClientError as exc:  # it may have seen the request: never replayed
+            raise UpstreamError(f"engine {lease.process.key} is unreachable: "
+                                f"{redact_url(str(exc))}") from None
+
+    async def _probe_only(self, continued: Continued, lease: Lease, started: float,
+                          thinking: ThinkingRelay, stream: bool,
+                          strip_usage: bool) -> web.StreamResponse:
+        """The answer the probe wrote alone, as the engine would have sent it."""
+        if stream:
+            return await self.relay_stream(None, lease, started, thinking,
+                                           strip_usage=strip_usage,
+                                           source=_once(continued.probe_stream()))
+        raw = continued.probe_answer()
+        self._usage(answer_usage(raw, 0.0))
+        return BoundedResponse(deadline=write_deadline(self.state, self.server, self.outcome),
+                               body=await thinking.response(raw), status=200,
+                               content_type="application/json")
+
+    async def relay_stream(self, upstream: aiohttp.ClientResponse | None, lease: Lease,
+                           started: float, thinking: ThinkingRelay | None = None, *,
+                           strip_usage: bool = False, body: dict[str, Any] | None = None,
+                           forced: ForcedToolCall | None = None,
+                           continued: Continued | None = None,
+                           source: AsyncIterator[bytes] | None = None) -> web.StreamResponse:
+        """Relay the engine's stream (or ``source``, what lkn has of it already) to the
+        client. A failure after the first byte is an error event on the stream (the status
+        line went out long ago), never an exception."""
         writer = await self.stream.open()
         resp = writer.response
         relay = StreamRelay(lease.client.normalize_stream_data, strip_usage=strip_usage)
         first_at: float | None = None
         failure: str | None = None
         model = self.outcome.model or ""
+        close = upstream.close if upstream is not None else _nothing
         try:
-            source: AsyncIterator[bytes] = upstream.content.iter_any()
+            if upstream is not None:
+                source = upstream.content.iter_any()
+            assert source is not None
             if not lease.client.openai_wire:  # e.g. Anthropic's events, as OpenAI chunks
                 source = lease.client.translate_stream(source, body or {})
             if forced is not None:
                 source = forced.stream(source)
+            if continued is not None:
+                source = continued.stream(source)
             # Only a splitting relay touches the bytes: no generator layer per chunk otherwise.
             relayed = thinking.stream(source) if thinking is not None and thinking.splits \
                 else source
@@ -162,20 +224,20 @@ class Forwarder:
             if out:
                 await writer.write(out)
         except asyncio.CancelledError:
-            upstream.close()  # the client went away: the engine stops generating for nobody
+            close()  # the client went away: the engine stops generating for nobody
             raise
         except ConnectionResetError:
             # A write to a gone client. First: aiohttp's ClientConnectionResetError is a
             # ClientError too, and must not be taken for the engine breaking off. Returned, not
             # raised: aiohttp would log every disconnect as an internal error with a traceback.
-            upstream.close()
+            close()
             self.outcome.client_gone = True
             return resp
         except asyncio.TimeoutError:
             failure = (f"engine {lease.process.key} sent nothing for "
                        f"{self.server.stream_idle_timeout_s:g}s")
         except EventTooLarge as exc:
-            upstream.close()  # the rest of that event is nobody's to read
+            close()  # the rest of that event is nobody's to read
             failure = f"engine {lease.process.key} sent {exc}"
         except aiohttp.ClientError as exc:
             failure = f"engine {lease.process.key} broke off the stream: {exc}"
@@ -209,3 +271,11 @@ class Forwarder:
             outcome.completion_tokens = usage.completion_tokens
             outcome.usage_prompt_tokens = usage.prompt_tokens
             outcome.reasoning_tokens = usage.reasoning_tokens
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _nothing() -> None:
+    """Nothing to close: the stream came from lkn itself."""

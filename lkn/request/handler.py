@@ -34,6 +34,7 @@ from lkn.ops.traffic import Finished
 from lkn.request.caller import caller_of, take_priority
 from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.inbound.base import Inbound
+from lkn.request.keep import Kept
 from lkn.request.lease import Backends, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
@@ -64,10 +65,12 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Gated:
-    """Past the homeostat's gate: the body to send, on which lease, of which model."""
+    """Past the homeostat's gate: the body to send, on which lease, of which model, and the
+    probe's answer when the request keeps it."""
     body: dict[str, Any]
     lease: Lease
     model: ModelConfig
+    kept: Kept | None = None
 
 
 class RequestHandler:
@@ -329,15 +332,16 @@ class RequestHandler:
             except _ENGINE_FAILURES as exc:
                 return Attempt(failure=exc)
         try:
+            kept = None
             if settings.mode == "homeostatic":
                 gated = await self._homeostat(route, body, lease, model, settings, backends)
-                body, lease, model = gated.body, gated.lease, gated.model
+                body, lease, model, kept = gated.body, gated.lease, gated.model, gated.kept
             elif route != "embeddings":
                 self.outcome.mode = PASSTHROUGH
             forwarder = Forwarder(self.state, self.cfg.server, self.outcome, self.stream,
                                   self._cache)
             try:
-                response = await forwarder.forward(route, body, lease, started)
+                response = await forwarder.forward(route, body, lease, started, kept)
             except _ENGINE_FAILURES as exc:
                 # Looked at for every broken exchange (a dead engine is a crash now, not at
                 # the next poll); tried again only when the request never reached it: one
@@ -349,6 +353,9 @@ class RequestHandler:
             if not response.prepared and (response.status >= 500 or response.status == 429):
                 # refused before the first byte: another backend or a fallback may answer
                 return Attempt(failure=response, failed_backend=self._backend_failed(lease))
+            if self.outcome.probe_kept:
+                self.state.metrics.probe_tokens.inc(model.name, "kept",
+                                                    amount=self.outcome.probe_kept)
             if not forwarder.broken:  # a broken stream proves nothing of its engine
                 self.state.manager.report(lease.record, True)
             return Attempt(response=response)
@@ -388,11 +395,18 @@ class RequestHandler:
         outcome.mode = verdict.mode
         outcome.entropy = reading.score
         outcome.intervention = verdict.intervention
-        body = gate.rewrite(route, body, settings, verdict)
+        if reading.result is not None:
+            outcome.probe_prefill = reading.result.prefilled
+            outcome.probe_decode = reading.result.decoded
+        sent = gate.rewrite(route, body, settings, verdict)
         if reading.score is None and self._cache is not None:
             self._cache.decline()  # not gated: a later request's probe may intervene
         if verdict.intervention != "escalate":
-            return Gated(body, lease, model)
+            # the request goes as the probe saw it: its answer continues from the probe's
+            kept = Kept.of(route, body, reading.result, reading.tokens) if sent is body \
+                else None
+            return Gated(sent, lease, model, kept)
+        body = sent
         target = self.state.cfg.resolve(settings.escalate_to or "")  # in force, as above
         if target is None or target.name == model.name:
             return Gated(body, lease, model)

@@ -18,6 +18,11 @@ class Outcome:
     backend: str | None = None         # the upstream backend, for a model with several
     mode: str | None = None            # FLUID, ANALYTIC or PASSTHROUGH
     entropy: float | None = None       # the probe's score
+    # What the decision cost: prompt tokens the probe had evaluated, tokens it generated, and
+    # how many of those the answer kept (continued from, not generated again).
+    probe_prefill: int | None = None
+    probe_decode: int | None = None
+    probe_kept: int = 0
     intervention: str | None = None
     escalated_from: str | None = None
     fallback_from: str | None = None
@@ -38,11 +43,19 @@ class Outcome:
     def forget_engine(self) -> None:
         """A model or backend tried before this one learned these; they are not this one's."""
         self.backend = self.mode = self.entropy = self.intervention = None
-        self.escalated_from = None
+        self.escalated_from = self.probe_prefill = self.probe_decode = None
+        self.probe_kept = 0
 
     @property
     def entropy_text(self) -> str | None:
         return None if self.entropy is None else f"{self.entropy:.4f}"
+
+    @property
+    def probe_cost(self) -> str | None:
+        if self.probe_decode is None:
+            return None
+        prefill = "?" if self.probe_prefill is None else str(self.probe_prefill)
+        return f"prefill={prefill}, decode={self.probe_decode}, kept={self.probe_kept}"
 
     def headers(self) -> dict[str, str]:
         """The response headers: the same names and values whichever way the answer goes out."""
@@ -54,6 +67,7 @@ class Outcome:
                              else str(self.variant)),
                             ("x-lkn-backend", self.backend), ("x-lkn-mode", self.mode),
                             ("x-lkn-entropy", self.entropy_text),
+                            ("x-lkn-probe-cost", self.probe_cost),
                             ("x-lkn-intervention", self.intervention),
                             ("x-lkn-escalated-from", self.escalated_from),
                             ("x-lkn-fallback-from", self.fallback_from)):

@@ -18,6 +18,8 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-crash-after-s S    exit abruptly S seconds after becoming ready
   --fake-entropy high|low   shape of the top-k logprobs (uniform or one-hot-ish)
   --fake-probe-error        answer requests with max_tokens=1 (the probe) with HTTP 500
+  --fake-refuse-prefill     a chat ending in an assistant message is a 400 (llama-server's answer
+                            for a thinking template: prefill is incompatible with enable_thinking)
   --fake-probe-delay-s S    delay answers to max_tokens=1 requests
   --fake-capture FILE       append every request body received (JSON lines)
   --fake-text FILE          answer with this file's text (raw, as with --reasoning-format none),
@@ -43,6 +45,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +75,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-crash-after-s", type=float, default=None)
     p.add_argument("--fake-entropy", choices=["high", "low"], default="low")
     p.add_argument("--fake-probe-error", action="store_true")
+    p.add_argument("--fake-refuse-prefill", action="store_true")
     p.add_argument("--fake-probe-delay-s", type=float, default=0.0)
     p.add_argument("--fake-capture", default=None)
     p.add_argument("--fake-text", default=None)
@@ -209,8 +213,23 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return err(400, "'messages' is required", "invalid_request_error")
     if ARGS.fake_text and chat and body.get("max_tokens") != 1:  # probes get logprobs
         return await scripted(request, body)
+    # A continuation (llama-server's assistant prefill, or a prompt ending in token ids) picks
+    # up at the token after the ones it is given; the chat answer repeats the prefill.
+    messages = body.get("messages") or []
+    prefill = ""
+    if chat and messages and isinstance(messages[-1], dict) and \
+            messages[-1].get("role") == "assistant":
+        prefill = str(messages[-1].get("content") or "")
+        start = len(re.findall(r" w\d+", prefill))
+    elif not chat and isinstance(body.get("prompt"), list):
+        start = sum(1 for p in body["prompt"] if isinstance(p, int))
+    else:
+        start = 0
+    if prefill and ARGS.fake_refuse_prefill:
+        return err(400, "Assistant response prefill is incompatible with enable_thinking.",
+                   "invalid_request_error")
     n = int(body.get("max_tokens") or ARGS.fake_tokens)
-    n = min(n, ARGS.fake_tokens)
+    n = max(0, min(n, ARGS.fake_tokens - start))
     if body.get("max_tokens") == 1:
         if ARGS.fake_probe_error:
             return err(500, "probe failure injected", "server_error")
@@ -224,18 +243,18 @@ async def generate(request: web.Request) -> web.StreamResponse:
             "system_fingerprint": "fake"}
 
     def lp_entry(i: int) -> dict:
-        return {"id": i, "token": f" w{i}", "bytes": [32], "logprob": -0.1,
+        return {"id": i, "token": f" w{i}", "bytes": list(f" w{i}".encode()), "logprob": -0.1,
                 "top_logprobs": top_logprobs(k)}
 
     if not body.get("stream"):
-        text = "".join(f" w{i}" for i in range(n))
+        text = prefill + "".join(f" w{i}" for i in range(start, start + n))
         choice: dict = {"index": 0, "finish_reason": "length" if n == body.get("max_tokens") else "stop"}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
         if k:
-            choice["logprobs"] = {"content": [lp_entry(i) for i in range(n)]}
+            choice["logprobs"] = {"content": [lp_entry(i) for i in range(start, start + n)]}
         obj = "chat.completion" if chat else "text_completion"
         return web.json_response({**base, "object": obj, "choices": [choice], "usage": {
             "prompt_tokens": prompt_tokens, "completion_tokens": n,
@@ -251,7 +270,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         await resp.write(f"data: {json.dumps(first)}\n\n".encode())
     limit = n // 2 if ARGS.fake_cut_stream else n
     try:
-        await stream_tokens(resp, base, obj, chat, k, limit, lp_entry)
+        await stream_tokens(resp, base, obj, chat, k, range(start, start + limit), lp_entry,
+                            prefill)
     except (ConnectionResetError, asyncio.CancelledError):
         say("I", "fake: client went away mid-stream")
         raise
@@ -299,12 +319,13 @@ async def scripted(request: web.Request, body: dict) -> web.StreamResponse:
     return resp
 
 
-async def stream_tokens(resp, base, obj, chat, k, limit, lp_entry):  # type: ignore[no-untyped-def]
-    for i in range(limit):
+async def stream_tokens(resp, base, obj, chat, k, ids, lp_entry, prefill=""):  # type: ignore[no-untyped-def]
+    for i in ids:
         await asyncio.sleep(ARGS.fake_token_delay_s)
         ch: dict = {"index": 0, "finish_reason": None}
         if chat:
-            ch["delta"] = {"content": f" w{i}"}
+            ch["delta"] = {"content": f"{prefill} w{i}"}
+            prefill = ""  # llama-server's first delta repeats the prefill
         else:
             ch["text"] = f" w{i}"
         if k:
