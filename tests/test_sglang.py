@@ -140,6 +140,18 @@ def test_chat_probe_reads_chat_logprobs(gw: Gateway) -> None:
     assert r.headers["x-lkn-mode"] == "FLUID"
 
 
+def test_a_kept_chat_request_continues_the_probes_answer_on_sglang(gw: Gateway) -> None:
+    # continue_final_message: SGLang renders the probe's text unclosed and generates on
+    plain = gw.client().chat.completions.create(model="sg", messages=MSG, max_tokens=5,
+                                                extra_body={"lkn": {"mode": "passthrough"}})
+    r = gw.client().chat.completions.with_raw_response.create(
+        model="sg", messages=MSG, max_tokens=5, extra_body=HOMEOSTATIC)
+    assert r.headers["x-lkn-mode"] == "FLUID"
+    assert r.headers["x-lkn-probe-cost"].endswith("decode=1, kept=1")
+    usage = r.parse().usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (plain.usage.prompt_tokens, 5)
+
+
 def test_chat_probe_measures_at_the_answers_default_temperature(gw: Gateway,
                                                                 hf_dir: Path) -> None:
     # SGLang's chat endpoint fills an unset temperature from generation_config.json, /generate

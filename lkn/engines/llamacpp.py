@@ -19,6 +19,7 @@ import aiohttp
 from lkn.engines.limits import read_limited
 from lkn.engines.base import (EngineClient, EngineRequestError, ProbeResult, Readiness,
                               openai_probe, read_json, readiness)
+from lkn.engines.probe_answer import with_prefill
 from lkn.engines.footprint import REPORT_MARKER, Footprint, parse_footprint
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
@@ -203,12 +204,8 @@ class LlamaCppEngine(EngineClient):
             return None
         out = dict(payload, cache_prompt=True)
         if route == "chat":
-            messages = out.get("messages")
-            if not isinstance(messages, list) or not messages or (
-                    isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"):
-                return None  # the client's own prefill: not combined with the probe's
-            out["messages"] = [*messages, {"role": "assistant", "content": probe.text}]
-            return out
+            messages = with_prefill(out.get("messages"), probe.text)
+            return None if messages is None else dict(out, messages=messages)
         prompt = out.get("prompt")
         if route != "completions" or not isinstance(prompt, str) or not probe.token_ids:
             return None

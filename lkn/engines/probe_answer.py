@@ -86,3 +86,12 @@ def parse_openai(data: Any, route: str) -> ProbeResult:
                        finish_reason=finish if isinstance(finish, str) else None,
                        prompt_tokens=_int(usage.get("prompt_tokens")), cached_tokens=cached,
                        answer=data if isinstance(data, dict) else None)
+
+
+def with_prefill(messages: Any, text: str) -> list[Any] | None:
+    """``messages`` followed by ``text`` as the assistant's message to continue; None when they
+    end with an assistant message already (the client's own prefill is not combined)."""
+    if not isinstance(messages, list) or not messages or (
+            isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"):
+        return None
+    return [*messages, {"role": "assistant", "content": text}]

@@ -34,6 +34,7 @@ from lkn.engines.tokens import generation_prompt
 from lkn.engines.limits import read_limited
 from lkn.engines.base import (EngineClient, EngineCrashed, EngineRequestError, ProbeResult,
                               Readiness, read_json, readiness)
+from lkn.engines.probe_answer import ProbeAnswerError, parse_openai, with_prefill
 
 HELPER_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 # A release copies the weights to host memory and a resume copies them back: seconds per GB.
@@ -210,13 +211,20 @@ class SGLangEngine(EngineClient):
                                 timeout=HELPER_TIMEOUT) as resp:
             data = await read_json(resp)
         try:
-            content = data["choices"][0]["logprobs"]["content"]
-            positions = tuple(tuple(float(c["logprob"]) for c in entry.get("top_logprobs") or ())
-                              for entry in content)
-        except (KeyError, IndexError, TypeError, ValueError):
+            return parse_openai(data, "chat")
+        except ProbeAnswerError:
             raise EngineRequestError("SGLang's chat answer carries no logprobs") from None
-        tokens = tuple(str(entry.get("token", "")) for entry in content)
-        return ProbeResult(positions=positions, tokens=tokens)
+
+    def continuation(self, route: str, payload: dict[str, Any],
+                     probe: ProbeResult) -> dict[str, Any] | None:
+        """Chat only: the probe's text as a final assistant message with
+        ``continue_final_message`` (serving_chat.py renders it without closing the turn and
+        generates on; the answer holds only the new text). /v1/completions takes no prompt of
+        text and token ids together, and the /generate probe gives no token ids to add."""
+        messages = None if route != "chat" or probe.text is None else \
+            with_prefill(payload.get("messages"), probe.text)
+        return None if messages is None else dict(payload, messages=messages,
+                                                  continue_final_message=True)
 
     async def _probe_generate(self, session: aiohttp.ClientSession, base_url: str,
                               body: dict[str, Any], top_k: int, n_tokens: int) -> ProbeResult:
