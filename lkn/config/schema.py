@@ -56,6 +56,10 @@ class HomeostasisConfig:
     probe_aggregate: str = "first"
     # The per-token uncertainty the aggregate combines (probe.token_uncertainty).
     probe_score: str = "entropy"
+    # Hold this share of requests ANALYTIC: the threshold follows the model's last
+    # ``share_window`` scores (homeostat.share); None: the fixed ``threshold`` decides.
+    analytic_share: float | None = None
+    share_window: int = 256
 
 
 @dataclass(frozen=True)

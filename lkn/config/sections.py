@@ -32,6 +32,8 @@ def parse_homeostasis(path: str, value: Any, base: HomeostasisConfig) -> Homeost
         probe_tokens=t.get("probe_tokens", integer(1), base.probe_tokens),
         probe_aggregate=t.get("probe_aggregate", choice(PROBE_AGGREGATES), base.probe_aggregate),
         probe_score=t.get("probe_score", choice(PROBE_SCORES), base.probe_score),
+        analytic_share=t.get("analytic_share", number(0.0, 1.0), base.analytic_share),
+        share_window=t.get("share_window", integer(32), base.share_window),
     )
     t.finish()
     return result

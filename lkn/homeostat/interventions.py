@@ -82,6 +82,7 @@ def request_overrides(settings: HomeostasisConfig, lkn_field: Any,
             raise BadRequest(f"lkn threshold must be a number in [0, 1], got {t!r}",
                              param="lkn.threshold")
         fields["threshold"] = float(t)
+        fields["analytic_share"] = None  # the client's threshold, not the one holding a share
     if "intervention" in fields and fields["intervention"] not in INTERVENTIONS:
         raise BadRequest(f"lkn intervention must be one of {', '.join(INTERVENTIONS)}, "
                          f"got {fields['intervention']!r}", param="lkn.intervention")

@@ -30,8 +30,8 @@ from lkn.fleet.records import Lease
 from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
-from lkn.ops.traffic import Finished
 from lkn.request.caller import caller_of, take_priority
+from lkn.request.finish import finished
 from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.inbound.base import Inbound
 from lkn.request.keep import Kept
@@ -40,7 +40,7 @@ from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
 from lkn.request.outcome import Outcome
 from lkn.request.residency import is_operator, load_or_unload
-from lkn.request.tenancy import Tenancy, record_activity
+from lkn.request.tenancy import Tenancy
 from lkn.request.state import GatewayState
 from lkn.request.validate import VALIDATORS, parse_json_object
 from lkn.request.validate_formats import check_media_urls, media_engine
@@ -217,34 +217,8 @@ class RequestHandler:
             await held.aclose()
             self.state.inflight.remove(entry)
             self.tenancy.settle()
-            self._finished(request, inbound, label, status, time.monotonic() - started, failure)
-
-    def _finished(self, request: web.Request, inbound: Inbound, label: str, status: int,
-                  elapsed: float, failure: LknError | None) -> None:
-        metrics, outcome, route = self.state.metrics, self.outcome, inbound.route
-        metrics.requests.inc(label, route, str(status), inbound.api, outcome.key_id)
-        record_activity(self.state, request, api=inbound.api, route=route, model=label,
-                        status=status, elapsed_s=elapsed, outcome=outcome,
-                        key=self.tenancy.key, error=failure,
-                        body=self._raw)
-        metrics.request_seconds.observe(elapsed, label, route, inbound.api)
-        variant = "-" if outcome.variant is None else str(outcome.variant)
-        log.info("%s %s model=%s status=%d variant=%s mode=%s %.0fms", request.method,
-                 request.path, label, status, variant, outcome.mode or "-", elapsed * 1000)
-        if label == "unknown":
-            return  # not a configured model: no statistics for arbitrary names
-        self.state.traffic.record(label, Finished(time.monotonic(), elapsed, status < 400,
-                                                  outcome.completion_tokens))
-        entropy = outcome.entropy_text  # the event carries the score as the header shows it
-        self.state.bus.publish(
-            "request", id=self.request_id, model=label, route=route, api=inbound.api,
-            variant=outcome.variant,
-            prompt_tokens=outcome.prompt_tokens, counted_by=outcome.counted_by or None,
-            mode=outcome.mode, entropy=None if entropy is None else float(entropy),
-            intervention=outcome.intervention, escalated_from=outcome.escalated_from,
-            cache=outcome.cache, status=status, latency_ms=round(elapsed * 1000, 1),
-            ttft_ms=None if outcome.ttft_s is None else round(outcome.ttft_s * 1000, 1),
-            completion_tokens=outcome.completion_tokens)
+            finished(self.state, request, inbound, self.outcome, self.tenancy.key, self._raw,
+                     label, status, time.monotonic() - started, failure)
 
     @staticmethod
     def _settings(request: web.Request, route: str, model: ModelConfig,
@@ -388,8 +362,15 @@ class RequestHandler:
                          backends: Backends) -> Gated:
         """Probe, then rewrite the body as the verdict says, or escalate: release this lease
         and lease the model ``escalate_to`` names instead."""
+        window = None
+        if settings.analytic_share is not None:  # the threshold that holds the share
+            window = self.state.scores.of(model.name, settings.share_window)
+            settings = replace(settings, threshold=window.threshold(settings.analytic_share,
+                                                                    settings.threshold))
         reading = await gate.probe(self.state.session, lease, route, body, settings)
         verdict = gate.decide(settings, reading)
+        if window is not None and reading.score is not None:
+            window.observe(reading.score)
         gate.observe(self.state.metrics, model.name, settings, reading, verdict)
         outcome = self.outcome
         outcome.mode = verdict.mode

@@ -11,6 +11,7 @@ from aiohttp import web
 from lkn.cache.store import ResponseCache
 from lkn.config import Config
 from lkn.fleet.manager import EngineManager
+from lkn.homeostat.share import ScoreWindows
 from lkn.ops.activity import ActivityLog
 from lkn.ops.events import EventBus
 from lkn.ops.inflight import InFlight
@@ -44,6 +45,8 @@ class GatewayState:
     ledger: Ledger = field(default_factory=Ledger)
     key_gate: KeyGate = field(default_factory=KeyGate)
     activity: ActivityLog | None = None
+    # each model's recent probe scores, for a threshold that holds a share (analytic_share)
+    scores: ScoreWindows = field(default_factory=ScoreWindows)
 
 
 STATE = web.AppKey("lkn_state", GatewayState)
