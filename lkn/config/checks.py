@@ -33,11 +33,13 @@ def duplicate_names(models: Numbered) -> tuple[list[str], dict[str, str]]:
 
 
 def unknown_references(models: Numbered, known: dict[str, str]) -> list[str]:
-    """Fallbacks, context fallbacks and escalation targets that name no model, and fallbacks
-    to the model itself (an escalation to the model itself is not an error here)."""
+    """Fallbacks, context fallbacks, escalation targets and verifiers that name no model, and
+    fallbacks to the model itself (an escalation to, or a verifier that is, the model itself
+    is not an error here: its answer judged by itself)."""
     errors: list[str] = []
     for i, model in models:
         named = [("homeostasis.escalate_to", model.homeostasis.escalate_to),
+                 ("homeostasis.verifier", model.homeostasis.verifier),
                  ("context_fallback", model.context_fallback),
                  *((f"fallbacks[{j}]", n) for j, n in enumerate(model.fallbacks, 1))]
         for key, target in named:
@@ -45,7 +47,7 @@ def unknown_references(models: Numbered, known: dict[str, str]) -> list[str]:
                 continue
             if target not in known:
                 errors.append(f"models[{i}].{key}: no such model, got {show(target)}")
-            elif target in model.names and key != "homeostasis.escalate_to":
+            elif target in model.names and not key.startswith("homeostasis."):
                 errors.append(f"models[{i}].{key}: a model cannot fall back to itself")
     return errors
 

@@ -25,6 +25,7 @@ INTERVENTIONS = ("verify_prompt", "escalate", "reasoning", "none")
 PROBE_AGGREGATES = ("first", "mean", "max", "answer", "q50", "q75", "q90")
 PROBE_SCORES = ("entropy", "margin", "surprise")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+DEFAULT_VERIFIER_QUESTION = "Is your answer above correct? Reply with yes or no only."
 DEFAULT_VERIFY_PROMPT = ("Think carefully, verify your assumptions, and reason step-by-step "
                          "before answering.")
 
@@ -60,6 +61,10 @@ class HomeostasisConfig:
     # ``share_window`` scores (homeostat.share); None: the fixed ``threshold`` decides.
     analytic_share: float | None = None
     share_window: int = 256
+    # Another model judges the probe's answer (homeostat.verifier): one token of it, yes or no;
+    # its probability of "no" is the score. None: the probe's own token uncertainty is.
+    verifier: str | None = None
+    verifier_question: str = DEFAULT_VERIFIER_QUESTION
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def parse_homeostasis(path: str, value: Any, base: HomeostasisConfig) -> Homeost
         probe_score=t.get("probe_score", choice(PROBE_SCORES), base.probe_score),
         analytic_share=t.get("analytic_share", number(0.0, 1.0), base.analytic_share),
         share_window=t.get("share_window", integer(32), base.share_window),
+        verifier=t.get("verifier", string, base.verifier),
+        verifier_question=t.get("verifier_question", string, base.verifier_question),
     )
     t.finish()
     return result

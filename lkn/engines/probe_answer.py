@@ -21,6 +21,7 @@ class ProbeResult:
     """Top-k logprobs of each probed position (the first generated tokens), and the answer."""
     positions: tuple[tuple[float, ...], ...]
     tokens: tuple[str, ...] = ()
+    candidates: tuple[tuple[str, ...], ...] = ()  # each position's top-k tokens, as positions
     text: str | None = None              # the answer's text; None: unknown or not plain
     token_ids: tuple[int, ...] = ()      # the generated tokens' ids, where the engine gives them
     finish_reason: str | None = None     # "stop": the probe wrote the whole answer
@@ -67,6 +68,8 @@ def parse_openai(data: Any, route: str) -> ProbeResult:
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise ProbeAnswerError("probe answer carries no logprobs") from None
     tokens = tuple(str(entry.get("token", "")) for entry in content)
+    candidates = tuple(tuple(str(c.get("token", "")) for c in entry.get("top_logprobs") or ())
+                       for entry in content)
     ids = tuple(i for i in (_int(e.get("id")) for e in content) if i is not None)
     if route == "chat":
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -81,7 +84,7 @@ def parse_openai(data: Any, route: str) -> ProbeResult:
     details = usage.get("prompt_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None
     finish = choice.get("finish_reason")
-    return ProbeResult(positions=positions, tokens=tokens, text=text,
+    return ProbeResult(positions=positions, tokens=tokens, candidates=candidates, text=text,
                        token_ids=ids if len(ids) == len(content) else (),
                        finish_reason=finish if isinstance(finish, str) else None,
                        prompt_tokens=_int(usage.get("prompt_tokens")), cached_tokens=cached,

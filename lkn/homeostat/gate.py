@@ -35,6 +35,7 @@ class Reading:
     elapsed_s: float
     failure: str | None = None
     result: ProbeResult | None = None
+    verifier: ProbeResult | None = None  # the verifier's one token, when one judged
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ def observe(metrics: Metrics, model: str, settings: HomeostasisConfig, reading: 
         metrics.probe_tokens.inc(model, "decode", amount=reading.result.decoded)
         if reading.result.prefilled:
             metrics.probe_tokens.inc(model, "prefill", amount=reading.result.prefilled)
+    if reading.verifier is not None and settings.verifier is not None:
+        metrics.probe_tokens.inc(settings.verifier, "verify", amount=reading.verifier.decoded)
+        if reading.verifier.prefilled:
+            metrics.probe_tokens.inc(settings.verifier, "verify_prefill",
+                                     amount=reading.verifier.prefilled)
     log.info("probe model=%s entropy=%.4f threshold=%.2f mode=%s probe_ms=%.1f", model,
              reading.score, settings.threshold, verdict.mode, reading.elapsed_s * 1000)
     if verdict.intervention is not None:

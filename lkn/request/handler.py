@@ -27,14 +27,13 @@ from lkn.errors import (BadRequest, Cancelled, ContextLengthExceeded, EngineUnav
                         EngineUnreachable, GatewayTimeout, LknError, ModelNotFound,
                         UpstreamError)
 from lkn.fleet.records import Lease
-from lkn.homeostat import gate
 from lkn.homeostat.interventions import request_overrides
 from lkn.homeostat.probe import PASSTHROUGH
 from lkn.request.caller import caller_of, take_priority
 from lkn.request.finish import finished
 from lkn.request.forward import Forwarder, write_deadline
 from lkn.request.inbound.base import Inbound
-from lkn.request.keep import Kept
+from lkn.request.gating import homeostat
 from lkn.request.lease import Backends, lease_engine, sized_body
 from lkn.request.loading import LoadingFeedback
 from lkn.request.open_stream import OpenStream
@@ -61,16 +60,6 @@ class Attempt:
     failure: LknError | web.StreamResponse | None = None
     failed_backend: str | None = None
     engine_died: bool = False
-
-
-@dataclass(frozen=True)
-class Gated:
-    """Past the homeostat's gate: the body to send, on which lease, of which model, and the
-    probe's answer when the request keeps it."""
-    body: dict[str, Any]
-    lease: Lease
-    model: ModelConfig
-    kept: Kept | None = None
 
 
 class RequestHandler:
@@ -287,7 +276,7 @@ class RequestHandler:
         fell_back = False
         while True:
             try:
-                lease = await self._lease(model, route, sized_body(route, body, settings),
+                lease = await self.lease(model, route, sized_body(route, body, settings),
                                           backends)
                 break
             except ContextLengthExceeded:
@@ -308,7 +297,7 @@ class RequestHandler:
         try:
             kept = None
             if settings.mode == "homeostatic":
-                gated = await self._homeostat(route, body, lease, model, settings, backends)
+                gated = await homeostat(self, route, body, lease, model, settings, backends)
                 body, lease, model, kept = gated.body, gated.lease, gated.model, gated.kept
             elif route != "embeddings":
                 self.outcome.mode = PASSTHROUGH
@@ -336,7 +325,7 @@ class RequestHandler:
         finally:
             lease.release()
 
-    async def _lease(self, model: ModelConfig, route: str, body: dict[str, Any],
+    async def lease(self, model: ModelConfig, route: str, body: dict[str, Any],
                      backends: Backends, arrived: float | None = None) -> Lease:
         inbound = self.inbound
         lease = await lease_engine(self.state, model, route, body, self.outcome,
@@ -349,63 +338,17 @@ class RequestHandler:
             lease.record.keep_alive_s = inbound.keep_alive_s
         return lease
 
+    def decline_cache(self) -> None:
+        """This request's answer is not for the cache (another model's, or not gated)."""
+        if self._cache is not None:
+            self._cache.decline()
+
     def _backend_failed(self, lease: Lease) -> str | None:
         """Report a backend's failure to its balancer; its name (None: not a backend)."""
         if lease.record.model.parent is None:
             return None
         self.state.manager.report(lease.record, False)
         return lease.record.model.name
-
-    # ------------------------------------------------------------------ homeostat
-    async def _homeostat(self, route: str, body: dict[str, Any], lease: Lease,
-                         model: ModelConfig, settings: HomeostasisConfig,
-                         backends: Backends) -> Gated:
-        """Probe, then rewrite the body as the verdict says, or escalate: release this lease
-        and lease the model ``escalate_to`` names instead."""
-        window = None
-        if settings.analytic_share is not None:  # the threshold that holds the share
-            window = self.state.scores.of(model.name, settings.share_window)
-            settings = replace(settings, threshold=window.threshold(settings.analytic_share,
-                                                                    settings.threshold))
-        reading = await gate.probe(self.state.session, lease, route, body, settings)
-        verdict = gate.decide(settings, reading)
-        if window is not None and reading.score is not None:
-            window.observe(reading.score)
-        gate.observe(self.state.metrics, model.name, settings, reading, verdict)
-        outcome = self.outcome
-        outcome.mode = verdict.mode
-        outcome.entropy = reading.score
-        outcome.intervention = verdict.intervention
-        if reading.result is not None:
-            outcome.probe_prefill = reading.result.prefilled
-            outcome.probe_decode = reading.result.decoded
-        sent = gate.rewrite(route, body, settings, verdict)
-        if reading.score is None and self._cache is not None:
-            self._cache.decline()  # not gated: a later request's probe may intervene
-        if verdict.intervention != "escalate":
-            # the request goes as the probe saw it: its answer continues from the probe's
-            kept = Kept.of(route, body, reading.result, reading.tokens) if sent is body \
-                else None
-            return Gated(sent, lease, model, kept)
-        body = sent
-        target = self.state.cfg.resolve(settings.escalate_to or "")  # in force, as above
-        if target is None or target.name == model.name:
-            return Gated(body, lease, model)
-        if not self.tenancy.allows(target):
-            self.tenancy.skipped("escalation", target)
-            return Gated(body, lease, model)
-        lease.release()
-        outcome.escalated_from = model.name
-        if self._cache is not None:
-            self._cache.decline()  # another model's answer
-        self.state.metrics.escalations.inc(model.name, target.name)
-        if self.stream.loading is not None:
-            self.stream.loading.model = target  # progress names what it now waits for
-        # Queued by the time the request first arrived: behind a busy strong model it is the
-        # oldest, not the newest, request, so the wait bound (max_queue_wait_s) covers it.
-        # _lease names the model that answers in the outcome.
-        return Gated(body, await self._lease(target, route, body, backends, outcome.queued_at),
-                     target)
 
 
 def _describe(failure: LknError | web.StreamResponse | None) -> str:

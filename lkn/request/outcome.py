@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lkn.engines.probe_answer import ProbeResult
+
 
 @dataclass
 class Outcome:
@@ -23,6 +25,7 @@ class Outcome:
     probe_prefill: int | None = None
     probe_decode: int | None = None
     probe_kept: int = 0
+    verifier_prefill: int | None = None  # the verifier's prompt tokens evaluated, if one judged
     intervention: str | None = None
     escalated_from: str | None = None
     fallback_from: str | None = None
@@ -44,7 +47,16 @@ class Outcome:
         """A model or backend tried before this one learned these; they are not this one's."""
         self.backend = self.mode = self.entropy = self.intervention = None
         self.escalated_from = self.probe_prefill = self.probe_decode = None
+        self.verifier_prefill = None
         self.probe_kept = 0
+
+    def note_probe(self, probe: ProbeResult | None, verifier: ProbeResult | None) -> None:
+        """What the decision cost: the probe's tokens, the verifier's prefill."""
+        if probe is not None:
+            self.probe_prefill, self.probe_decode = probe.prefilled, probe.decoded
+        if verifier is not None:
+            self.verifier_prefill = verifier.prefilled if verifier.prefilled is not None \
+                else 0
 
     @property
     def entropy_text(self) -> str | None:
@@ -55,7 +67,10 @@ class Outcome:
         if self.probe_decode is None:
             return None
         prefill = "?" if self.probe_prefill is None else str(self.probe_prefill)
-        return f"prefill={prefill}, decode={self.probe_decode}, kept={self.probe_kept}"
+        cost = f"prefill={prefill}, decode={self.probe_decode}, kept={self.probe_kept}"
+        if self.verifier_prefill is not None:
+            cost += f", verifier_prefill={self.verifier_prefill}, verifier_decode=1"
+        return cost
 
     def headers(self) -> dict[str, str]:
         """The response headers: the same names and values whichever way the answer goes out."""

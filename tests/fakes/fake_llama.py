@@ -18,6 +18,7 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-crash-after-s S    exit abruptly S seconds after becoming ready
   --fake-entropy high|low   shape of the top-k logprobs (uniform or one-hot-ish)
   --fake-probe-error        answer requests with max_tokens=1 (the probe) with HTTP 500
+  --fake-verdict P          a chat whose last message asks for "yes or no" is judged: P("No")
   --fake-refuse-prefill     a chat ending in an assistant message is a 400 (llama-server's answer
                             for a thinking template: prefill is incompatible with enable_thinking)
   --fake-probe-delay-s S    delay answers to max_tokens=1 requests
@@ -76,6 +77,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-entropy", choices=["high", "low"], default="low")
     p.add_argument("--fake-probe-error", action="store_true")
     p.add_argument("--fake-refuse-prefill", action="store_true")
+    p.add_argument("--fake-verdict", type=float, default=None)
     p.add_argument("--fake-probe-delay-s", type=float, default=0.0)
     p.add_argument("--fake-capture", default=None)
     p.add_argument("--fake-text", default=None)
@@ -181,7 +183,14 @@ async def rerank(request: web.Request) -> web.Response:
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-def top_logprobs(k: int) -> list[dict]:
+def top_logprobs(k: int, verdict: float | None = None) -> list[dict]:
+    if verdict is not None:  # a verifier's yes/no token: P("No") = verdict
+        rest = [math.log(1e-6)] * max(0, k - 2)
+        return [{"id": 1, "token": "No", "bytes": list(b"No"), "logprob": math.log(verdict)},
+                {"id": 2, "token": "Yes", "bytes": list(b"Yes"),
+                 "logprob": math.log(1 - verdict)},
+                *({"id": 3 + i, "token": f"t{i}", "bytes": [116], "logprob": lp}
+                  for i, lp in enumerate(rest))][:k]
     if ARGS.fake_malformed_logprobs:
         return [{"id": i, "token": f"t{i}", "bytes": [116], "logprob": None} for i in range(k)]
     if ARGS.fake_entropy == "high":
@@ -242,9 +251,13 @@ async def generate(request: web.Request) -> web.StreamResponse:
     base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"),
             "system_fingerprint": "fake"}
 
+    last = messages[-1] if chat and messages and isinstance(messages[-1], dict) else {}
+    verdict = ARGS.fake_verdict if ARGS.fake_verdict is not None and \
+        "yes or no" in str(last.get("content")) else None
+
     def lp_entry(i: int) -> dict:
         return {"id": i, "token": f" w{i}", "bytes": list(f" w{i}".encode()), "logprob": -0.1,
-                "top_logprobs": top_logprobs(k)}
+                "top_logprobs": top_logprobs(k, verdict)}
 
     if not body.get("stream"):
         text = prefill + "".join(f" w{i}" for i in range(start, start + n))
