@@ -118,6 +118,11 @@ server = {
     probe_aggregate = "first",  -- first | mean | max | q50 | q75 | q90 | answer (the first
                                 -- answer-bearing token); the cascade benchmark adopted
                                 -- probe_tokens = 16, probe_aggregate = "q50" (README)
+    -- analytic_share = 0.5,    -- hold this share ANALYTIC: the threshold follows the model's
+    -- share_window = 256,      -- last share_window scores (nil: the fixed threshold decides)
+    -- verifier = "strong",     -- a model judges the probe's answer with one yes/no token;
+    --                          -- its P(no) is the score (see the README, "Confidence cascade")
+    -- verifier_question = "Is your answer above correct? Reply with yes or no only.",
   },
 
   -- The response cache every model gets unless it sets its own `cache` (off when absent).

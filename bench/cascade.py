@@ -70,10 +70,61 @@ def ask(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None) ->
         data = json.load(resp)
         headers = dict(resp.headers)
     text = data["choices"][0]["message"]["content"] or ""
+    timings = data.get("timings") or {}
+    usage = data.get("usage") or {}
     return {"text": text, "right": matches(q["match"], q["answer"], text),
             "seconds": time.perf_counter() - t0, "model": headers.get("x-lkn-model"),
             "score": float(headers["x-lkn-entropy"]) if "x-lkn-entropy" in headers else None,
-            "mode": headers.get("x-lkn-mode")}
+            "mode": headers.get("x-lkn-mode"), "cost": probe_cost(headers.get("x-lkn-probe-cost")),
+            # what the answering call made its engine do (llama-server's timings)
+            "prompt_n": timings.get("prompt_n"), "predicted_n": timings.get("predicted_n"),
+            "prefill_ms": timings.get("prompt_per_token_ms"),
+            "decode_ms": timings.get("predicted_per_token_ms"),
+            "completion_tokens": usage.get("completion_tokens")}
+
+
+def probe_cost(header: str | None) -> dict[str, int]:
+    """``x-lkn-probe-cost`` as numbers: prefill, decode, kept, verifier_prefill, ..."""
+    out: dict[str, int] = {}
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if value.isdigit():
+            out[name] = int(value)
+    return out
+
+
+def per_token_ms(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    """A model's median prefill and decode time per token, from its passthrough answers."""
+    pre = [r[key]["prefill_ms"] for r in rows if r[key].get("prefill_ms") and
+           (r[key].get("prompt_n") or 0) >= 4]  # a one-token prefill is a decode step
+    dec = [r[key]["decode_ms"] for r in rows if r[key].get("decode_ms")]
+    return float(np.median(pre)), float(np.median(dec))
+
+
+def compute_ms(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per request, the engine time each way of asking costs: tokens each model prefilled and
+    decoded, weighted by that model's measured per-token times (the decision's tokens from
+    x-lkn-probe-cost, the answer's from llama-server's timings)."""
+    small_pre, small_dec = per_token_ms(rows, "small")
+    strong_pre, strong_dec = per_token_ms(rows, "strong")
+    times = {"small": (small_pre, small_dec), "strong": (strong_pre, strong_dec)}
+
+    def answer(r: dict[str, Any], model: str) -> float:
+        pre, dec = times[model]
+        return (r.get("prompt_n") or 0) * pre + (r.get("predicted_n") or 0) * dec
+
+    def cascade(r: dict[str, Any]) -> float:
+        cost = r["cost"]
+        decision = cost.get("prefill", 0) * small_pre + cost.get("decode", 0) * small_dec + \
+            cost.get("verifier_prefill", 0) * strong_pre + cost.get("verifier_decode", 0) * \
+            strong_dec
+        whole_from_probe = cost.get("kept", 0) and r.get("completion_tokens") == cost["kept"]
+        return decision + (0.0 if whole_from_probe else answer(r, r["model"] or "small"))
+
+    return {"small": np.array([answer(r["small"], "small") for r in rows]),
+            "strong": np.array([answer(r["strong"], "strong") for r in rows]),
+            "cascade": np.array([cascade(r["cascade"]) for r in rows]),
+            "per_token": np.array([small_pre, small_dec, strong_pre, strong_dec])}
 
 
 def first_byte(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None
@@ -162,12 +213,17 @@ def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> 
           f"max_tokens 16")
     print(f"cascade signal: probe_tokens {h.probe_tokens}, probe_score {h.probe_score}, "
           f"probe_aggregate {h.probe_aggregate}, threshold {h.threshold}")
+    ms = compute_ms(rows)
+    base = ms["strong"].sum()
+    sp, sd, gp, gd = ms["per_token"]
+    print(f"per-token engine time (ms, medians of the passthrough answers): small prefill "
+          f"{sp:.2f}, decode {sd:.2f}; strong prefill {gp:.2f}, decode {gd:.2f}")
     print("\n| | accuracy [95 % CI] | share of strong's accuracy | escalated | "
-          "mean latency s | p50 s | p90 s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+          "compute vs strong only | mean latency s | p50 s | p90 s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
 
     def line(name: str, right: np.ndarray | float, escalated: float, lat: np.ndarray | None,
-             note: str = "") -> None:
+             compute: float, note: str = "") -> None:
         if isinstance(right, np.ndarray):
             lo, hi = boot_acc(right)
             acc = f"{right.mean():.3f} [{lo:.3f}, {hi:.3f}]"
@@ -177,15 +233,28 @@ def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> 
         lats = ("— | — | —" if lat is None else
                 f"{lat.mean():.3f} | {np.median(lat):.3f} | {np.percentile(lat, 90):.3f}")
         print(f"| {name}{note} | {acc} | {value / strong.mean():.0%} | {escalated:.0%} | "
-              f"{lats} |")
-    line("small only", small, 0.0, t_small)
-    line("strong only", strong, 1.0, t_strong)
+              f"{compute / base:.0%} | {lats} |")
+    line("small only", small, 0.0, t_small, ms["small"].sum())
+    line("strong only", strong, 1.0, t_strong, base)
     rand_acc = (1 - share) * small.mean() + share * strong.mean()
     rand_lat = (1 - share) * t_small + share * t_strong
-    line("random escalation", rand_acc, share, rand_lat, " (same share, simulated)")
-    line("adopted cascade", casc, share, t_casc)
+    rand_ms = ((1 - share) * ms["small"] + share * ms["strong"]).sum()
+    line("random escalation", rand_acc, share, rand_lat, rand_ms, " (same share, simulated)")
+    line("adopted cascade", casc, share, t_casc, ms["cascade"].sum())
     line("perfect choice", perfect, perfect_esc.mean(),
-         np.where(perfect_esc, t_strong, t_small), " (oracle)")
+         np.where(perfect_esc, t_strong, t_small),
+         np.where(perfect_esc, ms["strong"], ms["small"]).sum(), " (oracle, no decision cost)")
+    kept = [r["cascade"]["cost"] for r in rows if r["cascade"]["model"] == "small"]
+    if kept:
+        small_kept = np.array([ms["small"][i] for i, r in enumerate(rows)
+                               if r["cascade"]["model"] == "small"])
+        casc_kept = np.array([ms["cascade"][i] for i, r in enumerate(rows)
+                              if r["cascade"]["model"] == "small"])
+        small_part = casc_kept - np.array([c.get("verifier_prefill", 0) * gp +
+                                           c.get("verifier_decode", 0) * gd for c in kept])
+        print(f"\na kept request costs the small model {small_part.sum() / small_kept.sum():.2f}x "
+              f"an unprobed answer ({len(kept)} kept; the probe's tokens continued from: "
+              f"{np.mean([c.get('kept', 0) for c in kept]):.1f} per request)")
     scores = np.array([r["cascade"]["score"] if r["cascade"]["score"] is not None else 1.0
                        for r in rows])
     a = auroc(scores, ~small)
