@@ -1,11 +1,15 @@
-"""Generate the cascade benchmark's questions: several kinds, known answers, a matching rule.
+"""Generate the cascade benchmark's questions: many kinds, known answers, a matching rule.
 
-Writes ``bench/data/cascade_calib.jsonl`` (to calibrate on) and ``bench/data/cascade_heldout.jsonl``
-(to report on; never used to pick a signal or a threshold). Each line: ``{"id", "kind",
-"question", "answer", "match"}`` (see lkn/answers.py for the rules). The split is stratified by
-kind, from a fixed seed, so the files are reproducible.
+The one source of the benchmark's questions (bench/probe_value.py takes its facts from here).
+Each kind belongs to a family — ``trivia``, ``arithmetic``, ``reasoning`` (one- or two-step word
+problems), ``code`` (what a line of Python prints) and ``instruction`` (do exactly what is
+asked) — and to ONE split: ``bench/data/cascade_calib.jsonl`` holds some kinds of every family
+(to calibrate on), ``bench/data/cascade_heldout.jsonl`` the OTHER kinds (to report on: held-out
+questions are of a kind never used to pick a signal or a threshold). Each line: ``{"id",
+"kind", "question", "answer", "match"}`` (the rules of lkn/homeostat/answers.py). A fixed seed
+makes the files reproducible.
 
-    .venv/bin/python bench/cascade_questions.py [--per-kind 40] [--seed 13]
+    .venv/bin/python bench/cascade_questions.py [--per-kind 10] [--seed 13]
 """
 from __future__ import annotations
 
@@ -57,6 +61,16 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
 WORDS = ["cat", "house", "apple", "river", "garden", "pencil", "window", "elephant", "sun",
          "computer", "banana", "orange", "table", "mountain", "dog", "book", "music", "tree",
          "chair", "planet", "bottle", "flower", "island", "guitar", "kitchen", "rocket"]
+
+FRUITS = ["apple", "banana", "orange", "mango", "pear", "grape", "cherry", "peach", "plum",
+          "kiwi", "lemon", "strawberry", "pineapple", "watermelon"]
+NOT_FRUITS = ["carrot", "potato", "onion", "cabbage", "spinach", "chair", "hammer", "car",
+              "dog", "bread", "cheese", "rock", "shoe", "pencil"]
+NAMES = ["Tom", "Anna", "Ben", "Maria", "Sam", "Lucy", "Omar", "Mia", "Leo", "Sara", "Jack",
+         "Nina"]
+THINGS = ["apples", "books", "stickers", "pencils", "marbles", "cards", "balloons", "shells"]
+PRICED = {"pencil": "pencils", "apple": "apples", "notebook": "notebooks", "ticket": "tickets",
+          "cupcake": "cupcakes", "toy car": "toy cars"}
 
 Item = dict[str, Any]
 
@@ -142,41 +156,200 @@ def next_month(rng: random.Random) -> Item:
             "answer": MONTHS[(i + 1) % 12], "match": "contains"}
 
 
-KINDS: dict[str, Callable[[random.Random], Item]] = {
-    "capital": capital, "larger": larger, "sum": small_sum, "product": product,
-    "letters": letters, "bigger": bigger, "legs": legs, "opposite": opposite,
-    "next_day": next_day, "prev_day": prev_day, "next_month": next_month,
-    "difference": difference, "even": even,
+def fruit(rng: random.Random) -> Item:
+    item = rng.choice(FRUITS + NOT_FRUITS)
+    return {"question": f"Is a {item} a fruit? Answer yes or no.",
+            "answer": "yes" if item in FRUITS else "no", "match": "yesno"}
+
+
+# ------------------------------------------------------------ reasoning: short word problems
+
+def buy_more(rng: random.Random) -> Item:
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    a, b = rng.randint(2, 15), rng.randint(2, 15)
+    return {"question": f"{name} has {a} {thing} and buys {b} more. How many {thing} does "
+            f"{name} have now? Answer with the number only.", "answer": str(a + b),
+            "match": "number"}
+
+
+def cost(rng: random.Random) -> Item:
+    one = rng.choice(sorted(PRICED))
+    price, n = rng.randint(2, 9), rng.randint(2, 6)
+    return {"question": f"One {one} costs {price} dollars. How many dollars do {n} "
+            f"{PRICED[one]} cost? Answer with the number only.", "answer": str(price * n),
+            "match": "number"}
+
+
+def older(rng: random.Random) -> Item:
+    name = rng.choice(NAMES)
+    a, b = rng.randint(3, 40), rng.randint(2, 9)
+    return {"question": f"{name} is {a} years old. {name}'s cousin is {b} years older. How old "
+            f"is the cousin? Answer with the number only.", "answer": str(a + b),
+            "match": "number"}
+
+
+def eat_left(rng: random.Random) -> Item:
+    name = rng.choice(NAMES)
+    a = rng.randint(6, 20)
+    b = rng.randint(1, a - 2)
+    return {"question": f"{name} has {a} cookies and eats {b} of them. How many cookies are "
+            f"left? Answer with the number only.", "answer": str(a - b), "match": "number"}
+
+
+def two_step(rng: random.Random) -> Item:
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    a, b = rng.randint(3, 12), rng.randint(2, 9)
+    c = rng.randint(1, a + b - 1)
+    return {"question": f"{name} has {a} {thing}, gets {b} more and then gives {c} away. How "
+            f"many {thing} does {name} have now? Answer with the number only.",
+            "answer": str(a + b - c), "match": "number"}
+
+
+def taller(rng: random.Random) -> Item:
+    a, b, c = rng.sample(NAMES, 3)
+    which = rng.choice(["tallest", "shortest"])
+    return {"question": f"{a} is taller than {b}. {b} is taller than {c}. Who is the {which}? "
+            f"Answer with the name only.", "answer": a if which == "tallest" else c,
+            "match": "contains"}
+
+
+# ------------------------------------------------------------ code: what does Python say
+
+def len_str(rng: random.Random) -> Item:
+    word = rng.choice(WORDS)
+    return {"question": f"What does this Python code print? print(len('{word}')) Answer with "
+            f"the output only.", "answer": str(len(word)), "match": "number"}
+
+
+def floordiv(rng: random.Random) -> Item:
+    a, b = rng.randint(7, 60), rng.randint(2, 9)
+    return {"question": f"In Python, what is {a} // {b}? Answer with the number only.",
+            "answer": str(a // b), "match": "number"}
+
+
+def augassign(rng: random.Random) -> Item:
+    a, b = rng.randint(1, 20), rng.randint(1, 9)
+    op = rng.choice(["+=", "-=", "*="])
+    value = {"+=": a + b, "-=": a - b, "*=": a * b}[op]
+    return {"question": f"What is the value of x after this Python code runs? x = {a}; "
+            f"x {op} {b} Answer with the number only.", "answer": str(value), "match": "number"}
+
+
+def bool_cmp(rng: random.Random) -> Item:
+    a, b = rng.sample(range(1, 30), 2)
+    op = rng.choice([">", "<"])
+    value = a > b if op == ">" else a < b
+    return {"question": f"What does this Python code print? print({a} {op} {b}) Answer with the "
+            f"output only.", "answer": str(value), "match": "contains"}
+
+
+def modulo(rng: random.Random) -> Item:
+    a, b = rng.randint(7, 60), rng.randint(2, 9)
+    return {"question": f"In Python, what is {a} % {b}? Answer with the number only.",
+            "answer": str(a % b), "match": "number"}
+
+
+def list_index(rng: random.Random) -> Item:
+    xs = rng.sample(range(1, 50), 4)
+    i = rng.randrange(4)
+    return {"question": f"What does this Python code print? xs = {xs}; print(xs[{i}]) Answer "
+            f"with the output only.", "answer": str(xs[i]), "match": "number"}
+
+
+def max_list(rng: random.Random) -> Item:
+    xs = rng.sample(range(1, 100), 4)
+    return {"question": f"What does this Python code print? print(max({xs})) Answer with the "
+            f"output only.", "answer": str(max(xs)), "match": "number"}
+
+
+def concat(rng: random.Random) -> Item:
+    a, b = rng.sample(["ab", "cd", "xy", "no", "up", "go", "hi", "mo"], 2)
+    return {"question": f"What does this Python code print? print('{a}' + '{b}') Answer with "
+            f"the output only.", "answer": a + b, "match": "contains"}
+
+
+# ------------------------------------------------------------ instruction following
+
+def reply_word(rng: random.Random) -> Item:
+    word = rng.choice(WORDS).upper()
+    return {"question": f"Reply with only the word {word} in capital letters.", "answer": word,
+            "match": "exact"}
+
+
+def first_letter(rng: random.Random) -> Item:
+    word = rng.choice(WORDS)
+    return {"question": f"What is the first letter of the word '{word}'? Answer with the letter "
+            f"only.", "answer": word[0], "match": "exact"}
+
+
+def backwards(rng: random.Random) -> Item:
+    word = rng.choice([w for w in WORDS if len(w) <= 6])
+    return {"question": f"Write the word '{word}' backwards. Answer with the word only.",
+            "answer": word[::-1], "match": "exact"}
+
+
+def last_letter(rng: random.Random) -> Item:
+    word = rng.choice(WORDS)
+    return {"question": f"What is the last letter of the word '{word}'? Answer with the letter "
+            f"only.", "answer": word[-1], "match": "exact"}
+
+
+Make = Callable[[random.Random], Item]
+# kind -> (family, generator, split). The split is BY KIND: every family has kinds in both
+# splits, and no kind is in both, so the held-out split asks questions of kinds never seen
+# while calibrating. "bigger" keeps CASCADE_ANIMALS's order (its questions depend on it).
+KINDS: dict[str, tuple[str, Make, str]] = {
+    "capital": ("trivia", capital, "calib"), "legs": ("trivia", legs, "calib"),
+    "next_day": ("trivia", next_day, "calib"),
+    "opposite": ("trivia", opposite, "heldout"), "bigger": ("trivia", bigger, "heldout"),
+    "next_month": ("trivia", next_month, "heldout"), "prev_day": ("trivia", prev_day, "heldout"),
+    "fruit": ("trivia", fruit, "heldout"),
+    "sum": ("arithmetic", small_sum, "calib"), "larger": ("arithmetic", larger, "calib"),
+    "letters": ("arithmetic", letters, "calib"),
+    "product": ("arithmetic", product, "heldout"),
+    "difference": ("arithmetic", difference, "heldout"), "even": ("arithmetic", even, "heldout"),
+    "buy_more": ("reasoning", buy_more, "calib"), "cost": ("reasoning", cost, "calib"),
+    "older": ("reasoning", older, "calib"),
+    "eat_left": ("reasoning", eat_left, "heldout"), "two_step": ("reasoning", two_step, "heldout"),
+    "taller": ("reasoning", taller, "heldout"),
+    "len_str": ("code", len_str, "calib"), "floordiv": ("code", floordiv, "calib"),
+    "augassign": ("code", augassign, "calib"), "bool_cmp": ("code", bool_cmp, "calib"),
+    "modulo": ("code", modulo, "heldout"), "list_index": ("code", list_index, "heldout"),
+    "max_list": ("code", max_list, "heldout"), "concat": ("code", concat, "heldout"),
+    "reply_word": ("instruction", reply_word, "calib"),
+    "first_letter": ("instruction", first_letter, "calib"),
+    "backwards": ("instruction", backwards, "heldout"),
+    "last_letter": ("instruction", last_letter, "heldout"),
 }
 
 
+def family(kind: str) -> str:
+    return KINDS[kind][0]
+
+
 def generate(per_kind: int, seed: int) -> tuple[list[Item], list[Item]]:
-    """``per_kind`` distinct questions of each kind, half to calibration, half held out."""
+    """Up to ``per_kind`` distinct questions of each kind (fewer where a kind has fewer), in
+    the split its kind belongs to."""
     rng = random.Random(seed)
-    calib: list[Item] = []
-    heldout: list[Item] = []
-    for kind, make in KINDS.items():
+    splits: dict[str, list[Item]] = {"calib": [], "heldout": []}
+    for kind, (_, make, split) in KINDS.items():
         seen: dict[str, Item] = {}
         for _ in range(per_kind * 50):
             if len(seen) == per_kind:
                 break
             item = make(rng)
             seen.setdefault(item["question"], {"kind": kind, **item})
-        items = list(seen.values())
+        splits[split] += seen.values()
+    for name, items in splits.items():
         rng.shuffle(items)
-        half = len(items) // 2
-        calib += items[:half]
-        heldout += items[half:]
-    for split, name in ((calib, "c"), (heldout, "h")):
-        rng.shuffle(split)
-        for i, item in enumerate(split):
-            item["id"] = f"{name}{i:03d}"
-    return calib, heldout
+        for i, item in enumerate(items):
+            item["id"] = f"{name[0]}{i:03d}"
+    return splits["calib"], splits["heldout"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--per-kind", type=int, default=40)
+    ap.add_argument("--per-kind", type=int, default=10)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--out", default=os.path.join(HERE, "data"))
     args = ap.parse_args()
@@ -187,7 +360,9 @@ def main() -> None:
             for item in items:
                 f.write(json.dumps({"id": item["id"], **{k: v for k, v in item.items()
                                                           if k != "id"}}) + "\n")
-        print(f"{name}: {len(items)} questions")
+        kinds = sorted({item["kind"] for item in items}, key=lambda k: (family(k), k))
+        print(f"{name}: {len(items)} questions, {len(kinds)} kinds: " + ", ".join(
+            f"{k} ({sum(item['kind'] == k for item in items)})" for k in kinds))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from _lkn import running_lkn  # noqa: E402
-from cascade_questions import CAPITALS as CASCADE_CAPITALS, SIZES  # noqa: E402
+from cascade_questions import (  # noqa: E402
+    CAPITALS as CASCADE_CAPITALS, FRUITS, NOT_FRUITS, SIZES)
 from lkn.homeostat.probe import aggregate, answer_position, normalized_entropy  # noqa: E402
 
 # One source of facts for both question sets (probe_value asks about the first 50 capitals)
@@ -42,10 +43,6 @@ CAPITALS = {country: (city if isinstance(city, str) else city[0])
             for country, city in list(CASCADE_CAPITALS.items())[:50]}
 ALIASES = {city[0]: tuple(a.lower() for a in city[1:])
            for city in CASCADE_CAPITALS.values() if not isinstance(city, str)}
-FRUITS = ["apple", "banana", "orange", "mango", "pear", "grape", "cherry", "peach", "plum",
-          "kiwi", "lemon", "strawberry", "pineapple", "watermelon"]
-NOT_FRUITS = ["carrot", "potato", "onion", "cabbage", "spinach", "chair", "hammer", "car",
-              "dog", "bread", "cheese", "rock", "shoe", "pencil"]
 
 
 def questions(seed: int, limit: int) -> list[dict[str, Any]]:
