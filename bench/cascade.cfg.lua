@@ -20,10 +20,14 @@ models = {
     default_max_tokens = 64,
     args = { "--threads", 1 },
     -- Answer-then-decide, chosen by bench/cascade_signals.py on bench/data/cascade_calib.jsonl
-    -- and calibrated there with `lkn calibrate --share 0.5` (see bench/RESULTS.md, "Confidence
-    -- cascade"): the probe lets SmolLM2 write up to 16 tokens of its answer with top-10
-    -- logprobs; the median of the per-token normalized entropies is the score; at or above the
-    -- threshold the request goes to "strong".
+    -- (the median token entropy of a 16-token answer was still the best signal there that
+    -- costs nothing beyond the answer; see bench/RESULTS.md, "A cascade that pays"): the probe
+    -- lets SmolLM2 write up to 16 tokens of its answer with top-10 logprobs; the median of the
+    -- per-token normalized entropies is the score; at or above the threshold the request goes
+    -- to "strong". A kept request continues from the probe's answer (or is it, when the probe
+    -- wrote it all). analytic_share holds half the requests ANALYTIC on whatever traffic comes;
+    -- until 32 scores are in, the threshold `lkn calibrate --share 0.5` found on the
+    -- calibration kinds decides.
     homeostasis = {
       mode = "homeostatic",
       intervention = "escalate",
@@ -32,7 +36,8 @@ models = {
       probe_tokens = 16,
       probe_score = "entropy",
       probe_aggregate = "q50",
-      threshold = 0.3684,
+      threshold = 0.4302,
+      analytic_share = 0.5,
       probe_timeout_s = 10,
     },
   },

@@ -153,15 +153,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="only the first N questions")
     ap.add_argument("--stream", type=int, default=40, help="streamed questions for the TTFT")
     ap.add_argument("--port", type=int, default=21080)
+    ap.add_argument("--config", default=CONFIG, help="the cascade's lkn config")
+    ap.add_argument("--tag", default="", help="suffix of the output files (another config)")
     args = ap.parse_args()
     qs = load("cascade_heldout.jsonl")
     if args.limit:
         qs = qs[:args.limit]
-    h = load_config(CONFIG).resolve("small").homeostasis  # type: ignore[union-attr]
+    h = load_config(args.config).resolve("small").homeostasis  # type: ignore[union-attr]
     os.makedirs(OUT, exist_ok=True)
     address = f"127.0.0.1:{args.port}"
     base = f"http://{address}"
-    argv = [sys.executable, "-m", "lkn", "serve", "--config", CONFIG, "--listen", address]
+    argv = [sys.executable, "-m", "lkn", "serve", "--config", args.config, "--listen", address]
     rows: list[dict[str, Any]] = []
     ttft: dict[str, list[float]] = {"small only": [], "cascade, kept": [],
                                     "cascade, escalated": [], "strong only": []}
@@ -190,13 +192,14 @@ def main() -> None:
             ttft["cascade, kept" if used == "small" else "cascade, escalated"].append(seconds)
         for q in streamed:
             ttft["strong only"].append(first_byte(base, "strong", q, {"mode": "passthrough"})[0])
-    with open(os.path.join(OUT, "cascade.jsonl"), "w") as f:
+    with open(os.path.join(OUT, f"cascade{args.tag}.jsonl"), "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    report(rows, ttft, h)
+    report(rows, ttft, h, args.tag)
 
 
-def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> None:
+def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any,
+           tag: str = "") -> None:
     n = len(rows)
     small = np.array([r["small"]["right"] for r in rows])
     strong = np.array([r["strong"]["right"] for r in rows])
@@ -212,7 +215,8 @@ def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> 
           f"Qwen2.5-Coder-1.5B Q4_K_M, llama-server --threads 1 each, temperature 0, "
           f"max_tokens 16")
     print(f"cascade signal: probe_tokens {h.probe_tokens}, probe_score {h.probe_score}, "
-          f"probe_aggregate {h.probe_aggregate}, threshold {h.threshold}")
+          f"probe_aggregate {h.probe_aggregate}, threshold {h.threshold}, analytic_share "
+          f"{h.analytic_share}, verifier {h.verifier}")
     ms = compute_ms(rows)
     base = ms["strong"].sum()
     sp, sd, gp, gd = ms["per_token"]
@@ -296,11 +300,11 @@ def report(rows: list[dict[str, Any]], ttft: dict[str, list[float]], h: Any) -> 
         for name, v in ttft.items():
             if v:
                 print(f"| {name} | {len(v)} | {np.median(v):.3f} | {np.percentile(v, 90):.3f} |")
-    plot(pts, small, strong, casc, share, perfect)
+    plot(pts, small, strong, casc, share, perfect, tag)
 
 
 def plot(pts: list[Any], small: np.ndarray, strong: np.ndarray, casc: np.ndarray,
-         share: float, perfect: np.ndarray) -> None:
+         share: float, perfect: np.ndarray, tag: str = "") -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -323,7 +327,7 @@ def plot(pts: list[Any], small: np.ndarray, strong: np.ndarray, casc: np.ndarray
     ax.set_ylabel("accuracy (held-out)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = os.path.join(OUT, "cascade.png")
+    path = os.path.join(OUT, f"cascade{tag}.png")
     fig.savefig(path, dpi=110)
     print(f"\nplot: {path}")
 

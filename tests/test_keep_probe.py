@@ -46,6 +46,11 @@ def probe(text: str | None = " Paris is", finish: str | None = "length", n: int 
     ("chat", {"messages": MSG, "stop": ["is over"]}, probe(), "straddle"),
     ("chat", {"messages": MSG, "stop": "s\n"}, probe(), "straddle"),
     ("chat", {"messages": MSG, "stop": ["\n\n", "END"]}, probe(), None),
+    ("chat", {"messages": MSG, "seed": 3, "temperature": 0.7}, probe(), "seeded sample"),
+    ("chat", {"messages": MSG, "seed": 3, "temperature": 0}, probe(), None),
+    ("chat", {"messages": MSG, "frequency_penalty": 0.5}, probe(), "frequency_penalty"),
+    ("chat", {"messages": MSG, "frequency_penalty": 0}, probe(), None),
+    ("completions", {"prompt": "x", "min_tokens": 4}, probe(), "min_tokens"),
 ])
 def test_which_requests_keep_the_probes_answer(route: str, body: dict[str, Any],
                                                result: ProbeResult, reason: str | None) -> None:
@@ -93,7 +98,7 @@ def test_the_probes_text_is_kept_only_when_its_tokens_spell_it() -> None:
 
 
 def test_a_whole_answer_is_the_probes_text_then_the_continuation_once_counted() -> None:
-    stitched = Continued("chat", probe())
+    stitched = Continued("chat", probe(), repeated=True)
     echoed = {"choices": [{"message": {"content": " Paris is the capital."},
                            "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
@@ -109,6 +114,25 @@ def test_a_whole_answer_is_the_probes_text_then_the_continuation_once_counted() 
     alone = json.loads(Continued("chat", probe(finish="stop")).probe_answer())
     assert alone["choices"][0]["message"]["content"] == " Paris is"
     assert "logprobs" not in alone["choices"][0]
+
+
+def test_an_engine_that_does_not_repeat_the_text_loses_none_of_its_answer() -> None:
+    # SGLang and llama-server's completions answer only what follows: a first piece that
+    # happens to start like the probe's text is the answer's, not a repeat
+    loops = probe(text=" 1, 1,")
+    whole = {"choices": [{"text": " 1, 1, 2", "finish_reason": "stop"}]}
+    out = json.loads(Continued("completions", loops).stitch(json.dumps(whole).encode()))
+    assert out["choices"][0]["text"] == " 1, 1, 1, 1, 2"
+
+    async def run() -> list[Any]:
+        async def source() -> AsyncIterator[bytes]:
+            for piece in (" 1", ",", " 2"):
+                yield b"data: " + json.dumps({"choices": [{"index": 0, "text": piece}]}
+                                             ).encode() + b"\n\n"
+        return events(b"".join([c async for c in Continued("completions", loops)
+                                .stream(source())]))
+
+    assert "".join(e["choices"][0]["text"] for e in asyncio.run(run())) == " 1, 1, 1, 2"
 
 
 def events(raw: bytes) -> list[Any]:
@@ -133,7 +157,8 @@ def test_a_stream_opens_with_the_probes_text_and_goes_on_under_one_id() -> None:
             yield piece
 
     async def run() -> bytes:
-        return b"".join([c async for c in Continued("chat", probe()).stream(source())])
+        return b"".join([c async for c in Continued("chat", probe(), repeated=True)
+                         .stream(source())])
 
     raw = asyncio.run(run())
     out = events(raw)

@@ -24,7 +24,10 @@ SCORES = [i / 100 for i in range(100)]  # 0.00 .. 0.99
     (SCORES, 1.0, 0.42, 0.00),                         # everything
     (SCORES, 0.0, 0.42, math.nextafter(0.99, 1.0)),    # nothing
     (SCORES[::-1], 0.25, 0.42, 0.75),                  # order does not matter
-    ([0.3] * 40, 0.5, 0.9, 0.3),                       # ties: all at the threshold count
+    ([0.3] * 40, 0.5, 0.9, math.nextafter(0.3, 1.0)),  # all tied: none rather than all
+    ([0.0] * 30 + SCORES[50:80], 0.5, 0.9, 0.50),      # greedy answers at 0: the top half
+    ([0.0] * 45 + [0.5] * 15, 0.2, 0.9, 0.5),          # the tie nearer the share (25 % > 0 %)
+    ([0.0] * 20 + [0.5] * 40, 0.5, 0.9, math.nextafter(0.5, 1.0)),  # 67 % vs 0 %: as near
 ])
 def test_the_threshold_that_holds_a_share(scores: list[float], share: float, fallback: float,
                                           expected: float) -> None:

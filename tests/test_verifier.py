@@ -41,7 +41,8 @@ def test_the_verification_request_carries_only_the_conversation() -> None:
                    "messages": [*MSG, {"role": "assistant", "content": " 4"},
                                 {"role": "user", "content": "Right? yes or no"}]}
     raw = verification_body("completions", {"model": "m", "prompt": "2+2="}, "4", "Q")
-    assert raw["messages"][0] == {"role": "user", "content": "2+2="}
+    assert raw is not None and raw["messages"][0] == {"role": "user", "content": "2+2="}
+    assert verification_body("completions", {"prompt": [15339, 13]}, "4", "Q") is None
 
 
 def test_a_verifier_must_name_a_model(tmp_path: Path) -> None:

@@ -262,6 +262,11 @@ class EngineClient(ABC):
     # prefill, say): kept requests of this engine are generated again from then on.
     continuation_refused = False
 
+    def repeats_prefill(self, route: str) -> bool:
+        """Whether this engine's answer to a ``continuation`` starts with the probe's text
+        again (then the relay strips it)."""
+        return False
+
     def continuation(self, route: str, payload: dict[str, Any],
                      probe: ProbeResult) -> dict[str, Any] | None:
         """``payload`` (prepared for this engine) asking to continue the answer the probe began

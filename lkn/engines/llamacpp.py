@@ -192,10 +192,14 @@ class LlamaCppEngine(EngineClient):
                                   self.prepare_body(route, body), route, top_k, n_tokens,
                                   headers=self.headers(), extra={"cache_prompt": True})
 
+    def repeats_prefill(self, route: str) -> bool:
+        # server: the chat answer's content (and the first streamed delta) holds the prefill
+        return route == "chat"
+
     def continuation(self, route: str, payload: dict[str, Any],
                      probe: ProbeResult) -> dict[str, Any] | None:
         """Chat: the probe's text as a final assistant message, which llama-server continues
-        (it renders the template's generation prompt, then the text; its answer may repeat the
+        (it renders the template's generation prompt, then the text; its answer repeats the
         text, which the relay strips). Completions: the prompt followed by the probe's token
         ids (a mixed prompt is one prompt to llama-server), so the continuation sees the very
         tokens the probe generated, not a re-tokenization across the prompt's end. Either way

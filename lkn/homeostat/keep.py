@@ -18,7 +18,11 @@ from lkn.fleet.selector import explicit_answer_budget
 # Set (not None, not False, not 0), any of these makes the answer more than plain continued text.
 SHAPING_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format",
                   "grammar", "json_schema", "logprobs", "top_logprobs", "n_probs", "echo",
-                  "suffix", "best_of", "logit_bias")
+                  "suffix", "best_of", "logit_bias",
+                  # penalties that count generated tokens (the probe's become prompt), a floor
+                  # on the answer's length (counted again), llama-server's own budget
+                  "presence_penalty", "frequency_penalty", "repetition_penalty",
+                  "repeat_penalty", "dry_multiplier", "min_tokens", "n_predict")
 
 
 def _stops(body: dict[str, Any]) -> list[str]:
@@ -47,6 +51,8 @@ def why_not(route: str, body: dict[str, Any], probe: ProbeResult) -> str | None:
     for name in SHAPING_FIELDS:
         if body.get(name) not in (None, False, 0, [], {}):
             return f"the request sets {name}"
+    if body.get("seed") is not None and body.get("temperature") != 0:
+        return "a seeded sample (the seed would restart at the seam)"
     if straddles(probe.text, _stops(body)):
         return "a stop string could straddle the probe's end"
     return None

@@ -6,6 +6,7 @@ follows the scores lkn sees holds the share, and with it the cost, on any traffi
 labels. Until the window holds ``MIN_SCORES`` the configured threshold decides."""
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -31,15 +32,24 @@ class ScoreWindow:
     def threshold(self, share: float, fallback: float) -> float:
         """The score at or above which ``share`` of the window lies (the configured
         ``fallback`` while the window is short). Share 0: nothing is escalated (a threshold
-        above every score seen); ties at the threshold all count as at or above it."""
+        above every score seen)."""
         n = len(self._scores)
         if n < MIN_SCORES:
             return fallback
         ranked = sorted(self._scores)
-        k = n - math.floor(share * n + 1e-9)  # the lowest index of the top share
+        wanted = share * n
+        k = n - math.floor(wanted + 1e-9)  # the lowest index of the top share
         if k >= n:
             return math.nextafter(ranked[-1], math.inf)
-        return ranked[k]
+        value = ranked[k]
+        # Ties at the threshold: all of them are at or above it, or none. The count nearer
+        # the share wins, the smaller one when both are as near (a run of equal scores, say
+        # greedy answers at entropy 0, must not send every request to the strong model).
+        at_or_above = n - bisect.bisect_left(ranked, value)
+        above = n - bisect.bisect_right(ranked, value)
+        if abs(at_or_above - wanted) < abs(above - wanted):
+            return value
+        return math.nextafter(value, math.inf)
 
 
 class ScoreWindows:

@@ -14,16 +14,20 @@ UNDECIDED = 0.5  # the verifier said neither yes nor no among its top candidates
 
 
 def verification_body(route: str, body: dict[str, Any], answer: str,
-                      question: str) -> dict[str, Any]:
+                      question: str) -> dict[str, Any] | None:
     """The verifier's chat request: the client's conversation (a raw prompt as the user's
     message), the answer as the assistant's, then the question; greedy. Only the messages
-    travel: tools, formats and sampling settings are the answer's, not the judgement's."""
+    travel: tools, formats and sampling settings are the answer's, not the judgement's. None
+    for a prompt of token ids (another model's ids mean nothing to the verifier)."""
     if route == "chat":
         messages = list(body.get("messages") or [])
     else:
         prompt = body.get("prompt")
-        messages = [{"role": "user", "content": prompt if isinstance(prompt, str) else
-                     str(prompt[0]) if isinstance(prompt, list) and prompt else ""}]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            prompt = prompt[0]  # a batch is answered by its first prompt's probe
+        if not isinstance(prompt, str):
+            return None
+        messages = [{"role": "user", "content": prompt}]
     return {"model": body.get("model"), "temperature": 0,
             "messages": [*messages, {"role": "assistant", "content": answer},
                          {"role": "user", "content": question}]}

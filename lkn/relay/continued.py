@@ -24,12 +24,13 @@ from lkn.sse import DONE, EventSplitter, SSEParser, frame, frame_json
 
 
 class Continued:
-    def __init__(self, route: str, probe: ProbeResult) -> None:
+    def __init__(self, route: str, probe: ProbeResult, repeated: bool = False) -> None:
+        """``repeated``: the engine's answer starts with the probe's text again."""
         assert probe.text is not None and probe.answer is not None
         self.route = route
         self.probe = probe
         self.text: str = probe.text
-        self._echo = self.text  # what the continuation may still repeat of the probe's text
+        self._echo = self.text if repeated else ""  # what is still to strip of the repeat
         answer = probe.answer
         self._head = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")
                       if k in answer}
@@ -55,6 +56,7 @@ class Continued:
             return raw  # not an answer: relayed as the engine wrote it
         holder[self._field] = self.text + self._strip(rest if isinstance(rest, str) else "")
         self._count(data.get("usage"))
+        self._time(data.get("timings"))
         return fastjson.dumps(data)
 
     # ------------------------------------------------------------ streams
@@ -114,6 +116,7 @@ class Continued:
             return frame(data)  # [DONE], an error: as the engine sent it
         obj.update(self._head)
         self._count(obj.get("usage"))
+        self._time(obj.get("timings"))
         choices = obj.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]
@@ -130,7 +133,8 @@ class Continued:
 
     # ------------------------------------------------------------ shared
     def _strip(self, piece: str) -> str:
-        """``piece`` without the part of the probe's text the engine repeats."""
+        """``piece`` without the part of the probe's text the engine repeats (an engine that
+        repeats it: the first pieces of its answer spell it, whole or in parts)."""
         echo = self._echo
         if not echo:
             return piece
@@ -140,7 +144,7 @@ class Continued:
         if echo.startswith(piece):
             self._echo = echo[len(piece):]
             return ""
-        self._echo = ""  # the engine does not repeat it
+        self._echo = ""  # not the repeat after all: nothing of the answer is dropped
         return piece
 
     def _count(self, usage: Any) -> None:
@@ -159,3 +163,19 @@ class Continued:
         if isinstance(usage.get("prompt_tokens"), int) and isinstance(
                 usage.get("completion_tokens"), int):
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+
+    def _time(self, timings: Any) -> None:
+        """llama-server's timings of the whole answer: the probe's generation and the
+        continuation's (tokens per second stay the engine's, not twice as fast)."""
+        mine = (self.probe.answer or {}).get("timings")
+        if not isinstance(timings, dict) or not isinstance(mine, dict):
+            return
+        values = [t.get(k) for t in (timings, mine) for k in ("predicted_n", "predicted_ms")]
+        if not all(isinstance(v, (int, float)) for v in values):
+            return
+        n, ms, pn, pms = values
+        timings["predicted_n"], timings["predicted_ms"] = n + pn, ms + pms  # type: ignore[operator]
+        if timings["predicted_n"] and timings["predicted_ms"]:
+            timings["predicted_per_token_ms"] = timings["predicted_ms"] / timings["predicted_n"]
+            timings["predicted_per_second"] = 1000 * timings["predicted_n"] / \
+                timings["predicted_ms"]

@@ -44,6 +44,10 @@ from lkn.sse import EventTooLarge, frame_json
 
 log = logging.getLogger("lkn.request.forward")
 
+# What an engine answers a continuation it will not make (a template that refuses an assistant
+# prefill); any other error is the engine's answer, as for any request.
+REFUSED_CONTINUATION = (400, 422)
+
 
 def write_deadline(state: GatewayState, server: ServerConfig, outcome: Outcome) -> WriteDeadline:
     """The deadline of each write to this request's client; a stall counts for its model."""
@@ -76,7 +80,7 @@ class Forwarder:
         forced = ForcedToolCall.of(route, body, client)
         if forced is not None:
             payload = forced.prepare(payload)
-        plan = None if kept is None else kept.plan(client, payload,
+        plan = None if kept is None else kept.plan(lease, payload,
                                                    client.prepare_body(route, body))
         continued: Continued | None = None
         original = payload
@@ -97,7 +101,7 @@ class Forwarder:
         timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
         sent = time.monotonic()
         upstream = await self._send(lease, route, payload, timeout)
-        if continued is not None and upstream.status >= 400:
+        if continued is not None and upstream.status in REFUSED_CONTINUATION:
             # The engine will not continue (a template that refuses an assistant prefill):
             # the request is generated again, as it came, and so are this engine's next ones.
             async with upstream:

@@ -39,7 +39,8 @@ class Host(Protocol):
     def decline_cache(self) -> None: ...
 
     async def lease(self, model: ModelConfig, route: str, body: dict[str, Any],
-                    backends: Backends, arrived: float | None = None) -> Lease: ...
+                    backends: Backends, arrived: float | None = None,
+                    facts: Outcome | None = None) -> Lease: ...
 
 
 async def homeostat(host: Host, route: str, body: dict[str, Any], lease: Lease,
@@ -52,13 +53,21 @@ async def homeostat(host: Host, route: str, body: dict[str, Any], lease: Lease,
         settings = replace(settings, threshold=window.threshold(settings.analytic_share,
                                                                 settings.threshold))
     reading = await gate.probe(state.session, lease, route, body, settings)
+    probed = lease  # the engine whose prompt cache holds the probe's answer
     judge: Lease | None = None
-    if settings.verifier is not None and reading.result is not None and \
-            reading.result.text is not None:
-        lease.release()  # the verifier may need this engine's place
-        judge, reading = await verify(
-            state, host.tenancy, route, body, settings, reading,
-            lambda target: host.lease(target, route, body, backends, outcome.queued_at))
+    # the verifier's lease learns its facts here; they become the request's if it answers
+    judged = Outcome(outcome.request_id, client_key=outcome.client_key,
+                     priority=outcome.priority, queued_at=outcome.queued_at)
+    if settings.verifier is not None and reading.result is not None:
+        if reading.result.text is None:  # nothing the verifier could read: no score at all
+            reading = replace(reading, score=None, failure="the probe's answer is not plain "
+                              "text for the verifier")
+        else:
+            lease.release()  # the verifier may need this engine's place
+            judge, reading = await verify(
+                state, host.tenancy, route, body, settings, reading,
+                lambda target: host.lease(target, route, body, backends, outcome.queued_at,
+                                          judged))
     verdict = gate.decide(settings, reading)
     if window is not None and reading.score is not None:
         window.observe(reading.score)
@@ -82,7 +91,8 @@ async def homeostat(host: Host, route: str, body: dict[str, Any], lease: Lease,
             lease = await host.lease(model, route, sized_body(route, body, settings), backends,
                                      outcome.queued_at)
         # the request goes as the probe saw it: its answer continues from the probe's
-        kept = Kept.of(route, body, reading.result, reading.tokens) if sent is body else None
+        kept = Kept.of(route, body, reading.result, reading.tokens, probed) \
+            if sent is body else None
         return Gated(sent, lease, model, kept)
     lease.release()
     outcome.escalated_from = model.name
@@ -90,7 +100,8 @@ async def homeostat(host: Host, route: str, body: dict[str, Any], lease: Lease,
     state.metrics.escalations.inc(model.name, target.name)
     if host.stream.loading is not None:
         host.stream.loading.model = target  # progress names what it now waits for
-    if judge is not None and judge.record.model.name == target.name and not judge.released:
+    if judge is not None and judge.record.model.public == target.name and not judge.released:
+        outcome.take_engine(judged)
         return Gated(sent, judge, target)  # its prompt cache holds the verification's prefix
     if judge is not None:
         judge.release()

@@ -326,10 +326,14 @@ class RequestHandler:
             lease.release()
 
     async def lease(self, model: ModelConfig, route: str, body: dict[str, Any],
-                     backends: Backends, arrived: float | None = None) -> Lease:
+                     backends: Backends, arrived: float | None = None,
+                     facts: Outcome | None = None) -> Lease:
+        """Lease an engine of ``model`` for ``body``; what the lease learns (model, variant,
+        prompt count) goes into the request's outcome, or ``facts`` for a lease that may not
+        answer (the verifier's: it waits without the loading feedback too)."""
         inbound = self.inbound
-        lease = await lease_engine(self.state, model, route, body, self.outcome,
-                                   self.stream.loading, backends, arrived,
+        lease = await lease_engine(self.state, model, route, body, facts or self.outcome,
+                                   None if facts else self.stream.loading, backends, arrived,
                                    min_ctx=inbound.min_ctx,
                                    budget_binding=inbound.answer_budget_binding)
         # The operator's last residency wish rules (Ollama's way); a request of theirs without

@@ -64,6 +64,5 @@ async def lease_demand(state: GatewayState, model: ModelConfig, demand: Demand,
     lease = await (acquiring if loading is None else loading.wait(acquiring))
     state.metrics.queue_seconds.observe(time.monotonic() - waited, model.name)
     outcome.variant = lease.client.variant.ctx_size
-    if lease.record.model.parent is not None:
-        outcome.backend = lease.record.model.name
+    outcome.backend = lease.record.model.name if lease.record.model.parent is not None else None
     return lease

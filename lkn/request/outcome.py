@@ -50,6 +50,11 @@ class Outcome:
         self.verifier_prefill = None
         self.probe_kept = 0
 
+    def take_engine(self, other: Outcome) -> None:
+        """What ``other``'s lease learned, now this request's (the verifier's lease answers)."""
+        self.model, self.variant, self.backend = other.model, other.variant, other.backend
+        self.prompt_tokens, self.counted_by = other.prompt_tokens, other.counted_by
+
     def note_probe(self, probe: ProbeResult | None, verifier: ProbeResult | None) -> None:
         """What the decision cost: the probe's tokens, the verifier's prefill."""
         if probe is not None:

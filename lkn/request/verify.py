@@ -38,6 +38,8 @@ async def verify(state: GatewayState, tenancy: Tenancy, route: str, body: dict[s
         tenancy.skipped("verifier", target)
         return None, replace(reading, score=None, failure="the key may not use the verifier")
     question = verification_body(route, body, reading.result.text, settings.verifier_question)
+    if question is None:
+        return None, replace(reading, score=None, failure="the verifier reads no token ids")
     started = time.monotonic()
     judge: Lease | None = None
     try:
@@ -52,6 +54,10 @@ async def verify(state: GatewayState, tenancy: Tenancy, route: str, body: dict[s
         failure = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
         return None, replace(reading, score=None, failure=f"the verifier {target.name} "
                              f"failed: {failure}")
+    except BaseException:  # the client left, or the unexpected: the lease is not kept
+        if judge is not None:
+            judge.release()
+        raise
     if not result.positions:
         judge.release()
         return None, replace(reading, score=None, failure=f"the verifier {target.name} gave "
