@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +57,31 @@ def test_two_lkn_nodes_behind_sgl_router_survive_one_killed(tmp_path: Path,
             client.chat.completions.create(model="m", messages=MSG)  # engines warm
             client.chat.completions.create(model="m", messages=MSG)
 
-            def ask(i: int) -> str:
+            killed_at: list[float] = []
+
+            def ask(i: int) -> tuple[float, str | None]:
                 if i == 15:
+                    killed_at.append(time.monotonic())
                     one.send_signal(signal.SIGKILL)
+                started = time.monotonic()
                 stream = i % 2 == 0
-                answer = client.chat.completions.create(model="m", messages=MSG,
-                                                        stream=stream)
-                if stream:
-                    return "".join(c.choices[0].delta.content or "" for c in answer
-                                   if c.choices)
-                return answer.choices[0].message.content or ""
+                try:
+                    answer = client.chat.completions.create(model="m", messages=MSG,
+                                                            stream=stream)
+                    if stream:
+                        return started, "".join(c.choices[0].delta.content or ""
+                                                for c in answer if c.choices)
+                    return started, answer.choices[0].message.content or ""
+                except openai.APIError:  # the SDK's connection errors included
+                    return started, None
 
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(ask, range(40)))
-            assert answers == [" w0 w1 w2 w3"] * 40
+            # Only an answer the killed node was giving at that moment may break (a stream
+            # whose bytes went out cannot move); every request sent after is answered whole.
+            assert all(text == " w0 w1 w2 w3" or (text is None and started < killed_at[0])
+                       for started, text in answers), answers
+            assert sum(text is None for _, text in answers) <= 8
             # the router's HTTP/2 probe of each connection is not logged as an lkn error
             assert "Traceback" not in (tmp_path / "b.log").read_text()
         finally:
