@@ -41,6 +41,7 @@ from _lkn import child, wait_until_up  # noqa: E402
 from lkn.homeostat.answers import matches  # noqa: E402
 from lkn.homeostat.calibration import auroc, curve  # noqa: E402
 from lkn.config import load_config  # noqa: E402
+from lkn.request.outcome import parse_probe_cost  # noqa: E402
 
 CONFIG = os.path.join(HERE, "cascade.cfg.lua")
 OUT = os.path.join(HERE, "out")
@@ -75,22 +76,13 @@ def ask(base: str, model: str, q: dict[str, Any], lkn: dict[str, Any] | None) ->
     return {"text": text, "right": matches(q["match"], q["answer"], text),
             "seconds": time.perf_counter() - t0, "model": headers.get("x-lkn-model"),
             "score": float(headers["x-lkn-entropy"]) if "x-lkn-entropy" in headers else None,
-            "mode": headers.get("x-lkn-mode"), "cost": probe_cost(headers.get("x-lkn-probe-cost")),
+            "mode": headers.get("x-lkn-mode"),
+            "cost": parse_probe_cost(headers.get("x-lkn-probe-cost")),
             # what the answering call made its engine do (llama-server's timings)
             "prompt_n": timings.get("prompt_n"), "predicted_n": timings.get("predicted_n"),
             "prefill_ms": timings.get("prompt_per_token_ms"),
             "decode_ms": timings.get("predicted_per_token_ms"),
             "completion_tokens": usage.get("completion_tokens")}
-
-
-def probe_cost(header: str | None) -> dict[str, int]:
-    """``x-lkn-probe-cost`` as numbers: prefill, decode, kept, verifier_prefill, ..."""
-    out: dict[str, int] = {}
-    for part in (header or "").split(","):
-        name, _, value = part.strip().partition("=")
-        if value.isdigit():
-            out[name] = int(value)
-    return out
 
 
 def per_token_ms(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:

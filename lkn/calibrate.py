@@ -33,6 +33,7 @@ from lkn.homeostat.calibration import Point, auroc, bootstrap, curve, threshold_
 from lkn.homeostat.calibration import threshold_for_share
 from lkn.config import Config, load_config
 from lkn.errors import ConfigError
+from lkn.request.outcome import parse_probe_cost
 
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -114,7 +115,8 @@ async def measure(cfg: Config, model: str, strong: str | None,
                 score = headers.get("x-lkn-entropy")
                 row = {"question": q["question"], "answer": text,
                        "score": None if score is None else float(score),
-                       "right": matches(q["match"], q["answer"], text)}
+                       "right": matches(q["match"], q["answer"], text),
+                       "cost": parse_probe_cost(headers.get("x-lkn-probe-cost"))}
                 if strong is not None:
                     stext, _ = await _ask(session, url, strong, q["question"], max_tokens,
                                           {"mode": "passthrough", "cache": False})
@@ -180,6 +182,16 @@ def report(rows: Sequence[dict[str, Any]], share: float | None,
     lo, hi, _, _ = bootstrap(scores, wrong)
     lines.append(f"AUROC of the score for a wrong answer: {a:.3f} (95 % bootstrap "
                  f"[{lo:.3f}, {hi:.3f}])")
+    costs = [r["cost"] for r in rows if r.get("cost")]
+    if costs:
+        def mean(name: str) -> float:
+            return float(np.mean([c.get(name, 0) for c in costs]))
+        line = (f"what the decision cost per request (x-lkn-probe-cost): {mean('prefill'):.1f} "
+                f"prompt tokens prefilled and {mean('decode'):.1f} tokens decoded by the model")
+        if any("verifier_prefill" in c for c in costs):
+            line += (f", {mean('verifier_prefill'):.1f} prefilled and "
+                     f"{mean('verifier_decode'):.1f} decoded by the verifier")
+        lines.append(line)
     points = scored.points()
     header = f"{'escalate':>9}{'threshold':>11}{'kept acc':>10}"
     header += "" if scored.strong is None else f"{'cascade acc':>13}"

@@ -4,6 +4,7 @@ report names the AUROC, the table and the picked threshold."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,9 @@ def test_calibrate_reports_the_signal_and_the_threshold_for_a_share(
     assert "accuracy of the model: 0.500; of the strong model: 0.500" in out
     # the fake gives every question the same score (a tie of its top two: margin 1.0)
     assert "AUROC of the score for a wrong answer: 0.500" in out
+    # the fake reports no cached tokens: each probe prefilled its whole prompt, decoded 4
+    assert re.search(r"what the decision cost per request \(x-lkn-probe-cost\): \d+\.\d "
+                     r"prompt tokens prefilled and 4\.0 tokens decoded by the model\n", out)
     # tied scores escalate together: 50 % is out of reach without escalating all, so none is
     picked = out.split("for at most 50% escalated:")[1]
     assert "      0%     1.0000     0.500        0.500" in picked

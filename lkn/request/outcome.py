@@ -95,3 +95,14 @@ class Outcome:
                 out[name] = value
         out.update(self.extra_headers)
         return out
+
+
+def parse_probe_cost(header: str | None) -> dict[str, int]:
+    """``x-lkn-probe-cost`` back as numbers (``prefill``, ``decode``, ``kept``,
+    ``verifier_prefill``, ``verifier_decode``); an unknown count (``?``) is left out."""
+    out: dict[str, int] = {}
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if value.isdigit():
+            out[name] = int(value)
+    return out
