@@ -51,6 +51,8 @@ def probe(text: str | None = " Paris is", finish: str | None = "length", n: int 
     ("chat", {"messages": MSG, "frequency_penalty": 0.5}, probe(), "frequency_penalty"),
     ("chat", {"messages": MSG, "frequency_penalty": 0}, probe(), None),
     ("completions", {"prompt": "x", "min_tokens": 4}, probe(), "min_tokens"),
+    ("completions", {"prompt": ["x", "y"]}, probe(), "a batch or token-id prompt"),
+    ("completions", {"prompt": [1, 2]}, probe(), "a batch or token-id prompt"),
 ])
 def test_which_requests_keep_the_probes_answer(route: str, body: dict[str, Any],
                                                result: ProbeResult, reason: str | None) -> None:
@@ -95,6 +97,8 @@ def test_the_probes_text_is_kept_only_when_its_tokens_spell_it() -> None:
     completions = {"choices": [{"finish_reason": "stop", "text": "ab",
                                 "logprobs": {"content": [entry("a"), entry("b")]}}]}
     assert parse_openai(completions, "completions").text == "ab"
+    batch = {"choices": completions["choices"] * 2}  # one choice per prompt: not one answer
+    assert parse_openai(batch, "completions").text is None
 
 
 def test_a_whole_answer_is_the_probes_text_then_the_continuation_once_counted() -> None:
@@ -111,6 +115,9 @@ def test_a_whole_answer_is_the_probes_text_then_the_continuation_once_counted() 
     out = json.loads(Continued("completions", probe()).stitch(json.dumps(not_echoed).encode()))
     assert out["choices"][0]["text"] == " Paris is the capital."
     assert Continued("chat", probe()).stitch(b"not json") == b"not json"
+    anew = Continued("chat", probe(), repeated=True)  # to repeat the text, and it does not
+    anew.stitch(json.dumps({"choices": [{"message": {"content": "Hello!"}}]}).encode())
+    assert anew.anew and not stitched.anew
     alone = json.loads(Continued("chat", probe(finish="stop")).probe_answer())
     assert alone["choices"][0]["message"]["content"] == " Paris is"
     assert "logprobs" not in alone["choices"][0]
@@ -220,3 +227,19 @@ def test_an_engine_that_refuses_to_continue_answers_the_request_as_it_came(
     sent = [json.loads(line) for line in capture.read_text().splitlines()]
     continuing = [b for b in sent if b["messages"][-1]["role"] == "assistant"]
     assert len(continuing) == 1  # refused once: the engine's next requests are not continued
+
+
+@pytest.mark.parametrize("args", ['"--fake-no-prefill"', '"--no-prefill-assistant"'])
+def test_an_engine_that_answers_anew_is_asked_again(tmp_path: Path, fake_binary: str,
+                                                    gateway_factory: Any, args: str) -> None:
+    # a build without assistant prefill answers the probe's text as a closed turn: lkn sees
+    # its answer does not repeat the text and asks again; with llama-server's own flag in the
+    # model's args it does not try
+    gw, capture = gateway(tmp_path, fake_binary, gateway_factory, args)
+    for _ in range(2):
+        raw = gw.client().chat.completions.with_raw_response.create(model="small", messages=MSG)
+        assert raw.parse().choices[0].message.content == WHOLE
+        assert raw.headers["x-lkn-probe-cost"].endswith("kept=0")
+    sent = [json.loads(line) for line in capture.read_text().splitlines()]
+    continuing = [b for b in sent if b["messages"][-1]["role"] == "assistant"]
+    assert len(continuing) == (1 if "fake" in args else 0)

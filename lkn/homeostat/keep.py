@@ -44,6 +44,8 @@ def why_not(route: str, body: dict[str, Any], probe: ProbeResult) -> str | None:
         return f"{route} are not generated"
     if probe.text is None:
         return "the probe's answer is not plain text the engine gave token by token"
+    if route == "completions" and not isinstance(body.get("prompt"), str):
+        return "a batch or token-id prompt"
     if probe.finish_reason is None:
         return "the probe's answer does not say why it ended"
     if body.get("n") not in (None, 1):

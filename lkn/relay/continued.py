@@ -31,8 +31,13 @@ class Continued:
         self.probe = probe
         self.text: str = probe.text
         self._echo = self.text if repeated else ""  # what is still to strip of the repeat
+        # The engine did not continue the probe's answer but began a new one (a build, or a
+        # flag, without assistant prefill): its answer did not repeat the text it was to
+        # repeat, or its prompt held more than the probe's prompt and tokens (a closed turn
+        # and a new one's start). The caller stops keeping this engine's answers.
+        self.anew = False
         answer = probe.answer
-        self._head = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")
+        self._head: dict[str, Any] = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint")
                       if k in answer}
         self._field = "content" if route == "chat" else "text"
 
@@ -84,8 +89,11 @@ class Continued:
                                  "completion_tokens": self.probe.decoded}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         kind = "chat.completion.chunk" if self.route == "chat" else "text_completion"
-        return (self.opening() + self._chunk(None, self.probe.finish_reason)
-                + frame_json({"choices": [], **self._head, "object": kind, "usage": usage})
+        tail: dict[str, Any] = {"choices": [], **self._head, "object": kind, "usage": usage}
+        timings = (self.probe.answer or {}).get("timings")
+        if isinstance(timings, dict):
+            tail["timings"] = timings  # the engine's speed, not that of writing one chunk
+        return (self.opening() + self._chunk(None, self.probe.finish_reason) + frame_json(tail)
                 + frame(DONE))
 
     async def stream(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -145,6 +153,7 @@ class Continued:
             self._echo = echo[len(piece):]
             return ""
         self._echo = ""  # not the repeat after all: nothing of the answer is dropped
+        self.anew = True
         return piece
 
     def _count(self, usage: Any) -> None:
@@ -152,6 +161,10 @@ class Continued:
         if not isinstance(usage, dict):
             return
         probe = self.probe
+        prompt = usage.get("prompt_tokens")
+        if isinstance(prompt, int) and probe.prompt_tokens is not None and \
+                prompt - probe.prompt_tokens - probe.decoded > 1:
+            self.anew = True  # one token of slack: the seam may tokenize one apart
         done = usage.get("completion_tokens")
         if isinstance(done, int):
             usage["completion_tokens"] = done + probe.decoded
@@ -165,17 +178,20 @@ class Continued:
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
 
     def _time(self, timings: Any) -> None:
-        """llama-server's timings of the whole answer: the probe's generation and the
-        continuation's (tokens per second stay the engine's, not twice as fast)."""
+        """llama-server's timings of the whole answer: the probe's prompt and generation and
+        the continuation's (tokens per second stay the engine's, not twice as fast)."""
         mine = (self.probe.answer or {}).get("timings")
         if not isinstance(timings, dict) or not isinstance(mine, dict):
             return
-        values = [t.get(k) for t in (timings, mine) for k in ("predicted_n", "predicted_ms")]
-        if not all(isinstance(v, (int, float)) for v in values):
-            return
-        n, ms, pn, pms = values
-        timings["predicted_n"], timings["predicted_ms"] = n + pn, ms + pms  # type: ignore[operator]
-        if timings["predicted_n"] and timings["predicted_ms"]:
-            timings["predicted_per_token_ms"] = timings["predicted_ms"] / timings["predicted_n"]
-            timings["predicted_per_second"] = 1000 * timings["predicted_n"] / \
-                timings["predicted_ms"]
+        for phase in ("prompt", "predicted"):
+            n, ms = f"{phase}_n", f"{phase}_ms"
+            values = [v for v in (timings.get(n), timings.get(ms), mine.get(n), mine.get(ms))
+                      if isinstance(v, (int, float))]
+            if len(values) != 4:
+                continue
+            own_n, own_ms, probe_n, probe_ms = values
+            timings[n] = int(own_n + probe_n)
+            timings[ms] = own_ms + probe_ms
+            if timings[n] and timings[ms]:
+                timings[f"{phase}_per_token_ms"] = timings[ms] / timings[n]
+                timings[f"{phase}_per_second"] = 1000 * timings[n] / timings[ms]

@@ -47,6 +47,7 @@ log = logging.getLogger("lkn.request.forward")
 # What an engine answers a continuation it will not make (a template that refuses an assistant
 # prefill); any other error is the engine's answer, as for any request.
 REFUSED_CONTINUATION = (400, 422)
+REFUSAL_WORDS = ("prefill", "enable_thinking", "continue_final_message", "assistant message")
 
 
 def write_deadline(state: GatewayState, server: ServerConfig, outcome: Outcome) -> WriteDeadline:
@@ -109,10 +110,14 @@ class Forwarder:
                     detail = (await read_limited(upstream))[:200].decode("utf-8", "replace")
                 except (aiohttp.ClientError, asyncio.TimeoutError, UpstreamTooLarge) as exc:
                     detail = str(exc)
-            log.warning("engine %s refused to continue a probe's answer (HTTP %d: %s); kept "
-                        "requests are generated again", lease.process.key, upstream.status,
-                        detail)
-            client.continuation_refused = True
+            # Only a refusal of the continuation itself is for good (this request's prompt plus
+            # the probe's tokens may just not fit); either way this one is sent as it came.
+            lasting = any(word in detail.lower() for word in REFUSAL_WORDS)
+            log.warning("engine %s refused to continue a probe's answer (HTTP %d: %s); %s",
+                        lease.process.key, upstream.status, detail,
+                        "kept requests are generated again" if lasting
+                        else "this request is generated again")
+            client.continuation_refused = client.continuation_refused or lasting
             continued, self.outcome.probe_kept = None, 0
             payload = original
             if strip_usage:
@@ -148,12 +153,23 @@ class Forwarder:
                     raw = forced.answer(raw)
                 if continued is not None:
                     raw = continued.stitch(raw)
+                    if continued.anew:  # it answered anew: this one is asked again
+                        self._not_continued(lease)
+                        return await self.forward(route, body, lease, started)
                 self._usage(answer_usage(raw, time.monotonic() - sent))
                 return BoundedResponse(deadline=deadline, body=await thinking.response(raw),
                                        status=upstream.status, content_type="application/json")
             return await self.relay_stream(upstream, lease, started, thinking,
                                            strip_usage=strip_usage, body=body, forced=forced,
                                            continued=continued)
+
+    def _not_continued(self, lease: Lease) -> None:
+        """The engine did not continue the probe's answer (it began its own, a build or a
+        flag without assistant prefill): its kept requests are generated again."""
+        log.warning("engine %s did not continue a probe's answer; kept requests are "
+                    "generated again", lease.process.key)
+        lease.client.continuation_refused = True
+        self.outcome.probe_kept = 0
 
     async def _send(self, lease: Lease, route: str, payload: dict[str, Any],
                     timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
@@ -227,6 +243,11 @@ class Forwarder:
             out = relay.finish()
             if out:
                 await writer.write(out)
+            if continued is not None and continued.anew:
+                # found out too late for this stream (its events went out): not for the cache
+                self._not_continued(lease)
+                if self.cache is not None:
+                    self.cache.decline()
         except asyncio.CancelledError:
             close()  # the client went away: the engine stops generating for nobody
             raise

@@ -63,11 +63,12 @@ async def homeostat(host: Host, route: str, body: dict[str, Any], lease: Lease,
             reading = replace(reading, score=None, failure="the probe's answer is not plain "
                               "text for the verifier")
         else:
-            lease.release()  # the verifier may need this engine's place
-            judge, reading = await verify(
-                state, host.tenancy, route, body, settings, reading,
-                lambda target: host.lease(target, route, body, backends, outcome.queued_at,
-                                          judged))
+            async def take(target: ModelConfig) -> Lease:
+                lease.release()  # the verifier may need this engine's place
+                return await host.lease(target, route, body, backends, outcome.queued_at,
+                                        judged)
+            judge, reading = await verify(state, host.tenancy, route, body, settings, reading,
+                                          take)
     verdict = gate.decide(settings, reading)
     if window is not None and reading.score is not None:
         window.observe(reading.score)

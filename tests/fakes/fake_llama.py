@@ -19,6 +19,8 @@ logprobs) and llama-server's error envelope. ``--fake-*`` flags inject faults:
   --fake-entropy high|low   shape of the top-k logprobs (uniform or one-hot-ish)
   --fake-probe-error        answer requests with max_tokens=1 (the probe) with HTTP 500
   --fake-verdict P          a chat whose last message asks for "yes or no" is judged: P("No")
+  --fake-no-prefill         a chat ending in an assistant message starts a new answer (a build
+                            without assistant prefill, or llama-server's --no-prefill-assistant)
   --fake-refuse-prefill     a chat ending in an assistant message is a 400 (llama-server's answer
                             for a thinking template: prefill is incompatible with enable_thinking)
   --fake-probe-delay-s S    delay answers to max_tokens=1 requests
@@ -77,6 +79,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fake-entropy", choices=["high", "low"], default="low")
     p.add_argument("--fake-probe-error", action="store_true")
     p.add_argument("--fake-refuse-prefill", action="store_true")
+    p.add_argument("--fake-no-prefill", action="store_true")
     p.add_argument("--fake-verdict", type=float, default=None)
     p.add_argument("--fake-probe-delay-s", type=float, default=0.0)
     p.add_argument("--fake-capture", default=None)
@@ -227,7 +230,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     messages = body.get("messages") or []
     prefill = ""
     if chat and messages and isinstance(messages[-1], dict) and \
-            messages[-1].get("role") == "assistant":
+            messages[-1].get("role") == "assistant" and not ARGS.fake_no_prefill:
         prefill = str(messages[-1].get("content") or "")
         start = len(re.findall(r" w\d+", prefill))
     elif not chat and isinstance(body.get("prompt"), list):
@@ -247,6 +250,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
     k = int(k) if isinstance(k, int) and not isinstance(k, bool) else (20 if body.get("logprobs") else 0)
     prompt_tokens = len(render(body.get("messages", [])).split()) if chat else \
         len(str(body.get("prompt", "")).split())
+    if prefill:  # the prefill continues the turn: the prompt plus its tokens, nothing more
+        prompt_tokens = len(render(messages[:-1]).split()) + start
+    elif chat and messages and isinstance(messages[-1], dict) and \
+            messages[-1].get("role") == "assistant":
+        prompt_tokens += 2  # a closed turn: its end and the next turn's start
     created = int(time.time())
     base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"),
             "system_fingerprint": "fake"}
