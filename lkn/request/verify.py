@@ -1,7 +1,7 @@
 """The verifier's judgement of the probe's answer (``homeostasis.verifier``): lease the verifier
 model, ask it one token (``homeostat.verifier``), and make its probability of "no" the
-reading's score. The small model's lease is released before (the verifier may need its place);
-the verifier's lease is returned, for the answer when the request escalates to the verifier
+reading's score. ``lease`` takes the verifier's lease (the gate releases the small model's
+there: the verifier may need its place); the verifier's lease is returned, for the answer when the request escalates to the verifier
 (whose prompt cache then holds the answer's prompt). A verifier that fails, or that the key may
 not use, leaves no score: the request passes through, as after a failed probe."""
 from __future__ import annotations
