@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 from lkn import fastjson
 from lkn.engines.probe_answer import ProbeResult
-from lkn.sse import DONE, EventSplitter, SSEParser, frame, frame_json
+from lkn.sse import DONE, SSEParser, frame, frame_json
 
 
 class Continued:
@@ -99,17 +99,14 @@ class Continued:
     async def stream(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The opening, then the continuation's events rewritten (see the module)."""
         yield self.opening()
-        splitter, parser = EventSplitter(), SSEParser()
+        parser = SSEParser()
         async for chunk in source:
-            events = splitter.feed(chunk)
-            if events:
-                out = b"".join([self._event(e.data, e.comment) for e in parser.feed(events)])
-                if out:
-                    yield out
-        rest = splitter.rest()
-        if rest.strip():
-            yield b"".join([self._event(e.data, e.comment)
-                            for e in [*parser.feed(rest), *parser.flush()]])
+            out = b"".join([self._event(e.data, e.comment) for e in parser.feed(chunk)])
+            if out:
+                yield out
+        out = b"".join([self._event(e.data, e.comment) for e in parser.flush()])
+        if out:  # an event left open at the end: the forwarder reports the cut
+            yield out
 
     def _event(self, data: str | None, comment: bool) -> bytes:
         if comment:

@@ -81,23 +81,23 @@ class Forwarder:
         forced = ForcedToolCall.of(route, body, client)
         if forced is not None:
             payload = forced.prepare(payload)
-        plan = None if kept is None else kept.plan(lease, payload,
-                                                   client.prepare_body(route, body))
-        continued: Continued | None = None
-        original = payload
-        if plan is not None:
-            continued, continuing = plan
-            self.outcome.probe_kept = continued.probe.decoded
-            payload = original if continuing is None else continuing
         # usage feeds the metrics (an engine with another wire format reports it its own way);
         # asked for on a copy: with_usage writes into what it is given
         strip_usage = False
         if stream and client.openai_wire:
             payload = dict(payload)
             strip_usage = with_usage(payload)
-        if plan is not None and plan[1] is None:  # the probe wrote all of the answer
-            return await self._probe_only(plan[0], lease, started, thinking, stream,
-                                          strip_usage)
+        original = payload  # what is sent when the probe's answer is not continued
+        plan = None if kept is None else kept.plan(lease, payload,
+                                                   client.prepare_body(route, body))
+        continued: Continued | None = None
+        if plan is not None:
+            continued, continuing = plan
+            self.outcome.probe_kept = continued.probe.decoded
+            if continuing is None:  # the probe wrote all of the answer
+                return await self._probe_only(continued, lease, started, thinking, stream,
+                                              strip_usage)
+            payload = continuing
         whole = client.request_timeout_s or s.request_timeout_s
         timeout = upstream_timeout(stream, whole, s.stream_idle_timeout_s)
         sent = time.monotonic()
@@ -119,11 +119,7 @@ class Forwarder:
                         else "this request is generated again")
             client.continuation_refused = client.continuation_refused or lasting
             continued, self.outcome.probe_kept = None, 0
-            payload = original
-            if strip_usage:
-                payload = dict(payload)
-                with_usage(payload)
-            upstream = await self._send(lease, route, payload, timeout)
+            upstream = await self._send(lease, route, original, timeout)
         async with upstream:
             if 300 <= upstream.status < 400:  # never followed: it could point anywhere
                 raise UpstreamError(f"engine {lease.process.key} answered with a redirect "
